@@ -50,8 +50,17 @@ apt_update_once() {
   fi
 }
 
+# One run at a time (the temporary policy-rc.d below must not be shared).
+LOCKDIR=/run/lock; [ -d "$LOCKDIR" ] && [ -w "$LOCKDIR" ] || LOCKDIR=/tmp
+exec 9>"$LOCKDIR/ntpkit-install-test-deps.lock"
+flock -w 600 9 || die "another install-test-deps.sh is still running"
+
 # --- temporary policy-rc.d (no service may start during the install) -----------
 POLICY_CREATED=0
+if grep -qF "$POLICY_MARK" "$POLICY" 2>/dev/null; then
+  rm -f "$POLICY"   # left over by an interrupted earlier run (we hold the lock, so not a live one)
+  log "removed stale temporary $POLICY from an interrupted earlier run"
+fi
 remove_policy() {
   if [ "$POLICY_CREATED" = 1 ] && grep -qF "$POLICY_MARK" "$POLICY" 2>/dev/null; then
     rm -f "$POLICY"
@@ -63,12 +72,7 @@ trap remove_policy EXIT
 trap 'exit 130' INT TERM HUP   # runs the EXIT trap
 install_policy() {
   if [ -e "$POLICY" ]; then
-    if grep -qF "$POLICY_MARK" "$POLICY" 2>/dev/null; then
-      POLICY_CREATED=1   # left over by an interrupted run of this script: adopt it, remove it at exit
-      log "found a stale temporary $POLICY from an earlier run; will remove it at exit"
-    else
-      log "present: $POLICY (not ours; left untouched). It must forbid starts (exit 101) or chrony's service may start."
-    fi
+    log "present: $POLICY (not ours; left untouched). It must forbid starts (exit 101) or chrony's service may start."
     return
   fi
   printf '#!/bin/sh\n# %s\n# Forbid all service starts while packages are installed.\nexit 101\n' "$POLICY_MARK" > "$POLICY"

@@ -1,0 +1,268 @@
+//! The server's reply logic: request bytes in, reply bytes out.
+//!
+//! Call contract, per datagram: the driver takes the receive time as close to arrival as the OS
+//! allows, calls [`Responder::respond`] with the request, that time, the served clock's state and
+//! a reply buffer at least as long as the request, then — as late as possible — overwrites the
+//! transmit timestamp with [`ntpkit_wire::stamp_transmit`] and sends the reply. The reply
+//! carries the receive time as its transmit time until then, so it is valid even unstamped.
+
+use crate::served::ServedState;
+use crate::time::ClockTime;
+use ntpkit_wire::{Header, Mode, Packet, ParseError, HEADER_LEN};
+
+/// What [`Responder::respond`] decided about one datagram.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Response {
+    /// A reply of this many bytes was written to the buffer.
+    Reply(usize),
+    /// A well-formed packet that is not a request we answer; nothing is sent.
+    Ignored(IgnoreReason),
+    /// Not a valid NTP packet; nothing is sent.
+    Malformed(ParseError),
+}
+
+/// Why a well-formed packet gets no answer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IgnoreReason {
+    /// Not a client-mode request (server replies, broadcasts, symmetric, control mode 6 and
+    /// private mode 7 are never answered: no amplification, no reflection).
+    NotARequest(Mode),
+    /// The reply buffer is shorter than the reply.
+    BufferTooSmall,
+}
+
+/// Counters of what the responder did, as `ntpkit serve` prints them on exit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ResponderStats {
+    /// Requests answered.
+    pub answered: u64,
+    /// Well-formed packets not answered.
+    pub ignored: u64,
+    /// Datagrams that failed to parse.
+    pub malformed: u64,
+}
+
+/// Answers client-mode NTP requests (RFC 5905 §8, server mode 4).
+#[derive(Clone, Debug, Default)]
+pub struct Responder {
+    stats: ResponderStats,
+}
+
+impl Responder {
+    /// A responder with zeroed counters.
+    pub fn new() -> Self {
+        Responder::default()
+    }
+
+    /// Handles one datagram received at `received`; see the module docs for the contract.
+    ///
+    /// The reply echoes the request's version (1–4) and poll, sets origin = the request's
+    /// transmit timestamp, receive = `received`, and fills stratum, leap, reference ID,
+    /// precision, root delay, root dispersion and reference time from `state`. It is 48 bytes,
+    /// or 52 (a crypto-NAK) when the request carried a MAC we cannot verify; never longer than
+    /// the request.
+    pub fn respond(
+        &mut self,
+        request: &[u8],
+        received: ClockTime,
+        state: &ServedState,
+        reply: &mut [u8],
+    ) -> Response {
+        let packet = match Packet::parse(request) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.malformed += 1;
+                return Response::Malformed(e);
+            }
+        };
+        let req = packet.header;
+        // NTPv1 had no mode field: its clients send mode 0 (as ntpd treats them).
+        let is_request =
+            req.mode == Mode::Client || (req.version == 1 && req.mode == Mode::Reserved);
+        if !is_request {
+            self.stats.ignored += 1;
+            return Response::Ignored(IgnoreReason::NotARequest(req.mode));
+        }
+        let len = if packet.mac.is_some() {
+            HEADER_LEN + 4
+        } else {
+            HEADER_LEN
+        };
+        if reply.len() < len {
+            self.stats.ignored += 1;
+            return Response::Ignored(IgnoreReason::BufferTooSmall);
+        }
+        let received_ts = received.to_ntp();
+        let header = Header {
+            leap: state.leap,
+            version: req.version,
+            mode: Mode::Server,
+            stratum: state.stratum,
+            poll: req.poll,
+            precision: state.precision,
+            root_delay: ntpkit_wire::NtpShort::from_nanos(state.root_delay),
+            root_dispersion: state.root_dispersion_at(received),
+            reference_id: state.reference_id,
+            reference_ts: state.reference_time.to_ntp(),
+            origin_ts: req.transmit_ts,
+            receive_ts: received_ts,
+            transmit_ts: received_ts,
+        };
+        let head: &mut [u8; HEADER_LEN] = (&mut reply[..HEADER_LEN])
+            .try_into()
+            .expect("length checked above");
+        header.emit(head);
+        if len > HEADER_LEN {
+            // Crypto-NAK: key ID 0, no digest (RFC 5905 §7.4).
+            reply[HEADER_LEN..len].fill(0);
+        }
+        self.stats.answered += 1;
+        Response::Reply(len)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ResponderStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ntpkit_wire::{LeapIndicator, NtpTimestamp, RefId};
+
+    const NOW: ClockTime = ClockTime(1_790_000_000_000_000_000);
+
+    fn state() -> ServedState {
+        ServedState::local(3, RefId([10, 0, 0, 1]), -24, NOW.add_nanos(-1_000_000_000))
+    }
+
+    fn request(version: u8, mode: Mode) -> [u8; 48] {
+        let h = Header {
+            version,
+            mode,
+            poll: 6,
+            transmit_ts: NtpTimestamp::from_bits(0xdead_beef_0bad_f00d),
+            ..Header::default()
+        };
+        let mut b = [0u8; 48];
+        h.emit(&mut b);
+        b
+    }
+
+    #[test]
+    fn answers_client_request() {
+        let mut r = Responder::new();
+        let mut out = [0u8; 64];
+        let resp = r.respond(&request(4, Mode::Client), NOW, &state(), &mut out);
+        assert_eq!(resp, Response::Reply(48));
+        let h = Header::parse(&out).unwrap();
+        assert_eq!(h.mode, Mode::Server);
+        assert_eq!(h.version, 4);
+        assert_eq!(h.stratum, 3);
+        assert_eq!(h.poll, 6);
+        assert_eq!(h.precision, -24);
+        assert_eq!(h.leap, LeapIndicator::NoWarning);
+        assert_eq!(h.reference_id, RefId([10, 0, 0, 1]));
+        assert_eq!(h.origin_ts, NtpTimestamp::from_bits(0xdead_beef_0bad_f00d));
+        assert_eq!(h.receive_ts, NOW.to_ntp());
+        assert_eq!(h.transmit_ts, NOW.to_ntp());
+        assert_eq!(h.reference_ts, NOW.add_nanos(-1_000_000_000).to_ntp());
+        // 1 s old reference: 15 µs of aging plus 2^-24 s precision, rounded up to 16.16.
+        let disp = h.root_dispersion.to_seconds_f64();
+        assert!(
+            (disp - 15e-6 - 2f64.powi(-24)).abs() < 2.0 / 65536.0,
+            "{disp}"
+        );
+        assert_eq!(r.stats().answered, 1);
+    }
+
+    #[test]
+    fn echoes_every_version_and_ntpv1_mode0() {
+        for v in 1..=4 {
+            let mut out = [0u8; 48];
+            assert_eq!(
+                Responder::new().respond(&request(v, Mode::Client), NOW, &state(), &mut out),
+                Response::Reply(48)
+            );
+            assert_eq!(Header::parse(&out).unwrap().version, v);
+        }
+        let mut out = [0u8; 48];
+        assert_eq!(
+            Responder::new().respond(&request(1, Mode::Reserved), NOW, &state(), &mut out),
+            Response::Reply(48)
+        );
+        assert_eq!(
+            Responder::new().respond(&request(4, Mode::Reserved), NOW, &state(), &mut out),
+            Response::Ignored(IgnoreReason::NotARequest(Mode::Reserved))
+        );
+    }
+
+    #[test]
+    fn never_answers_other_modes() {
+        let mut r = Responder::new();
+        let mut out = [0u8; 48];
+        for mode in [
+            Mode::SymmetricActive,
+            Mode::SymmetricPassive,
+            Mode::Server,
+            Mode::Broadcast,
+            Mode::Control,
+            Mode::Private,
+        ] {
+            assert_eq!(
+                r.respond(&request(4, mode), NOW, &state(), &mut out),
+                Response::Ignored(IgnoreReason::NotARequest(mode))
+            );
+        }
+        assert_eq!(out, [0u8; 48], "nothing written");
+        assert_eq!(
+            r.stats(),
+            ResponderStats {
+                answered: 0,
+                ignored: 6,
+                malformed: 0
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_counted() {
+        let mut r = Responder::new();
+        let mut out = [0u8; 64];
+        assert!(matches!(
+            r.respond(&[0x23; 47], NOW, &state(), &mut out),
+            Response::Malformed(_)
+        ));
+        let mut long = [0u8; 50];
+        long[..48].copy_from_slice(&request(4, Mode::Client));
+        assert!(matches!(
+            r.respond(&long, NOW, &state(), &mut out),
+            Response::Malformed(_)
+        ));
+        assert_eq!(r.stats().malformed, 2);
+    }
+
+    #[test]
+    fn mac_gets_crypto_nak_no_longer_than_request() {
+        let mut req = [0u8; 68];
+        req[..48].copy_from_slice(&request(4, Mode::Client));
+        req[48..52].copy_from_slice(&7u32.to_be_bytes());
+        let mut out = [0xFFu8; 68];
+        assert_eq!(
+            Responder::new().respond(&req, NOW, &state(), &mut out),
+            Response::Reply(52)
+        );
+        let p = Packet::parse(&out[..52]).unwrap();
+        assert!(p.mac.unwrap().is_crypto_nak());
+    }
+
+    #[test]
+    fn unsynchronized_state_advertised() {
+        let mut out = [0u8; 48];
+        let s = ServedState::unsynchronized(-20);
+        Responder::new().respond(&request(4, Mode::Client), NOW, &s, &mut out);
+        let h = Header::parse(&out).unwrap();
+        assert_eq!((h.leap, h.stratum), (LeapIndicator::Unsynchronized, 16));
+    }
+}
