@@ -1,1 +1,45 @@
-//! OS access.
+//! `ntpkit-os`: the only crate of ntpkit with `unsafe` code.
+//!
+//! What it does: the operating-system calls the safe crates cannot make through `std` —
+//! UDP sockets with kernel receive timestamps (`SO_TIMESTAMPNS`) and batched
+//! `recvmmsg`/`sendmmsg` ([`udp`]); reading the realtime and monotonic clocks, measuring their
+//! precision and reading the kernel's clock status with a read-only `adjtimex` ([`clock`]);
+//! raising the open-file limit ([`raise_nofile_limit`]).
+//!
+//! What it does not do (yet): adjust the clock. Nothing in this crate steps, slews or sets the
+//! frequency of any clock; `adjtimex` is only ever called with `modes = 0`.
+//!
+//! Linux only: `recvmmsg`, `sendmmsg` and `SO_TIMESTAMPNS` are Linux interfaces.
+#![deny(unsafe_op_in_unsafe_fn)]
+// libc field types differ between targets (time_t, rlim_t, msg_controllen): the casts stay.
+#![allow(clippy::unnecessary_cast)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod udp;
+
+pub use clock::{
+    clock_precision_log2, kernel_clock_status, monotonic_nanos, realtime_nanos, KernelClockStatus,
+};
+pub use udp::{Received, RecvBatch, SendBatch, UdpSocket, UdpSocketOptions};
+
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit; returns the new soft
+/// limit. Call once at start by servers that hold many TCP connections.
+pub fn raise_nofile_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; only the soft limit changes, within the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
