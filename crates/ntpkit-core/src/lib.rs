@@ -19,10 +19,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod exchange;
 pub mod responder;
 pub mod served;
 pub mod time;
 
+pub use exchange::{measure, validate_reply, Measurement, ReplyError};
 pub use responder::{IgnoreReason, Responder, ResponderStats, Response};
 pub use served::{ServedState, PHI};
 pub use time::{ClockTime, MonoTime, NANOS_PER_SEC};
