@@ -19,12 +19,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod exchange;
 pub mod responder;
 pub mod served;
+pub mod sync;
 pub mod time;
 
+pub use clock::{ClockCommand, SoftClock};
 pub use exchange::{measure, validate_reply, Measurement, ReplyError};
 pub use responder::{IgnoreReason, Responder, ResponderStats, Response};
 pub use served::{ServedState, PHI};
+pub use sync::{SourceConfig, SourceId, SyncSystem, SystemConfig};
 pub use time::{ClockTime, MonoTime, NANOS_PER_SEC};

@@ -8,12 +8,13 @@
 //! Both are integers: f64 would lose nanoseconds over a day.
 
 use ntpkit_wire::NtpTimestamp;
+use serde::Serialize;
 
 /// Nanoseconds per second.
 pub const NANOS_PER_SEC: i64 = 1_000_000_000;
 
 /// An instant on the monotonic timescale, in nanoseconds from an arbitrary origin.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize)]
 pub struct MonoTime(pub i64);
 
 impl MonoTime {
@@ -39,7 +40,7 @@ impl MonoTime {
 }
 
 /// A reading of the local clock: nanoseconds since the Unix epoch.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize)]
 pub struct ClockTime(pub i64);
 
 impl ClockTime {

@@ -75,7 +75,7 @@ impl<'a> Packet<'a> {
             }
             let at = HEADER_LEN + pos;
             let len = u16::from_be_bytes([rest[pos + 2], rest[pos + 3]]) as usize;
-            if len < MIN_EXTENSION_LEN || len % 4 != 0 {
+            if len < MIN_EXTENSION_LEN || !len.is_multiple_of(4) {
                 return Err(ParseError::BadExtensionLength { offset: at, len });
             }
             if len > rest.len() - pos {

@@ -1,0 +1,573 @@
+//! The clock discipline: phase and frequency, from weighted offset samples.
+//!
+//! The estimator is a Kalman filter on the state `[θ, ν]`: θ is the offset of true time from
+//! the local clock (what an NTP exchange measures, server − local) and ν the clock's intrinsic
+//! frequency error (s/s, positive = fast). Between samples `dθ/dt = −(ν + c)`, where `c` is the
+//! frequency correction the discipline itself commanded, so the prediction is exact for the
+//! part we control and only the oscillator's wander (a random walk of ν with intensity `q`) is
+//! uncertain. Each sample `z = θ + noise` carries its own variance from the filter (path
+//! asymmetry from excess delay, plus a noise floor), so a queueing spike weighs almost nothing.
+//!
+//! The wander intensity is not known in advance (a temperature-stable crystal and a laptop
+//! differ by orders of magnitude), so several filters with different `q` run side by side on the
+//! same samples and the one with the best recent likelihood drives the clock (multiple-model
+//! adaptive estimation). This replaces RFC 5905's hand-tuned PLL/FLL crossover; measured against
+//! it and against chrony in the simulator (docs/benchmarks.md).
+//!
+//! Control: after each update the discipline sets the frequency correction to cancel ν̂ and
+//! to slew θ̂ away within [`slew_time`](Discipline::slew_time) (bounded by the maximum slew
+//! rate), then a deadline sets it back to −ν̂. Offsets beyond the step threshold are stepped at
+//! start-up, or after they persist for the step-out time; offsets beyond the panic threshold are
+//! refused and reported.
+
+use crate::clock::ClockCommand;
+use crate::time::MonoTime;
+use serde::Serialize;
+
+/// Wander intensities (s⁻¹, variance of ν per second) of the filter bank: from an oven-stable
+/// oscillator to a clock whose frequency changes fast (e.g. a disciplined upstream that slews).
+const WANDER_MODELS: [f64; 6] = [1e-22, 1e-20, 1e-18, 1e-16, 1e-14, 1e-12];
+/// Per-update forgetting factor of the models' log-likelihoods (memory of ~30 updates).
+const LIKELIHOOD_MEMORY: f64 = 0.97;
+/// Phase random-walk intensity (s²/s): white frequency noise of the oscillator and timestamping.
+const PHASE_NOISE: f64 = 1e-20;
+/// A sample whose innovation exceeds this many standard deviations is held back as a possible
+/// outlier; [`MAX_HELD_OUTLIERS`] in a row are taken as a real change.
+const OUTLIER_SIGMAS: f64 = 5.0;
+const MAX_HELD_OUTLIERS: u32 = 3;
+
+/// Discipline settings.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize)]
+pub struct DisciplineConfig {
+    /// Offsets beyond this (seconds) are stepped rather than slewed (default 0.128 s).
+    pub step_threshold: f64,
+    /// Offsets beyond this (seconds) are refused and reported; 0 disables (default 1000 s).
+    pub panic_threshold: f64,
+    /// How long (seconds) an offset must stay beyond the step threshold before it is stepped
+    /// after start-up (default 300 s).
+    pub stepout: f64,
+    /// Step at the first update, whatever the offset below the panic threshold (default true).
+    pub step_at_startup: bool,
+    /// Largest frequency correction, ppm, including slewing (default 500 ppm).
+    pub max_slew_ppm: f64,
+    /// Frequency error to start from (ppm), e.g. from the drift file.
+    pub initial_frequency_ppm: Option<f64>,
+}
+
+impl Default for DisciplineConfig {
+    fn default() -> Self {
+        DisciplineConfig {
+            step_threshold: 0.128,
+            panic_threshold: 1000.0,
+            stepout: 300.0,
+            step_at_startup: true,
+            max_slew_ppm: 500.0,
+            initial_frequency_ppm: None,
+        }
+    }
+}
+
+/// Something the discipline did, for logs and status.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize)]
+pub enum DisciplineEvent {
+    /// The clock was stepped by this many seconds.
+    Stepped(f64),
+    /// An offset beyond the panic threshold was refused (seconds).
+    PanicRefused(f64),
+    /// A sample was held back as an outlier (innovation in seconds).
+    OutlierHeld(f64),
+}
+
+/// The discipline's view, for status output.
+#[derive(Clone, Copy, PartialEq, Debug, Default, Serialize)]
+pub struct DisciplineState {
+    /// Estimated offset of true time from the local clock now (server − local), seconds.
+    pub offset: f64,
+    /// Estimated intrinsic frequency error, ppm (positive = the clock runs fast).
+    pub frequency_ppm: f64,
+    /// Standard deviation of the offset estimate, seconds.
+    pub offset_sd: f64,
+    /// Standard deviation of the frequency estimate, ppm.
+    pub frequency_sd_ppm: f64,
+    /// Commanded frequency correction now, ppm.
+    pub correction_ppm: f64,
+    /// Wander intensity of the model driving the clock (s⁻¹).
+    pub wander: f64,
+    /// Innovation of the last accepted sample, seconds.
+    pub last_offset: f64,
+    /// Samples accepted.
+    pub updates: u64,
+    /// Steps made.
+    pub steps: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Model {
+    q: f64,
+    theta: f64,
+    nu: f64,
+    p: [[f64; 2]; 2],
+    loglik: f64,
+}
+
+impl Model {
+    fn predict(&mut self, dt: f64, correction: f64) {
+        if dt <= 0.0 {
+            return;
+        }
+        self.theta -= (self.nu + correction) * dt;
+        // F = [[1, −dt], [0, 1]]; P = F P Fᵀ + Q.
+        let [[p00, p01], [_, p11]] = self.p;
+        let n00 = p00 - 2.0 * dt * p01 + dt * dt * p11;
+        let n01 = p01 - dt * p11;
+        let q = self.q;
+        self.p = [
+            [
+                n00 + PHASE_NOISE * dt + q * dt.powi(3) / 3.0,
+                n01 - q * dt * dt / 2.0,
+            ],
+            [n01 - q * dt * dt / 2.0, p11 + q * dt],
+        ];
+    }
+
+    /// Innovation and its variance for a sample `z` of variance `r`.
+    fn innovation(&self, z: f64, r: f64) -> (f64, f64) {
+        (z - self.theta, self.p[0][0] + r)
+    }
+
+    fn update(&mut self, z: f64, r: f64) {
+        let (y, s) = self.innovation(z, r);
+        let k0 = self.p[0][0] / s;
+        let k1 = self.p[1][0] / s;
+        self.theta += k0 * y;
+        self.nu += k1 * y;
+        let [[p00, p01], [p10, p11]] = self.p;
+        self.p = [
+            [(1.0 - k0) * p00, (1.0 - k0) * p01],
+            [p10 - k1 * p00, p11 - k1 * p01],
+        ];
+        // Keep P symmetric against rounding.
+        let off = 0.5 * (self.p[0][1] + self.p[1][0]);
+        self.p[0][1] = off;
+        self.p[1][0] = off;
+        self.loglik = LIKELIHOOD_MEMORY * self.loglik - 0.5 * (s.ln() + y * y / s);
+    }
+}
+
+/// The clock discipline. Call contract: [`Discipline::sample`] for each combined sample; then
+/// drain [`Discipline::poll_command`]; call [`Discipline::handle_timeout`] when
+/// [`Discipline::poll_timeout`] is due. Every call takes the monotonic `now`.
+#[derive(Clone, Debug)]
+pub struct Discipline {
+    config: DisciplineConfig,
+    models: Vec<Model>,
+    started: bool,
+    last_time: MonoTime,
+    /// Commanded correction, s/s.
+    correction: f64,
+    slew_end: Option<MonoTime>,
+    over_threshold_since: Option<MonoTime>,
+    held_outliers: u32,
+    /// The last offset exceeded the panic threshold: the clock is not being corrected.
+    refusing: bool,
+    commands: Vec<ClockCommand>,
+    events: Vec<DisciplineEvent>,
+    /// Smoothed measurement variance, for the poll decision.
+    noise_var: f64,
+    state: DisciplineState,
+}
+
+impl Discipline {
+    /// A discipline that has seen no sample yet. If an initial frequency is configured, the
+    /// first command (available at once) applies it.
+    pub fn new(config: DisciplineConfig, now: MonoTime) -> Self {
+        let nu0 = config.initial_frequency_ppm.unwrap_or(0.0) * 1e-6;
+        let mut d = Discipline {
+            config,
+            models: Vec::new(),
+            started: false,
+            last_time: now,
+            correction: 0.0,
+            slew_end: None,
+            over_threshold_since: None,
+            held_outliers: 0,
+            refusing: false,
+            commands: Vec::new(),
+            events: Vec::new(),
+            noise_var: 0.0,
+            state: DisciplineState {
+                frequency_ppm: nu0 * 1e6,
+                ..Default::default()
+            },
+        };
+        if nu0 != 0.0 {
+            d.set_correction(now, -nu0);
+        }
+        d
+    }
+
+    /// Feeds one sample: offset `z` (server − local, seconds) measured at `now`, with variance
+    /// `variance` (s²). `poll_interval` (seconds) is the current interval between samples.
+    pub fn sample(&mut self, now: MonoTime, z: f64, variance: f64, poll_interval: f64) {
+        self.advance(now);
+        let r = variance.max(1e-18);
+        if !self.started {
+            self.start(z, r);
+            self.steer(now, poll_interval);
+            return;
+        }
+        let best = self.best();
+        let (y, s) = self.models[best].innovation(z, r);
+        if y * y > OUTLIER_SIGMAS * OUTLIER_SIGMAS * s && self.held_outliers < MAX_HELD_OUTLIERS {
+            self.held_outliers += 1;
+            self.events.push(DisciplineEvent::OutlierHeld(y));
+            return;
+        }
+        if self.held_outliers >= MAX_HELD_OUTLIERS {
+            // Several outliers in a row: the clock or the path really changed. Widen the
+            // uncertainty so the filters follow quickly.
+            for m in &mut self.models {
+                m.p[0][0] += y * y;
+            }
+        }
+        self.held_outliers = 0;
+        for m in &mut self.models {
+            m.update(z, r);
+        }
+        self.noise_var = if self.state.updates == 0 {
+            r
+        } else {
+            0.9 * self.noise_var + 0.1 * r
+        };
+        self.state.updates += 1;
+        self.state.last_offset = y;
+        self.steer(now, poll_interval);
+    }
+
+    /// The next deadline (end of a slew), if any.
+    pub fn poll_timeout(&self) -> Option<MonoTime> {
+        self.slew_end
+    }
+
+    /// Handles the deadline: the slew is complete, keep only the frequency correction.
+    pub fn handle_timeout(&mut self, now: MonoTime) {
+        if self.slew_end.is_some_and(|t| now >= t) {
+            self.slew_end = None;
+            let nu = self.models.get(self.best()).map_or(0.0, |m| m.nu);
+            self.set_correction(now, -nu);
+        }
+    }
+
+    /// Next clock command to apply, in order.
+    pub fn poll_command(&mut self) -> Option<ClockCommand> {
+        (!self.commands.is_empty()).then(|| self.commands.remove(0))
+    }
+
+    /// Next event to report, in order.
+    pub fn poll_event(&mut self) -> Option<DisciplineEvent> {
+        (!self.events.is_empty()).then(|| self.events.remove(0))
+    }
+
+    /// The state at `now` (offset predicted to `now`).
+    pub fn state(&self, now: MonoTime) -> DisciplineState {
+        let mut st = self.state;
+        if let Some(m) = self.models.get(self.best()) {
+            let mut m = *m;
+            m.predict(now.secs_since(self.last_time), self.correction);
+            st.offset = m.theta;
+            st.frequency_ppm = m.nu * 1e6;
+            st.offset_sd = m.p[0][0].max(0.0).sqrt();
+            st.frequency_sd_ppm = m.p[1][1].max(0.0).sqrt() * 1e6;
+            st.wander = m.q;
+        }
+        st.correction_ppm = self.correction * 1e6;
+        st
+    }
+
+    /// True while the estimated offset is beyond the panic threshold and left uncorrected.
+    pub fn is_refusing(&self) -> bool {
+        self.refusing
+    }
+
+    /// True once the first sample has been applied.
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Suggests a poll exponent change for the sources: +1 when the clock's own wander over
+    /// twice the current interval stays well below the measurement noise, −1 when it exceeds it
+    /// over the current interval, else 0.
+    pub fn poll_adjustment(&self, poll_interval: f64) -> i8 {
+        if !self.started || self.state.updates < 8 {
+            return 0;
+        }
+        let m = &self.models[self.best()];
+        let noise = self.noise_var.max(1e-14);
+        let wander_var = |dt: f64| m.q * dt.powi(3) / 3.0 + m.p[1][1] * dt * dt;
+        if wander_var(2.0 * poll_interval) < noise {
+            1
+        } else if wander_var(poll_interval) > 4.0 * noise {
+            -1
+        } else {
+            0
+        }
+    }
+
+    /// The time (seconds) over which an estimated phase error is slewed away: half the poll
+    /// interval, at least one second.
+    pub fn slew_time(poll_interval: f64) -> f64 {
+        (poll_interval / 2.0).max(1.0)
+    }
+
+    fn start(&mut self, z: f64, r: f64) {
+        let nu0 = self.config.initial_frequency_ppm.map_or(0.0, |p| p * 1e-6);
+        let nu_var = if self.config.initial_frequency_ppm.is_some() {
+            1e-12
+        } else {
+            1e-8
+        };
+        self.models = WANDER_MODELS
+            .iter()
+            .map(|&q| Model {
+                q,
+                theta: z,
+                nu: nu0,
+                p: [[r, 0.0], [0.0, nu_var]],
+                loglik: 0.0,
+            })
+            .collect();
+        self.started = true;
+        self.state.updates = 1;
+        self.state.last_offset = z;
+        self.noise_var = r;
+        if self.exceeds_panic(z) {
+            return;
+        }
+        if self.config.step_at_startup && z.abs() > self.config.step_threshold {
+            self.step(z);
+        }
+    }
+
+    fn exceeds_panic(&mut self, offset: f64) -> bool {
+        let p = self.config.panic_threshold;
+        self.refusing = p > 0.0 && offset.abs() > p;
+        if self.refusing {
+            self.events.push(DisciplineEvent::PanicRefused(offset));
+        }
+        self.refusing
+    }
+
+    fn step(&mut self, offset: f64) {
+        for m in &mut self.models {
+            m.theta -= offset;
+        }
+        self.commands.push(ClockCommand::Step {
+            offset_ns: (offset * 1e9).round() as i64,
+        });
+        self.events.push(DisciplineEvent::Stepped(offset));
+        self.state.steps += 1;
+        self.over_threshold_since = None;
+    }
+
+    /// Decides the corrections after an update.
+    fn steer(&mut self, now: MonoTime, poll_interval: f64) {
+        let m = self.models[self.best()];
+        let theta = m.theta;
+        if theta.abs() > self.config.step_threshold {
+            if self.exceeds_panic(theta) {
+                // Refuse: keep only the frequency correction.
+                self.slew_end = None;
+                self.set_correction(now, -m.nu);
+                return;
+            }
+            let since = *self.over_threshold_since.get_or_insert(now);
+            if now.secs_since(since) >= self.config.stepout {
+                self.step(theta);
+                self.slew_end = None;
+                self.set_correction(now, -m.nu);
+                return;
+            }
+        } else {
+            self.over_threshold_since = None;
+            self.refusing = false;
+        }
+        let max = self.config.max_slew_ppm * 1e-6;
+        let base = (-m.nu).clamp(-max, max);
+        let wanted_rate = theta / Self::slew_time(poll_interval);
+        let rate = (base + wanted_rate).clamp(-max, max) - base;
+        if rate == 0.0 || theta == 0.0 {
+            self.slew_end = None;
+            self.set_correction(now, base);
+            return;
+        }
+        let duration = theta / rate;
+        self.set_correction(now, base + rate);
+        self.slew_end = Some(now.add_secs_f64(duration));
+    }
+
+    fn set_correction(&mut self, now: MonoTime, correction: f64) {
+        self.advance(now);
+        if correction != self.correction {
+            self.correction = correction;
+            self.commands.push(ClockCommand::SetFrequency {
+                ppm: correction * 1e6,
+            });
+        }
+    }
+
+    /// Propagates every model to `now` under the correction in force since the last call.
+    fn advance(&mut self, now: MonoTime) {
+        let dt = now.secs_since(self.last_time);
+        if dt > 0.0 {
+            for m in &mut self.models {
+                m.predict(dt, self.correction);
+            }
+            self.last_time = now;
+        }
+    }
+
+    fn best(&self) -> usize {
+        self.models
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.loglik.total_cmp(&b.1.loglik))
+            .map_or(0, |(i, _)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SoftClock;
+    use rand_core::{RngCore, SeedableRng};
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    const S: i64 = 1_000_000_000;
+
+    /// A clock, a perfect server reached over a symmetric path with noise, and the discipline
+    /// steering it; returns (true offsets after each sample, final discipline state).
+    fn run(
+        initial_offset: f64,
+        freq_ppm: f64,
+        noise: f64,
+        interval: i64,
+        samples: usize,
+    ) -> (Vec<f64>, DisciplineState, Discipline) {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+        let mut clock = SoftClock::new(0, (initial_offset * 1e9) as i64, freq_ppm);
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        let mut errors = Vec::new();
+        let mut t = 0;
+        for _ in 0..samples {
+            // Run the deadlines up to t.
+            while let Some(dl) = d.poll_timeout().filter(|dl| dl.0 <= t) {
+                d.handle_timeout(dl);
+                while let Some(c) = d.poll_command() {
+                    clock.apply(dl.0, c);
+                }
+            }
+            let err = clock.offset_at(t) * 1e-9;
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            let z = -err + noise * u * 3.46; // uniform with sd = noise
+            d.sample(MonoTime(t), z, noise * noise, interval as f64);
+            while let Some(c) = d.poll_command() {
+                clock.apply(t, c);
+            }
+            errors.push(clock.offset_at(t + 1) * 1e-9);
+            t += interval * S;
+        }
+        let st = d.state(MonoTime(t));
+        (errors, st, d)
+    }
+
+    #[test]
+    fn the_sign_is_right_a_fast_clock_is_brought_back() {
+        // The documents' client: 2.5 s fast. One exchange must bring it back, not double it.
+        let (errors, _, _) = run(2.5, 0.0, 1e-4, 5, 1);
+        assert!(
+            errors[0].abs() < 0.01,
+            "after one sample the error is {}",
+            errors[0]
+        );
+        let (errors, _, _) = run(-1.8, 0.0, 1e-4, 5, 1);
+        assert!(errors[0].abs() < 0.01, "{}", errors[0]);
+    }
+
+    #[test]
+    fn small_offsets_are_slewed_not_stepped() {
+        let (errors, st, _) = run(0.05, 0.0, 1e-5, 16, 20);
+        assert_eq!(st.steps, 0);
+        assert!(errors.last().unwrap().abs() < 1e-4, "{errors:?}");
+    }
+
+    #[test]
+    fn learns_frequency_and_phase() {
+        let (errors, st, _) = run(0.5, 50.0, 2e-5, 16, 60);
+        assert_eq!(st.steps, 1);
+        assert!(
+            (st.frequency_ppm - 50.0).abs() < 0.5,
+            "frequency estimate {}",
+            st.frequency_ppm
+        );
+        let tail = &errors[errors.len() - 20..];
+        let worst = tail.iter().fold(0.0f64, |a, e| a.max(e.abs()));
+        assert!(worst < 1e-4, "tail error {worst}");
+    }
+
+    #[test]
+    fn negative_frequency_error_too() {
+        let (_, st, _) = run(-0.3, -30.0, 2e-5, 16, 60);
+        assert!(
+            (st.frequency_ppm + 30.0).abs() < 0.5,
+            "{}",
+            st.frequency_ppm
+        );
+    }
+
+    #[test]
+    fn panic_threshold_refuses_hours() {
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        d.sample(MonoTime(0), 7200.0, 1e-6, 64.0);
+        assert!(matches!(d.poll_event(), Some(DisciplineEvent::PanicRefused(o)) if o == 7200.0));
+        assert!(d
+            .poll_command()
+            .is_none_or(|c| !matches!(c, ClockCommand::Step { .. })));
+    }
+
+    #[test]
+    fn initial_frequency_applied_at_once() {
+        let cfg = DisciplineConfig {
+            initial_frequency_ppm: Some(12.5),
+            ..Default::default()
+        };
+        let mut d = Discipline::new(cfg, MonoTime(0));
+        match d.poll_command() {
+            Some(ClockCommand::SetFrequency { ppm }) => assert!((ppm + 12.5).abs() < 1e-9, "{ppm}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn large_offset_after_startup_waits_for_stepout() {
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        d.sample(MonoTime(0), 0.0, 1e-8, 16.0);
+        while d.poll_command().is_some() {}
+        // A 1 s jump: first held as outliers, then accepted, then stepped only after stepout.
+        let mut stepped_at = None;
+        for i in 1..40 {
+            let now = MonoTime(i * 16 * S);
+            d.handle_timeout(now);
+            d.sample(now, 1.0, 1e-8, 16.0);
+            while let Some(c) = d.poll_command() {
+                if matches!(c, ClockCommand::Step { .. }) && stepped_at.is_none() {
+                    stepped_at = Some(i * 16);
+                }
+            }
+            if stepped_at.is_some() {
+                break;
+            }
+        }
+        let at = stepped_at.expect("stepped eventually");
+        assert!(at >= 300, "stepped after {at} s, before the 300 s stepout");
+    }
+}

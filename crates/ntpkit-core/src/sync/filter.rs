@@ -1,0 +1,219 @@
+//! The per-source clock filter.
+//!
+//! Two jobs, one sample stream:
+//!
+//! * RFC 5905's minimum-delay filter (§10) over the last [`FILTER_STAGES`] samples: the sample
+//!   with the least delay is the source's current estimate (offset, delay, dispersion), and the
+//!   RMS spread of the others around it is the source's jitter. Selection works on these.
+//! * A weight for every raw sample, for the discipline: a sample's error from delay asymmetry
+//!   is at most half its delay in excess of the path's minimum; spread uniformly, that is a
+//!   variance of `excess² / 12`. The minimum is tracked over a longer window
+//!   ([`MIN_DELAY_WINDOW`] samples), so queueing spikes weigh almost nothing instead of being
+//!   either used whole or thrown away.
+
+use crate::served::PHI;
+use crate::time::MonoTime;
+use serde::Serialize;
+
+/// Samples in the minimum-delay filter (RFC 5905 NSTAGE).
+pub const FILTER_STAGES: usize = 8;
+/// Samples over which the path's minimum delay is tracked.
+pub const MIN_DELAY_WINDOW: usize = 32;
+
+/// One measurement of a source: the four-timestamp exchange reduced to offset and delay.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize)]
+pub struct Sample {
+    /// Offset of the source's clock relative to ours (server − local), seconds.
+    pub offset: f64,
+    /// Round-trip delay, seconds (never negative).
+    pub delay: f64,
+    /// Dispersion of this measurement (precisions plus PHI × delay), seconds.
+    pub dispersion: f64,
+    /// Monotonic time of the measurement (arrival of the reply).
+    pub time: MonoTime,
+}
+
+/// The filter's current estimate of a source.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize)]
+pub struct FilterEstimate {
+    /// Offset of the minimum-delay sample, seconds.
+    pub offset: f64,
+    /// Its delay, seconds.
+    pub delay: f64,
+    /// Filter dispersion at the estimate's time, seconds.
+    pub dispersion: f64,
+    /// RMS of the other samples' offsets around this one, seconds.
+    pub jitter: f64,
+    /// When the chosen sample was taken.
+    pub time: MonoTime,
+}
+
+/// Minimum-delay clock filter with per-sample weights.
+#[derive(Clone, Debug, Default)]
+pub struct ClockFilter {
+    /// Most recent first.
+    stages: Vec<Sample>,
+    delays: Vec<f64>,
+    estimate: Option<FilterEstimate>,
+}
+
+impl ClockFilter {
+    /// An empty filter.
+    pub fn new() -> Self {
+        ClockFilter {
+            stages: Vec::with_capacity(FILTER_STAGES),
+            delays: Vec::with_capacity(MIN_DELAY_WINDOW),
+            estimate: None,
+        }
+    }
+
+    /// Adds a sample at `now`. Returns the new estimate if the minimum-delay sample changed to
+    /// one newer than the previous estimate (RFC 5905 never reuses an older sample).
+    pub fn add(&mut self, sample: Sample, now: MonoTime) -> Option<FilterEstimate> {
+        if self.stages.len() == FILTER_STAGES {
+            self.stages.pop();
+        }
+        self.stages.insert(0, sample);
+        if self.delays.len() == MIN_DELAY_WINDOW {
+            self.delays.remove(0);
+        }
+        self.delays.push(sample.delay);
+
+        // Sort indices by delay; aged dispersion breaks nothing here because all samples are
+        // compared at the same `now`.
+        let mut order: Vec<usize> = (0..self.stages.len()).collect();
+        order.sort_by(|&a, &b| self.stages[a].delay.total_cmp(&self.stages[b].delay));
+        let best = self.stages[order[0]];
+        let mut dispersion = 0.0;
+        for (rank, &i) in order.iter().enumerate() {
+            let s = &self.stages[i];
+            let aged = s.dispersion + PHI * now.secs_since(s.time).max(0.0);
+            dispersion += aged / f64::from(1u32 << (rank + 1).min(31));
+        }
+        let n = self.stages.len();
+        let jitter = if n > 1 {
+            let ss: f64 = order[1..]
+                .iter()
+                .map(|&i| (self.stages[i].offset - best.offset).powi(2))
+                .sum();
+            (ss / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        let newer = self.estimate.is_none_or(|e| best.time > e.time);
+        let estimate = FilterEstimate {
+            offset: best.offset,
+            delay: best.delay,
+            dispersion,
+            jitter,
+            time: best.time,
+        };
+        if newer {
+            self.estimate = Some(estimate);
+            return Some(estimate);
+        }
+        // Jitter and dispersion stay current even when the chosen sample is not new.
+        if let Some(e) = &mut self.estimate {
+            e.jitter = jitter;
+            e.dispersion = dispersion;
+        }
+        None
+    }
+
+    /// The current estimate, if any sample has been added.
+    pub fn estimate(&self) -> Option<FilterEstimate> {
+        self.estimate
+    }
+
+    /// The smallest delay in the recent window, seconds.
+    pub fn min_delay(&self) -> Option<f64> {
+        self.delays.iter().copied().min_by(f64::total_cmp)
+    }
+
+    /// Variance (s²) of a sample's offset error due to path asymmetry, given the path's minimum
+    /// delay: the excess delay is split unknown between the two directions.
+    pub fn asymmetry_variance(&self, sample: &Sample) -> f64 {
+        let excess = (sample.delay - self.min_delay().unwrap_or(sample.delay)).max(0.0);
+        excess * excess / 12.0
+    }
+
+    /// The clock was stepped by `step` seconds: stored offsets shift by −step.
+    pub fn apply_step(&mut self, step: f64) {
+        for s in &mut self.stages {
+            s.offset -= step;
+        }
+        if let Some(e) = &mut self.estimate {
+            e.offset -= step;
+        }
+    }
+
+    /// Forgets all samples (e.g. after the source's address changed).
+    pub fn clear(&mut self) {
+        *self = ClockFilter::new();
+    }
+
+    /// The most recent sample.
+    pub fn last(&self) -> Option<&Sample> {
+        self.stages.first()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(offset: f64, delay: f64, t: i64) -> Sample {
+        Sample {
+            offset,
+            delay,
+            dispersion: 1e-6,
+            time: MonoTime(t * 1_000_000_000),
+        }
+    }
+
+    #[test]
+    fn picks_minimum_delay_and_never_reuses_older() {
+        let mut f = ClockFilter::new();
+        let e = f.add(s(0.010, 0.020, 1), MonoTime(1_000_000_000)).unwrap();
+        assert_eq!(e.offset, 0.010);
+        // A noisier sample with larger delay does not replace it.
+        assert!(f.add(s(0.050, 0.100, 2), MonoTime(2_000_000_000)).is_none());
+        assert_eq!(f.estimate().unwrap().offset, 0.010);
+        assert!((f.estimate().unwrap().jitter - 0.040).abs() < 1e-12);
+        // A lower-delay sample replaces it.
+        let e = f.add(s(0.001, 0.005, 3), MonoTime(3_000_000_000)).unwrap();
+        assert_eq!((e.offset, e.delay), (0.001, 0.005));
+    }
+
+    #[test]
+    fn old_minimum_ages_out_after_eight_samples() {
+        let mut f = ClockFilter::new();
+        f.add(s(0.0, 0.001, 0), MonoTime(0));
+        for t in 1..=8 {
+            f.add(
+                s(0.002, 0.010 + t as f64 * 1e-4, t),
+                MonoTime(t * 1_000_000_000),
+            );
+        }
+        assert!(f.estimate().unwrap().delay > 0.001);
+    }
+
+    #[test]
+    fn weights_follow_excess_delay() {
+        let mut f = ClockFilter::new();
+        f.add(s(0.0, 0.002, 0), MonoTime(0));
+        let spike = s(0.0, 0.014, 1);
+        f.add(spike, MonoTime(1));
+        assert!((f.asymmetry_variance(&spike) - 0.012f64.powi(2) / 12.0).abs() < 1e-15);
+        assert_eq!(f.asymmetry_variance(&s(0.0, 0.002, 2)), 0.0);
+    }
+
+    #[test]
+    fn step_shifts_offsets() {
+        let mut f = ClockFilter::new();
+        f.add(s(2.5, 0.2, 0), MonoTime(0));
+        f.apply_step(2.5);
+        assert_eq!(f.estimate().unwrap().offset, 0.0);
+        assert_eq!(f.last().unwrap().offset, 0.0);
+    }
+}

@@ -1,0 +1,325 @@
+//! Source selection: which sources tell the truth, and which of those to follow.
+//!
+//! 1. Intersection (Marzullo's algorithm as RFC 5905 §11.2.1 applies it): each candidate's
+//!    correctness interval is `offset ± root distance`. Find the smallest number of falsetickers
+//!    `f < n/2` such that some point lies in at least `n − f` intervals; the sources whose
+//!    intervals contain the intersection of those are truechimers, the rest falsetickers. If no
+//!    such `f` exists, no majority agrees and nothing is selected.
+//! 2. Clustering (RFC 5905 §11.2.2): while more than [`MIN_CLUSTER`] survivors remain, drop the
+//!    one whose offset is farthest (RMS) from the others, unless that spread is already below
+//!    the smallest source jitter.
+//! 3. The system peer is the survivor with the smallest root distance, kept while it survives
+//!    (no flapping between equals). The discipline then combines the survivors' samples,
+//!    weighted by their quality.
+
+/// Survivors kept by clustering at least (RFC 5905 NMIN... CLUSTER_MIN).
+pub const MIN_CLUSTER: usize = 3;
+
+/// One source as selection sees it.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Candidate {
+    /// Caller's index of the source.
+    pub index: usize,
+    /// Offset estimate, seconds.
+    pub offset: f64,
+    /// Root distance (half-width of the correctness interval), seconds.
+    pub root_distance: f64,
+    /// Jitter, seconds.
+    pub jitter: f64,
+}
+
+/// What selection decided.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct Selection {
+    /// Indices of the falsetickers.
+    pub falsetickers: Vec<usize>,
+    /// Truechimers dropped by clustering.
+    pub outliers: Vec<usize>,
+    /// Truechimers kept: their samples are combined.
+    pub survivors: Vec<usize>,
+    /// The system peer, if a majority agreed.
+    pub system_peer: Option<usize>,
+}
+
+/// Why nothing was selected.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NoSelection {
+    /// Fewer usable sources than `minsources`.
+    TooFewSources {
+        /// Usable sources.
+        usable: usize,
+        /// Required.
+        required: usize,
+    },
+    /// No majority of the sources agrees on the time.
+    NoMajority {
+        /// Size of the largest group whose intervals intersect.
+        largest_agreeing: usize,
+        /// Usable sources.
+        usable: usize,
+    },
+}
+
+impl core::fmt::Display for NoSelection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NoSelection::TooFewSources { usable, required } => {
+                write!(f, "{usable} usable source(s), minsources is {required}")
+            }
+            NoSelection::NoMajority {
+                largest_agreeing,
+                usable,
+            } => write!(
+                f,
+                "no majority: at most {largest_agreeing} of {usable} sources agree on the time"
+            ),
+        }
+    }
+}
+
+/// Runs intersection and clustering over `candidates`. `current_peer` is the previous system
+/// peer's index, kept if it survives.
+pub fn select(
+    candidates: &[Candidate],
+    minsources: usize,
+    current_peer: Option<usize>,
+) -> Result<Selection, (NoSelection, Selection)> {
+    let n = candidates.len();
+    if n < minsources.max(1) {
+        let all = Selection {
+            falsetickers: vec![],
+            ..Selection::default()
+        };
+        return Err((
+            NoSelection::TooFewSources {
+                usable: n,
+                required: minsources.max(1),
+            },
+            all,
+        ));
+    }
+    let Some((low, high)) = intersection(candidates) else {
+        let largest = largest_agreeing(candidates);
+        let sel = Selection {
+            falsetickers: candidates.iter().map(|c| c.index).collect(),
+            ..Selection::default()
+        };
+        return Err((
+            NoSelection::NoMajority {
+                largest_agreeing: largest,
+                usable: n,
+            },
+            sel,
+        ));
+    };
+    let (mut truechimers, falsetickers): (Vec<Candidate>, Vec<Candidate>) = candidates
+        .iter()
+        .partition(|c| c.offset - c.root_distance <= high && c.offset + c.root_distance >= low);
+    let mut selection = Selection {
+        falsetickers: falsetickers.iter().map(|c| c.index).collect(),
+        ..Selection::default()
+    };
+    if truechimers.len() < minsources {
+        let err = NoSelection::TooFewSources {
+            usable: truechimers.len(),
+            required: minsources,
+        };
+        selection.survivors = truechimers.iter().map(|c| c.index).collect();
+        return Err((err, selection));
+    }
+    // Clustering.
+    while truechimers.len() > MIN_CLUSTER.max(minsources) {
+        let min_jitter = truechimers
+            .iter()
+            .map(|c| c.jitter)
+            .fold(f64::INFINITY, f64::min);
+        let (worst, spread) = truechimers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let ss: f64 = truechimers
+                    .iter()
+                    .map(|o| (o.offset - c.offset).powi(2))
+                    .sum();
+                (i, (ss / (truechimers.len() - 1) as f64).sqrt())
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("non-empty");
+        if spread <= min_jitter {
+            break;
+        }
+        selection.outliers.push(truechimers.remove(worst).index);
+    }
+    selection.survivors = truechimers.iter().map(|c| c.index).collect();
+    let best = truechimers
+        .iter()
+        .min_by(|a, b| a.root_distance.total_cmp(&b.root_distance))
+        .expect("at least one survivor");
+    selection.system_peer = Some(match current_peer {
+        Some(p) if selection.survivors.contains(&p) => p,
+        _ => best.index,
+    });
+    Ok(selection)
+}
+
+/// The intersection interval agreed by the largest possible majority, if any.
+fn intersection(candidates: &[Candidate]) -> Option<(f64, f64)> {
+    let n = candidates.len();
+    // Endpoints: (value, +1 for a lower edge, −1 for an upper edge). Lower edges sort before
+    // upper edges at equal values, so touching intervals count as overlapping.
+    let mut edges: Vec<(f64, i32)> = candidates
+        .iter()
+        .flat_map(|c| {
+            [
+                (c.offset - c.root_distance, 1),
+                (c.offset + c.root_distance, -1),
+            ]
+        })
+        .collect();
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut allowed = 0;
+    while 2 * allowed < n {
+        let need = (n - allowed) as i32;
+        let mut count = 0;
+        let mut low = None;
+        for &(v, kind) in &edges {
+            count += kind;
+            if count >= need {
+                low = Some(v);
+                break;
+            }
+        }
+        count = 0;
+        let mut high = None;
+        for &(v, kind) in edges.iter().rev() {
+            count -= kind;
+            if count >= need {
+                high = Some(v);
+                break;
+            }
+        }
+        if let (Some(l), Some(h)) = (low, high) {
+            if l <= h {
+                return Some((l, h));
+            }
+        }
+        allowed += 1;
+    }
+    None
+}
+
+/// The largest number of intervals sharing a point (for reporting when there is no majority).
+fn largest_agreeing(candidates: &[Candidate]) -> usize {
+    let mut edges: Vec<(f64, i32)> = candidates
+        .iter()
+        .flat_map(|c| {
+            [
+                (c.offset - c.root_distance, 1),
+                (c.offset + c.root_distance, -1),
+            ]
+        })
+        .collect();
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut count = 0;
+    let mut best = 0;
+    for (_, kind) in edges {
+        count += kind;
+        best = best.max(count);
+    }
+    best as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(index: usize, offset: f64) -> Candidate {
+        Candidate {
+            index,
+            offset,
+            root_distance: 0.01,
+            jitter: 0.0001,
+        }
+    }
+
+    #[test]
+    fn single_source_is_selected() {
+        let s = select(&[c(0, 0.3)], 1, None).unwrap();
+        assert_eq!(s.system_peer, Some(0));
+        assert_eq!(s.survivors, vec![0]);
+    }
+
+    #[test]
+    fn two_of_five_falsetickers_rejected() {
+        let cands = [
+            c(0, 0.0001),
+            c(1, 1.0),
+            c(2, -0.0002),
+            c(3, 2.0),
+            c(4, 0.0003),
+        ];
+        let s = select(&cands, 1, None).unwrap();
+        assert_eq!(s.falsetickers, vec![1, 3]);
+        let mut kept = s.survivors.clone();
+        kept.extend(&s.outliers);
+        kept.sort();
+        assert_eq!(kept, vec![0, 2, 4]);
+        assert!(matches!(s.system_peer, Some(0 | 2 | 4)));
+    }
+
+    #[test]
+    fn three_of_five_wrong_means_no_majority() {
+        let cands = [c(0, 0.0), c(1, 1.0), c(2, 0.0001), c(3, 2.0), c(4, 3.0)];
+        let (why, sel) = select(&cands, 1, None).unwrap_err();
+        assert_eq!(
+            why,
+            NoSelection::NoMajority {
+                largest_agreeing: 2,
+                usable: 5
+            }
+        );
+        assert_eq!(sel.system_peer, None);
+        assert!(why.to_string().contains("no majority"));
+    }
+
+    #[test]
+    fn two_disagreeing_sources_have_no_majority() {
+        let (why, _) = select(&[c(0, 0.0), c(1, 1.0)], 1, None).unwrap_err();
+        assert!(matches!(why, NoSelection::NoMajority { .. }));
+    }
+
+    #[test]
+    fn minsources_enforced() {
+        let (why, _) = select(&[c(0, 0.0), c(1, 0.0)], 3, None).unwrap_err();
+        assert_eq!(
+            why,
+            NoSelection::TooFewSources {
+                usable: 2,
+                required: 3
+            }
+        );
+    }
+
+    #[test]
+    fn clustering_drops_the_outlying_truechimer() {
+        // All overlap (wide intervals) but one sits far from the others.
+        let mut cands: Vec<Candidate> = (0..4).map(|i| c(i, i as f64 * 1e-5)).collect();
+        cands.push(Candidate {
+            index: 4,
+            offset: 0.009,
+            root_distance: 0.01,
+            jitter: 0.0001,
+        });
+        let s = select(&cands, 1, None).unwrap();
+        assert!(s.outliers.contains(&4), "{s:?}");
+        assert!(s.falsetickers.is_empty());
+    }
+
+    #[test]
+    fn current_peer_kept_while_it_survives() {
+        let mut cands = vec![c(0, 0.0), c(1, 0.0), c(2, 0.0)];
+        cands[0].root_distance = 0.005;
+        assert_eq!(select(&cands, 1, Some(2)).unwrap().system_peer, Some(2));
+        assert_eq!(select(&cands, 1, None).unwrap().system_peer, Some(0));
+    }
+}

@@ -1,0 +1,645 @@
+//! One upstream server: when to poll it, what to send, and what its replies are worth.
+//!
+//! The poll interval is `2^poll` seconds, kept between the source's `minpoll` and `maxpoll`; the
+//! system suggests where inside that range (the discipline knows how long the clock can go
+//! unwatched). `iburst` sends the first few requests two seconds apart. The 8-bit reach register
+//! shifts left at every poll and records a 1 for every reply; a source whose register is empty
+//! is unreachable and is polled less often. Each request's transmit timestamp is random (the
+//! request's identity; RFC 9109): a reply whose origin timestamp does not match is not ours.
+//! Kiss-o'-death: `RATE` doubles the poll interval, `DENY` and `RSTR` stop the source.
+
+use super::filter::{ClockFilter, FilterEstimate, Sample};
+use crate::exchange::{measure, validate_reply, ReplyError};
+use crate::served::PHI;
+use crate::time::{ClockTime, MonoTime, NANOS_PER_SEC};
+use ntpkit_wire::{Header, KissCode, LeapIndicator, Mode, NtpTimestamp, Packet, RefId};
+use rand_core::RngCore;
+use serde::Serialize;
+use std::net::IpAddr;
+
+/// Requests sent at start-up by `iburst`.
+pub const BURST_LEN: u8 = 4;
+/// Spacing of burst requests, seconds (shorter if the poll interval is shorter).
+pub const BURST_SPACING: f64 = 2.0;
+/// Smallest and largest poll exponents accepted in configuration.
+pub const POLL_LIMITS: (i8, i8) = (-4, 17);
+
+/// Per-source settings.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub struct SourceConfig {
+    /// Shortest poll interval, log2 seconds (default 6 = 64 s).
+    pub minpoll: i8,
+    /// Longest poll interval, log2 seconds (default 10 = 1024 s).
+    pub maxpoll: i8,
+    /// Send a burst of requests at start-up (default true in configs, as chrony users expect).
+    pub iburst: bool,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            minpoll: 6,
+            maxpoll: 10,
+            iburst: true,
+        }
+    }
+}
+
+/// Acceptance limits applied to every reply, shared by all sources.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize)]
+pub struct SampleLimits {
+    /// Largest acceptable root distance of a source, seconds (default 1.5 s, as RFC 5905 MAXDIST).
+    pub max_distance: f64,
+    /// Largest plausible round-trip delay, seconds (default 3 s).
+    pub max_delay: f64,
+    /// Precision of the local clock, log2 seconds.
+    pub local_precision: i8,
+}
+
+impl Default for SampleLimits {
+    fn default() -> Self {
+        SampleLimits {
+            max_distance: 1.5,
+            max_delay: 3.0,
+            local_precision: -20,
+        }
+    }
+}
+
+/// Why a reply that was ours gave no sample.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize)]
+pub enum Rejection {
+    /// The reply is malformed or not a proper server reply.
+    Invalid,
+    /// Leap 3 or stratum ≥ 16.
+    Unsynchronized,
+    /// Zero receive or transmit timestamp.
+    ZeroTimestamp,
+    /// Root distance above the maximum (seconds).
+    TooDistant(f64),
+    /// Round-trip delay negative or above the maximum (seconds).
+    ImplausibleDelay(f64),
+    /// The local clock was stepped while the request was in flight.
+    ClockStepped,
+    /// Kiss-o'-death.
+    Kiss(
+        /// The kiss code, rendered.
+        #[serde(serialize_with = "crate::sync::ser_display")]
+        KissCode,
+    ),
+}
+
+impl core::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Rejection::Invalid => f.write_str("invalid reply"),
+            Rejection::Unsynchronized => f.write_str("server unsynchronized"),
+            Rejection::ZeroTimestamp => f.write_str("zero timestamp in reply"),
+            Rejection::TooDistant(d) => write!(f, "root distance {d:.3} s too large"),
+            Rejection::ImplausibleDelay(d) => write!(f, "implausible delay {d:.6} s"),
+            Rejection::ClockStepped => f.write_str("clock stepped during exchange"),
+            Rejection::Kiss(k) => write!(f, "kiss-o'-death {k}"),
+        }
+    }
+}
+
+/// What a reply did.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum ReplyOutcome {
+    /// Not an answer to our outstanding request (ignored, not counted for reach).
+    NotOurs,
+    /// A usable sample, and the variance (s²) the discipline should give it.
+    Sample(Sample, f64),
+    /// Ours, but unusable.
+    Rejected(Rejection),
+}
+
+/// What the server told us about itself in its last valid reply.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize)]
+pub struct ServerInfo {
+    /// Stratum.
+    pub stratum: u8,
+    /// Leap indicator.
+    #[serde(serialize_with = "crate::sync::ser_debug")]
+    pub leap: LeapIndicator,
+    /// Reference ID.
+    #[serde(serialize_with = "crate::sync::ser_refid")]
+    pub reference_id: RefId,
+    /// Root delay, seconds.
+    pub root_delay: f64,
+    /// Root dispersion, seconds.
+    pub root_dispersion: f64,
+    /// Precision, log2 seconds.
+    pub precision: i8,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    cookie: NtpTimestamp,
+    t1: ClockTime,
+    step_generation: u64,
+}
+
+/// Counters of one source.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+pub struct SourceCounters {
+    /// Requests sent.
+    pub sent: u64,
+    /// Replies that matched a request.
+    pub received: u64,
+    /// Samples accepted.
+    pub accepted: u64,
+    /// Matched replies rejected.
+    pub rejected: u64,
+}
+
+/// The poll state machine and clock filter of one source.
+#[derive(Clone, Debug)]
+pub struct Source {
+    address: IpAddr,
+    config: SourceConfig,
+    poll: i8,
+    kod_min_poll: i8,
+    next_poll: MonoTime,
+    burst_left: u8,
+    reach: u8,
+    polls_unanswered: u32,
+    pending: Option<Pending>,
+    denied: Option<KissCode>,
+    filter: ClockFilter,
+    info: Option<ServerInfo>,
+    last_rejection: Option<Rejection>,
+    counters: SourceCounters,
+}
+
+impl Source {
+    /// A source whose first request is due at once (iburst) or within a second.
+    pub fn new(
+        address: IpAddr,
+        config: SourceConfig,
+        now: MonoTime,
+        rng: &mut dyn RngCore,
+    ) -> Self {
+        let minpoll = config.minpoll.clamp(POLL_LIMITS.0, POLL_LIMITS.1);
+        let maxpoll = config.maxpoll.clamp(minpoll, POLL_LIMITS.1);
+        let config = SourceConfig {
+            minpoll,
+            maxpoll,
+            ..config
+        };
+        let first = if config.iburst {
+            0
+        } else {
+            (rng.next_u64() % NANOS_PER_SEC as u64) as i64
+        };
+        Source {
+            address,
+            config,
+            poll: minpoll,
+            kod_min_poll: minpoll,
+            next_poll: now.add_nanos(first),
+            burst_left: if config.iburst { BURST_LEN } else { 0 },
+            reach: 0,
+            polls_unanswered: 0,
+            pending: None,
+            denied: None,
+            filter: ClockFilter::new(),
+            info: None,
+            last_rejection: None,
+            counters: SourceCounters::default(),
+        }
+    }
+
+    /// The server's address (its reference ID when selected).
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+
+    /// When the next request is due; None once the server denied us.
+    pub fn next_deadline(&self) -> Option<MonoTime> {
+        self.denied.is_none().then_some(self.next_poll)
+    }
+
+    /// Writes a request into `buf` (≥ 48 bytes) if one is due at `now`; `clock` is the local
+    /// clock read just before sending. Returns the request's length.
+    pub fn transmit(
+        &mut self,
+        now: MonoTime,
+        clock: ClockTime,
+        rng: &mut dyn RngCore,
+        buf: &mut [u8],
+        step_generation: u64,
+    ) -> Option<usize> {
+        if self.denied.is_some() || now < self.next_poll || buf.len() < 48 {
+            return None;
+        }
+        self.reach <<= 1;
+        if self.pending.is_some() {
+            self.polls_unanswered += 1;
+        }
+        if self.reach == 0 && self.polls_unanswered >= 8 {
+            // Unreachable: back off.
+            self.poll = (self.poll + 1).min(self.config.maxpoll);
+        }
+        let cookie = NtpTimestamp::from_bits(rng.next_u64() | 1);
+        let request = Header {
+            leap: LeapIndicator::Unsynchronized,
+            version: 4,
+            mode: Mode::Client,
+            poll: self.poll,
+            transmit_ts: cookie,
+            ..Header::default()
+        };
+        let head: &mut [u8; 48] = (&mut buf[..48]).try_into().expect("length checked");
+        request.emit(head);
+        self.pending = Some(Pending {
+            cookie,
+            t1: clock,
+            step_generation,
+        });
+        self.counters.sent += 1;
+        let interval = if self.burst_left > 0 {
+            self.burst_left -= 1;
+            BURST_SPACING.min(self.interval())
+        } else {
+            self.interval()
+        };
+        // ±1/32 randomization keeps many clients of one server from polling in lockstep.
+        let spread = (rng.next_u64() % 1024) as f64 / 1024.0 - 0.5;
+        self.next_poll = now.add_secs_f64(interval * (1.0 + spread / 16.0));
+        Some(48)
+    }
+
+    /// Handles a datagram from this source's address, received at local clock time `t4`.
+    pub fn handle_reply(
+        &mut self,
+        now: MonoTime,
+        t4: ClockTime,
+        bytes: &[u8],
+        limits: &SampleLimits,
+        step_generation: u64,
+    ) -> ReplyOutcome {
+        let Some(pending) = self.pending else {
+            return ReplyOutcome::NotOurs;
+        };
+        let Ok(packet) = Packet::parse(bytes) else {
+            return ReplyOutcome::NotOurs;
+        };
+        let reply = packet.header;
+        let rejection = match validate_reply(pending.cookie, &reply, false) {
+            Err(ReplyError::NotOurs) => return ReplyOutcome::NotOurs,
+            Err(ReplyError::Kiss(code)) => Some(Rejection::Kiss(code)),
+            Err(ReplyError::Unsynchronized { .. }) => Some(Rejection::Unsynchronized),
+            Err(ReplyError::ZeroTimestamp) => Some(Rejection::ZeroTimestamp),
+            Err(_) => Some(Rejection::Invalid),
+            Ok(()) => None,
+        };
+        // One reply per request: duplicates and replays of it are not ours any more.
+        self.pending = None;
+        self.counters.received += 1;
+        if !matches!(rejection, Some(Rejection::Kiss(_) | Rejection::Invalid)) {
+            self.reach |= 1;
+            self.polls_unanswered = 0;
+        }
+        if let Some(r) = rejection {
+            if let Rejection::Kiss(code) = r {
+                self.handle_kiss(code, now);
+            }
+            return self.reject(r);
+        }
+        if pending.step_generation != step_generation {
+            return self.reject(Rejection::ClockStepped);
+        }
+        let info = ServerInfo {
+            stratum: reply.stratum,
+            leap: reply.leap,
+            reference_id: reply.reference_id,
+            root_delay: reply.root_delay.to_seconds_f64(),
+            root_dispersion: reply.root_dispersion.to_seconds_f64(),
+            precision: reply.precision,
+        };
+        self.info = Some(info);
+        let m = measure(pending.t1.to_ntp(), &reply, t4.to_ntp());
+        let precision = 2f64.powi(limits.local_precision as i32)
+            + 2f64.powi(reply.precision.clamp(-32, 0) as i32);
+        let delay = m.delay_ns as f64 / NANOS_PER_SEC as f64;
+        if delay < -precision || delay > limits.max_delay {
+            return self.reject(Rejection::ImplausibleDelay(delay));
+        }
+        let delay = delay.max(0.0);
+        let sample = Sample {
+            offset: m.offset_ns as f64 / NANOS_PER_SEC as f64,
+            delay,
+            dispersion: precision + PHI * delay,
+            time: now,
+        };
+        let distance = (info.root_delay + delay) / 2.0 + info.root_dispersion + sample.dispersion;
+        if distance > limits.max_distance {
+            return self.reject(Rejection::TooDistant(distance));
+        }
+        self.filter.add(sample, now);
+        let floor = precision.max(1e-6);
+        let variance = floor * floor + self.filter.asymmetry_variance(&sample);
+        self.counters.accepted += 1;
+        self.last_rejection = None;
+        ReplyOutcome::Sample(sample, variance)
+    }
+
+    fn reject(&mut self, r: Rejection) -> ReplyOutcome {
+        self.counters.rejected += 1;
+        self.last_rejection = Some(r);
+        ReplyOutcome::Rejected(r)
+    }
+
+    fn handle_kiss(&mut self, code: KissCode, now: MonoTime) {
+        match code {
+            KissCode::Rate => {
+                self.kod_min_poll = (self.poll + 1)
+                    .min(self.config.maxpoll)
+                    .max(self.kod_min_poll);
+                self.poll = self.kod_min_poll;
+                self.burst_left = 0;
+                self.next_poll = now.add_secs_f64(self.interval());
+            }
+            KissCode::Deny | KissCode::Restrict => self.denied = Some(code),
+            _ => {}
+        }
+    }
+
+    /// Sets the poll exponent the system suggests, within this source's limits.
+    pub fn set_poll(&mut self, exponent: i8) {
+        let poll = exponent.clamp(
+            self.kod_min_poll.max(self.config.minpoll),
+            self.config.maxpoll,
+        );
+        if self.reach != 0 || self.polls_unanswered < 8 {
+            self.poll = poll;
+        }
+    }
+
+    /// The clock was stepped by `step` seconds.
+    pub fn apply_step(&mut self, step: f64) {
+        self.filter.apply_step(step);
+    }
+
+    /// Current poll exponent.
+    pub fn poll(&self) -> i8 {
+        self.poll
+    }
+
+    /// The configured (minpoll, maxpoll).
+    pub fn poll_range(&self) -> (i8, i8) {
+        (self.config.minpoll, self.config.maxpoll)
+    }
+
+    /// Poll interval, seconds.
+    pub fn interval(&self) -> f64 {
+        2f64.powi(self.poll as i32)
+    }
+
+    /// Reach register.
+    pub fn reach(&self) -> u8 {
+        self.reach
+    }
+
+    /// True if no reply came in the last eight polls and at least one request went unanswered.
+    pub fn is_unreachable(&self) -> bool {
+        self.reach == 0 && self.polls_unanswered >= 1
+    }
+
+    /// The kiss code that stopped this source, if any.
+    pub fn denied(&self) -> Option<KissCode> {
+        self.denied
+    }
+
+    /// The filter's estimate.
+    pub fn estimate(&self) -> Option<FilterEstimate> {
+        self.filter.estimate()
+    }
+
+    /// The most recent sample.
+    pub fn last_sample(&self) -> Option<Sample> {
+        self.filter.last().copied()
+    }
+
+    /// What the server said about itself.
+    pub fn info(&self) -> Option<ServerInfo> {
+        self.info
+    }
+
+    /// Why the last reply was rejected, if it was.
+    pub fn last_rejection(&self) -> Option<Rejection> {
+        self.last_rejection
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> SourceCounters {
+        self.counters
+    }
+
+    /// Root distance at `now` (RFC 5905 §11.2.1, with MINDISP as its floor on the delay term):
+    /// half the total delay plus all dispersion and jitter, aged by PHI.
+    pub fn root_distance(&self, now: MonoTime, min_dispersion: f64) -> Option<f64> {
+        let e = self.filter.estimate()?;
+        let info = self.info?;
+        let age = now.secs_since(e.time).max(0.0);
+        Some(
+            (min_dispersion.max(info.root_delay + e.delay)) / 2.0
+                + info.root_dispersion
+                + e.dispersion
+                + e.jitter
+                + PHI * age,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ntpkit_wire::NtpShort;
+    use rand_core::SeedableRng;
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    const T0: ClockTime = ClockTime(1_790_000_000_000_000_000);
+
+    fn rng() -> Xoshiro256PlusPlus {
+        Xoshiro256PlusPlus::seed_from_u64(1)
+    }
+
+    /// A server `server_ahead` seconds ahead of us, one-way delay `d`.
+    fn answer(
+        request: &[u8],
+        t1: ClockTime,
+        server_ahead: f64,
+        d: f64,
+        edit: impl Fn(&mut Header),
+    ) -> (Vec<u8>, ClockTime) {
+        let req = Header::parse(request).unwrap();
+        let ahead = (server_ahead * 1e9) as i64;
+        let dn = (d * 1e9) as i64;
+        let mut h = Header {
+            mode: Mode::Server,
+            stratum: 1,
+            precision: -20,
+            reference_id: RefId::LOCL,
+            root_dispersion: NtpShort::from_seconds_f64(0.0001),
+            origin_ts: req.transmit_ts,
+            receive_ts: t1.add_nanos(ahead + dn).to_ntp(),
+            transmit_ts: t1.add_nanos(ahead + dn + 1000).to_ntp(),
+            ..Header::default()
+        };
+        edit(&mut h);
+        let mut b = [0u8; 48];
+        h.emit(&mut b);
+        (b.to_vec(), t1.add_nanos(2 * dn + 1000))
+    }
+
+    fn exchange(
+        src: &mut Source,
+        now: MonoTime,
+        ahead: f64,
+        d: f64,
+        edit: impl Fn(&mut Header),
+    ) -> ReplyOutcome {
+        let mut buf = [0u8; 64];
+        let n = src.transmit(now, T0, &mut rng(), &mut buf, 0).expect("due");
+        let (reply, t4) = answer(&buf[..n], T0, ahead, d, edit);
+        src.handle_reply(now, t4, &reply, &SampleLimits::default(), 0)
+    }
+
+    fn src() -> Source {
+        Source::new(
+            "192.0.2.1".parse().unwrap(),
+            SourceConfig::default(),
+            MonoTime(0),
+            &mut rng(),
+        )
+    }
+
+    #[test]
+    fn a_fast_client_measures_a_negative_offset() {
+        // We are 2.5 s fast = the server is 2.5 s behind us.
+        let mut s = src();
+        match exchange(&mut s, MonoTime(0), -2.5, 0.1, |_| {}) {
+            ReplyOutcome::Sample(smp, _) => {
+                assert!((smp.offset + 2.5).abs() < 1e-6, "{}", smp.offset);
+                assert!((smp.delay - 0.2).abs() < 1e-5, "{}", smp.delay);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.reach(), 1);
+    }
+
+    #[test]
+    fn request_hides_local_time_and_reply_must_match() {
+        let mut s = src();
+        let mut buf = [0u8; 48];
+        s.transmit(MonoTime(0), T0, &mut rng(), &mut buf, 0)
+            .unwrap();
+        let req = Header::parse(&buf).unwrap();
+        assert_eq!(req.mode, Mode::Client);
+        assert_ne!(req.transmit_ts, T0.to_ntp());
+        let (mut reply, t4) = answer(&buf, T0, 0.0, 0.001, |_| {});
+        reply[24] ^= 1; // corrupt origin
+        assert_eq!(
+            s.handle_reply(MonoTime(0), t4, &reply, &SampleLimits::default(), 0),
+            ReplyOutcome::NotOurs
+        );
+        assert_eq!(s.reach(), 0);
+    }
+
+    #[test]
+    fn iburst_then_poll_interval() {
+        let mut s = src();
+        let mut buf = [0u8; 48];
+        let mut now = MonoTime(0);
+        for _ in 0..BURST_LEN {
+            s.transmit(now, T0, &mut rng(), &mut buf, 0).unwrap();
+            let next = s.next_deadline().unwrap();
+            assert!((next.secs_since(now) - 2.0).abs() < 0.1);
+            now = next;
+        }
+        s.transmit(now, T0, &mut rng(), &mut buf, 0).unwrap();
+        assert!((s.next_deadline().unwrap().secs_since(now) - 64.0).abs() < 3.0);
+    }
+
+    #[test]
+    fn unusable_replies_rejected() {
+        type Edit = fn(&mut Header);
+        let cases: [(Edit, &str); 4] = [
+            (|h| h.leap = LeapIndicator::Unsynchronized, "unsync"),
+            (|h| h.stratum = 16, "stratum 16"),
+            (|h| h.receive_ts = NtpTimestamp::ZERO, "zero"),
+            (
+                |h| h.root_dispersion = NtpShort::from_seconds_f64(5.0),
+                "distance",
+            ),
+        ];
+        for (edit, name) in cases {
+            let mut s = src();
+            assert!(
+                matches!(
+                    exchange(&mut s, MonoTime(0), 0.0, 0.01, edit),
+                    ReplyOutcome::Rejected(_)
+                ),
+                "{name}"
+            );
+        }
+        let mut s = src();
+        assert!(matches!(
+            exchange(&mut s, MonoTime(0), 0.0, 5.0, |_| {}),
+            ReplyOutcome::Rejected(Rejection::ImplausibleDelay(_))
+        ));
+    }
+
+    #[test]
+    fn kiss_rate_slows_and_deny_stops() {
+        let mut s = src();
+        let r = exchange(&mut s, MonoTime(0), 0.0, 0.01, |h| {
+            h.stratum = 0;
+            h.reference_id = RefId(*b"RATE");
+        });
+        assert_eq!(r, ReplyOutcome::Rejected(Rejection::Kiss(KissCode::Rate)));
+        assert_eq!(s.poll(), 7);
+        let mut s = src();
+        exchange(&mut s, MonoTime(0), 0.0, 0.01, |h| {
+            h.stratum = 0;
+            h.reference_id = RefId(*b"DENY");
+        });
+        assert_eq!(s.next_deadline(), None);
+        let mut buf = [0u8; 48];
+        assert!(s
+            .transmit(MonoTime(1 << 40), T0, &mut rng(), &mut buf, 0)
+            .is_none());
+    }
+
+    #[test]
+    fn unreachable_after_eight_silent_polls_and_backs_off() {
+        let cfg = SourceConfig {
+            minpoll: 4,
+            maxpoll: 8,
+            iburst: false,
+        };
+        let mut s = Source::new("192.0.2.1".parse().unwrap(), cfg, MonoTime(0), &mut rng());
+        let mut buf = [0u8; 48];
+        for _ in 0..12 {
+            let now = s.next_deadline().unwrap();
+            s.transmit(now, T0, &mut rng(), &mut buf, 0).unwrap();
+        }
+        assert!(s.is_unreachable());
+        assert!(s.poll() > 4, "backed off to {}", s.poll());
+    }
+
+    #[test]
+    fn step_during_exchange_discards_sample() {
+        let mut s = src();
+        let mut buf = [0u8; 48];
+        s.transmit(MonoTime(0), T0, &mut rng(), &mut buf, 0)
+            .unwrap();
+        let (reply, t4) = answer(&buf, T0, 0.0, 0.001, |_| {});
+        assert_eq!(
+            s.handle_reply(MonoTime(0), t4, &reply, &SampleLimits::default(), 1),
+            ReplyOutcome::Rejected(Rejection::ClockStepped)
+        );
+    }
+}
