@@ -36,9 +36,23 @@ const PHASE_NOISE: f64 = 1e-20;
 const OUTLIER_SIGMAS: f64 = 5.0;
 const MAX_HELD_OUTLIERS: u32 = 3;
 
+/// How samples become clock corrections.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DisciplineMode {
+    /// The Kalman filter bank described in the module docs.
+    #[default]
+    Kalman,
+    /// Step the clock by every raw measured offset at once, as the project's source documents'
+    /// clients do: no filtering, no frequency correction. For comparison only.
+    Naive,
+}
+
 /// Discipline settings.
 #[derive(Clone, Copy, PartialEq, Debug, Serialize)]
 pub struct DisciplineConfig {
+    /// The algorithm (default [`DisciplineMode::Kalman`]).
+    pub mode: DisciplineMode,
     /// Offsets beyond this (seconds) are stepped rather than slewed (default 0.128 s).
     pub step_threshold: f64,
     /// Offsets beyond this (seconds) are refused and reported; 0 disables (default 1000 s).
@@ -57,6 +71,7 @@ pub struct DisciplineConfig {
 impl Default for DisciplineConfig {
     fn default() -> Self {
         DisciplineConfig {
+            mode: DisciplineMode::Kalman,
             step_threshold: 0.128,
             panic_threshold: 1000.0,
             stepout: 300.0,
@@ -210,6 +225,18 @@ impl Discipline {
     /// `variance` (s²). `poll_interval` (seconds) is the current interval between samples.
     pub fn sample(&mut self, now: MonoTime, z: f64, variance: f64, poll_interval: f64) {
         self.advance(now);
+        if self.config.mode == DisciplineMode::Naive {
+            self.started = true;
+            self.state.updates += 1;
+            self.state.last_offset = z;
+            if z != 0.0 {
+                self.commands.push(ClockCommand::Step {
+                    offset_ns: (z * 1e9).round() as i64,
+                });
+                self.state.steps += 1;
+            }
+            return;
+        }
         let r = variance.max(1e-18);
         if !self.started {
             self.start(z, r);
@@ -491,6 +518,29 @@ mod tests {
         );
         let (errors, _, _) = run(-1.8, 0.0, 1e-4, 5, 1);
         assert!(errors[0].abs() < 0.01, "{}", errors[0]);
+    }
+
+    #[test]
+    fn naive_mode_applies_each_raw_offset() {
+        let cfg = DisciplineConfig {
+            mode: DisciplineMode::Naive,
+            ..Default::default()
+        };
+        let mut d = Discipline::new(cfg, MonoTime(0));
+        d.sample(MonoTime(0), -2.5, 1e-6, 5.0);
+        assert_eq!(
+            d.poll_command(),
+            Some(ClockCommand::Step {
+                offset_ns: -2_500_000_000
+            })
+        );
+        d.sample(MonoTime(5 * S), 0.001, 1e-6, 5.0);
+        assert_eq!(
+            d.poll_command(),
+            Some(ClockCommand::Step {
+                offset_ns: 1_000_000
+            })
+        );
     }
 
     #[test]

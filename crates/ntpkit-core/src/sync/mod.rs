@@ -19,7 +19,9 @@ pub mod source;
 pub mod status;
 pub mod system;
 
-pub use discipline::{Discipline, DisciplineConfig, DisciplineEvent, DisciplineState};
+pub use discipline::{
+    Discipline, DisciplineConfig, DisciplineEvent, DisciplineMode, DisciplineState,
+};
 pub use filter::{ClockFilter, FilterEstimate, Sample};
 pub use select::{Candidate, NoSelection, Selection};
 pub use source::{Rejection, SampleLimits, ServerInfo, Source, SourceConfig, SourceCounters};
