@@ -141,7 +141,7 @@ struct Pending {
 }
 
 /// Counters of one source.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, serde::Deserialize)]
 pub struct SourceCounters {
     /// Requests sent.
     pub sent: u64,

@@ -4,10 +4,10 @@
 use super::source::{Source, SourceCounters};
 use super::system::SourceId;
 use crate::time::MonoTime;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What selection made of a source.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceState {
     /// The system peer: the clock follows it (`^*`).
@@ -41,7 +41,7 @@ impl SourceState {
 }
 
 /// One source.
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct SourceStatus {
     /// Identifier within the system.
     pub id: SourceId,
@@ -106,7 +106,7 @@ impl SourceStatus {
 }
 
 /// The system, as `chronyc tracking` shows it.
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Tracking {
     /// Reference ID served (IPv4 form, or ASCII for stratum 1).
     pub reference_id: String,
@@ -143,7 +143,7 @@ pub struct Tracking {
 }
 
 /// Everything `ntpkit status` shows.
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct SystemStatus {
     /// The system.
     pub tracking: Tracking,

@@ -15,7 +15,9 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 
 /// Identifies a source within one [`SyncSystem`].
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 pub struct SourceId(pub u32);
 
 /// System-wide settings.
