@@ -1,1 +1,249 @@
-fn main() {}
+//! `ntpkit`: one command line for the whole toolkit. A thin layer over the library crates:
+//! parse arguments, call the driver, print, choose the exit status.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ntpkit_daemon::query::{self, QueryConfig, SampleOutcome};
+use ntpkit_daemon::serve::{self, ServeConfig, DEFAULT_STRATUM};
+use ntpkit_wire::RefId;
+use std::io::{IsTerminal, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Network time toolkit: NTP server, client, synchronization daemon and simulator.
+#[derive(Parser, Debug)]
+#[command(name = "ntpkit", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve this host's clock to NTP clients (UDP, and optionally ntpkit's TCP framing).
+    Serve(ServeArgs),
+    /// Ask an NTP server for the time and show offset and delay.
+    Query(QueryArgs),
+}
+
+const SERVE_AFTER_HELP: &str = "\
+Stratum and reference ID: by default ntpkit serves the local clock as stratum 10 with reference \
+ID LOCL, like chrony's `local` directive (stratum 10) and ntpd's undisciplined local clock \
+(.LOCL.). The local clock is not a primary reference, and a low stratum would make clients prefer \
+it over real time sources. Use --stratum 1 --refid GPS (say) only when the host's clock really is \
+disciplined by a reference clock, or --stratum N+1 --refid UPSTREAM-IP when it is synchronized \
+to a stratum-N server.
+
+The reference time is refreshed to the current time about once per second; the precision is \
+measured from the system clock at start. Counters are printed on exit (SIGINT, SIGTERM) and on \
+SIGUSR1, first line `served: answered=N ignored=N malformed=N`.
+
+Port 123 needs root or CAP_NET_BIND_SERVICE; unprivileged example:
+  ntpkit serve --listen 127.0.0.1:1123 --listen [::1]:1123 --tcp 127.0.0.1:1123";
+
+#[derive(Args, Debug)]
+#[command(after_help = SERVE_AFTER_HELP)]
+struct ServeArgs {
+    /// UDP address to listen on (repeatable). Port 0 picks a free port, printed at start.
+    /// [default: 0.0.0.0:123 and [::]:123]
+    #[arg(long = "listen", value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+    /// TCP address for ntpkit's length-prefixed NTP-over-TCP framing (repeatable).
+    #[arg(long = "tcp", value_name = "ADDR:PORT")]
+    tcp: Vec<SocketAddr>,
+    /// Stratum to advertise, 1–15. The default 10 marks an undisciplined local clock.
+    #[arg(long, default_value_t = DEFAULT_STRATUM, value_parser = clap::value_parser!(u8).range(1..=15))]
+    stratum: u8,
+    /// Reference ID: 1–4 ASCII characters (GPS, PPS, LOCL) or an IPv4 address.
+    #[arg(long, default_value = "LOCL", value_parser = parse_refid)]
+    refid: RefId,
+    /// Precision to advertise, log2 seconds (e.g. -20); measured from the clock by default.
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i8).range(-32..=0))]
+    precision: Option<i8>,
+    /// Threads (sockets sharing the address with SO_REUSEPORT) per UDP address.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    udp_threads: u16,
+    /// Close TCP connections idle for this many seconds.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    tcp_idle_timeout: f64,
+    /// Most TCP connections open at once.
+    #[arg(long, default_value_t = 16_384)]
+    tcp_max_connections: usize,
+    /// Log every request and response (and dropped packets) to stderr.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Each request carries 64 random bits as its transmit timestamp; a reply counts only if its \
+origin timestamp echoes them. Offset = ((T2-T1)+(T3-T4))/2, delay = (T4-T1)-(T3-T2), computed \
+in 32.32 fixed point; T4 is the kernel's receive timestamp. The summary reports the sample \
+with the smallest delay. Exit status: 0 if at least one valid reply came, 1 otherwise (timeout, \
+bad replies, kiss-o'-death).
+
+The default interval of 2 s respects public servers' rate limits (ntpd's `discard minimum`); \
+use --interval 0.1 against your own server.")]
+struct QueryArgs {
+    /// Server: HOST, HOST:PORT, IPv4:PORT, [IPv6]:PORT (port 123 by default).
+    #[arg(value_name = "HOST[:PORT]")]
+    server: String,
+    /// Number of requests.
+    #[arg(short = 'n', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    samples: u32,
+    /// Seconds between requests (the first goes at once).
+    #[arg(short, long, default_value_t = 2.0, value_name = "SECS")]
+    interval: f64,
+    /// Seconds to wait for each reply.
+    #[arg(short, long, default_value_t = 2.0, value_name = "SECS")]
+    timeout: f64,
+    /// Use ntpkit's TCP framing (one connection for all samples).
+    #[arg(long)]
+    tcp: bool,
+    /// Accept replies from an unsynchronized server (leap 3 or stratum 16).
+    #[arg(long)]
+    allow_unsynced: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_refid(s: &str) -> Result<RefId, String> {
+    if let Ok(ip) = s.parse::<Ipv4Addr>() {
+        return Ok(RefId(ip.octets()));
+    }
+    RefId::from_ascii(s).ok_or_else(|| {
+        format!("{s:?} is neither 1–4 printable ASCII characters nor an IPv4 address")
+    })
+}
+
+fn secs(value: f64, what: &str) -> anyhow::Result<Duration> {
+    anyhow::ensure!(
+        value.is_finite() && (0.0..=86_400.0).contains(&value),
+        "{what} must be between 0 and 86400 seconds"
+    );
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose = matches!(&cli.command, Command::Serve(a) if a.verbose);
+    init_logging(verbose);
+    let result = match cli.command {
+        Command::Serve(args) => serve_cmd(args),
+        Command::Query(args) => query_cmd(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if verbose { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("NTPKIT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let defaults = ServeConfig::default();
+    let udp_is_default = a.listen.is_empty();
+    let cfg = ServeConfig {
+        udp: if udp_is_default {
+            defaults.udp.clone()
+        } else {
+            a.listen
+        },
+        udp_is_default,
+        tcp: a.tcp,
+        stratum: a.stratum,
+        refid: a.refid,
+        precision: a.precision,
+        udp_threads: a.udp_threads as usize,
+        tcp_idle_timeout: secs(a.tcp_idle_timeout, "--tcp-idle-timeout")?,
+        tcp_max_connections: a.tcp_max_connections.max(1),
+        verbose: a.verbose,
+        ..defaults
+    };
+    serve::run(cfg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn query_cmd(a: QueryArgs) -> anyhow::Result<ExitCode> {
+    let cfg = QueryConfig {
+        server: a.server,
+        samples: a.samples,
+        interval: secs(a.interval, "--interval")?,
+        timeout: secs(a.timeout, "--timeout")?,
+        tcp: a.tcp,
+        allow_unsynced: a.allow_unsynced,
+    };
+    let transport = if cfg.tcp { "tcp" } else { "udp" };
+    let mut out = std::io::stdout().lock();
+    if !a.json {
+        writeln!(
+            out,
+            "Querying NTP server at {} ({transport}, {} sample{})...\n",
+            cfg.server,
+            cfg.samples,
+            if cfg.samples == 1 { "" } else { "s" }
+        )?;
+        out.flush()?;
+    }
+    let result = query::run(&cfg, |addr, outcome| {
+        if !a.json {
+            let text = query::render_outcome(addr, cfg.samples, outcome, cfg.timeout);
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
+        }
+    });
+    let (addr, outcomes) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if a.json {
+                let v = serde_json::json!({ "server": cfg.server, "error": e.to_string() });
+                writeln!(out, "{v}")?;
+            }
+            return Err(e).context("query failed");
+        }
+    };
+    let error =
+        query::kiss_code(&outcomes).map(|code| format!("server {addr} sent kiss-o'-death {code}"));
+    let ok = query::best(&outcomes).is_some() && error.is_none();
+    if a.json {
+        let v = query::render_json(addr, transport, &outcomes, error.as_deref());
+        writeln!(out, "{v}")?;
+    } else if let Some(summary) = query::render_summary(addr, &outcomes) {
+        write!(out, "{summary}")?;
+    }
+    if let Some(msg) = error {
+        eprintln!("error: {msg}");
+    } else if !ok {
+        let timeouts = outcomes
+            .iter()
+            .all(|o| matches!(o, SampleOutcome::Timeout { .. }));
+        if timeouts {
+            eprintln!(
+                "error: no reply from {addr} within {}",
+                query::format_duration(cfg.timeout)
+            );
+        } else {
+            eprintln!("error: no valid reply from {addr}");
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,498 @@
+//! `ntpkit serve`: answer NTP clients with this host's clock, over UDP and ntpkit's TCP framing.
+//!
+//! Layout: one dedicated blocking OS thread per UDP socket ([`crate::udp`]: `recvmmsg` →
+//! [`Responder`] → `sendmmsg`, kernel receive timestamps, no allocation per datagram); a tokio
+//! runtime for the TCP listeners ([`crate::tcp`]) and the signals. SIGINT and SIGTERM stop the
+//! server and print the counters; SIGUSR1 prints them and goes on.
+//!
+//! [`Responder`]: ntpkit_core::Responder
+
+use ntpkit_core::{ClockTime, ServedState, NANOS_PER_SEC};
+use ntpkit_wire::RefId;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Stratum served by default for the local clock, as chrony's `local` directive (and ntpd's
+/// conventional `fudge 127.127.1.0 stratum 10`): an undisciplined local clock must never
+/// outrank a real time source in a client's selection.
+pub const DEFAULT_STRATUM: u8 = 10;
+
+/// What `ntpkit serve` is asked to do.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// UDP addresses to listen on.
+    pub udp: Vec<SocketAddr>,
+    /// Whether `udp` is the built-in default (`0.0.0.0:123` and `[::]:123`): then a host
+    /// without IPv6 only gets a warning.
+    pub udp_is_default: bool,
+    /// TCP addresses to listen on (ntpkit's framing).
+    pub tcp: Vec<SocketAddr>,
+    /// Stratum to advertise, 1–15.
+    pub stratum: u8,
+    /// Reference ID to advertise.
+    pub refid: RefId,
+    /// Precision to advertise (log2 s); measured from the clock when None.
+    pub precision: Option<i8>,
+    /// Sockets (threads) per UDP address, sharing it with `SO_REUSEPORT`.
+    pub udp_threads: usize,
+    /// Datagrams per `recvmmsg`/`sendmmsg`.
+    pub batch: usize,
+    /// `SO_RCVBUF` for UDP sockets, bytes.
+    pub recv_buffer: usize,
+    /// Close a TCP connection idle this long.
+    pub tcp_idle_timeout: Duration,
+    /// Most TCP connections open at once; more are refused (accepted and closed).
+    pub tcp_max_connections: usize,
+    /// Largest NTP packet accepted in a TCP frame.
+    pub tcp_max_frame: usize,
+    /// Log every request and response.
+    pub verbose: bool,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            udp: vec![
+                "0.0.0.0:123".parse().expect("literal"),
+                "[::]:123".parse().expect("literal"),
+            ],
+            udp_is_default: true,
+            tcp: Vec::new(),
+            stratum: DEFAULT_STRATUM,
+            refid: RefId::LOCL,
+            precision: None,
+            udp_threads: 1,
+            batch: 64,
+            recv_buffer: 4 << 20,
+            tcp_idle_timeout: Duration::from_secs(30),
+            tcp_max_connections: 16_384,
+            tcp_max_frame: crate::framing::DEFAULT_MAX_FRAME_LEN,
+            verbose: false,
+        }
+    }
+}
+
+/// Transport of a listener, as error messages and the counters name it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Transport {
+    /// UDP (RFC 5905).
+    Udp,
+    /// ntpkit's TCP framing.
+    Tcp,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Transport::Udp => "--listen",
+            Transport::Tcp => "--tcp",
+        }
+    }
+}
+
+/// Why the server could not start or run.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A listening socket could not be bound; the message says why and what to do.
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Its transport.
+        transport: Transport,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Any other OS failure (thread or runtime creation, signal handlers).
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Bind {
+                addr,
+                transport,
+                source,
+            } => {
+                let flag = transport.flag();
+                let port = addr.port();
+                let alt = SocketAddr::new(addr.ip(), if port == 1123 { 11123 } else { 1123 });
+                write!(f, "cannot listen on {addr} ({}): ", transport.name())?;
+                match source.raw_os_error() {
+                    Some(EACCES) => write!(
+                        f,
+                        "permission denied (port {port} needs root or CAP_NET_BIND_SERVICE); \
+                         use an unprivileged port, e.g. {flag} {alt}"
+                    ),
+                    Some(EADDRINUSE) => write!(
+                        f,
+                        "address already in use (another NTP server, e.g. chronyd, ntpd or \
+                         systemd-timesyncd, or another ntpkit?); stop it or use another port, \
+                         e.g. {flag} {alt}"
+                    ),
+                    Some(EADDRNOTAVAIL) => write!(
+                        f,
+                        "address not available (no interface of this host has {}); use one of \
+                         this host's addresses, e.g. {flag} {}",
+                        addr.ip(),
+                        if addr.is_ipv4() {
+                            format!("0.0.0.0:{port}")
+                        } else {
+                            format!("[::]:{port}")
+                        }
+                    ),
+                    Some(EAFNOSUPPORT) => write!(
+                        f,
+                        "IPv6 is not available on this host; listen on IPv4 only, e.g. \
+                         {flag} 0.0.0.0:{port}"
+                    ),
+                    _ => write!(f, "{source}"),
+                }
+            }
+            ServeError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+// errno values (Linux), kept here so that this crate needs no libc.
+const EACCES: i32 = 13;
+const EADDRINUSE: i32 = 98;
+const EADDRNOTAVAIL: i32 = 99;
+const EAFNOSUPPORT: i32 = 97;
+
+/// Counters of one transport, shared between its workers and the reporter.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests answered.
+    pub answered: AtomicU64,
+    /// Well-formed packets not answered (not client mode).
+    pub ignored: AtomicU64,
+    /// Datagrams or frames that are not NTP packets (including oversize and bad framing).
+    pub malformed: AtomicU64,
+    /// TCP connections accepted (0 for UDP).
+    pub connections: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct CounterValues {
+    /// Requests answered.
+    pub answered: u64,
+    /// Well-formed packets not answered.
+    pub ignored: u64,
+    /// Not NTP packets.
+    pub malformed: u64,
+    /// TCP connections accepted.
+    pub connections: u64,
+}
+
+impl Counters {
+    /// Reads all counters.
+    pub fn snapshot(&self) -> CounterValues {
+        CounterValues {
+            answered: self.answered.load(Ordering::Relaxed),
+            ignored: self.ignored.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Adds the change of a responder's counters since `last`, and remembers them.
+    pub(crate) fn publish(
+        &self,
+        now: ntpkit_core::ResponderStats,
+        last: &mut ntpkit_core::ResponderStats,
+        extra_malformed: u64,
+    ) {
+        let add = |c: &AtomicU64, d: u64| {
+            if d != 0 {
+                c.fetch_add(d, Ordering::Relaxed);
+            }
+        };
+        add(&self.answered, now.answered - last.answered);
+        add(&self.ignored, now.ignored - last.ignored);
+        add(
+            &self.malformed,
+            now.malformed - last.malformed + extra_malformed,
+        );
+        *last = now;
+    }
+}
+
+/// Everything the workers share: counters per transport and the stop flag.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// UDP counters.
+    pub udp: Counters,
+    /// TCP counters.
+    pub tcp: Counters,
+    /// Set once to stop every worker.
+    pub stop: AtomicBool,
+}
+
+impl Shared {
+    /// The counters in the form `ntpkit serve` prints (first line: totals, for scripts).
+    pub fn report(&self) -> String {
+        let u = self.udp.snapshot();
+        let t = self.tcp.snapshot();
+        format!(
+            "served: answered={} ignored={} malformed={}\n\
+             served udp: answered={} ignored={} malformed={}\n\
+             served tcp: answered={} ignored={} malformed={} connections={}\n",
+            u.answered + t.answered,
+            u.ignored + t.ignored,
+            u.malformed + t.malformed,
+            u.answered,
+            u.ignored,
+            u.malformed,
+            t.answered,
+            t.ignored,
+            t.malformed,
+            t.connections,
+        )
+    }
+}
+
+/// The served state of the local clock: stratum, refid and precision from the command line;
+/// the reference time refreshed to the current time about once per second (the clock is its
+/// own reference). Each worker owns one, so nothing is shared on the hot path.
+#[derive(Clone, Debug)]
+pub struct LocalClock {
+    state: ServedState,
+}
+
+impl LocalClock {
+    /// The local clock served at `stratum` with `refid` and `precision`.
+    pub fn new(stratum: u8, refid: RefId, precision: i8) -> Self {
+        LocalClock {
+            state: ServedState::local(stratum, refid, precision, ClockTime(0)),
+        }
+    }
+
+    /// The state to answer a request received at `now` with.
+    #[inline]
+    pub fn state_at(&mut self, now: ClockTime) -> &ServedState {
+        let age = now.nanos_since(self.state.reference_time);
+        if !(0..NANOS_PER_SEC).contains(&age) {
+            self.state.reference_time = now;
+        }
+        &self.state
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM. Prints "NTP server listening on ADDR (udp|tcp)"
+/// per socket at start (with the port the kernel chose for port 0) and the counters at exit.
+pub fn run(config: ServeConfig) -> Result<(), ServeError> {
+    let precision = config
+        .precision
+        .unwrap_or_else(ntpkit_os::clock_precision_log2);
+    let shared = Arc::new(Shared::default());
+    let clock = LocalClock::new(config.stratum, config.refid, precision);
+
+    let mut udp_sockets = Vec::new();
+    for &addr in &config.udp {
+        match crate::udp::bind(addr, &config) {
+            Ok(socks) => udp_sockets.push(socks),
+            Err(e) => {
+                let unavailable_v6 = addr.is_ipv6()
+                    && matches!(e.raw_os_error(), Some(EAFNOSUPPORT | EADDRNOTAVAIL));
+                if config.udp_is_default && unavailable_v6 {
+                    tracing::warn!("IPv6 unavailable, not listening on {addr}: {e}");
+                    continue;
+                }
+                return Err(ServeError::Bind {
+                    addr,
+                    transport: Transport::Udp,
+                    source: e,
+                });
+            }
+        }
+    }
+
+    if !config.tcp.is_empty() {
+        match ntpkit_os::raise_nofile_limit() {
+            Ok(n) => tracing::debug!("open file limit {n}"),
+            Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(if config.tcp.is_empty() { 1 } else { 2 })
+        .enable_all()
+        .build()
+        .map_err(ServeError::Io)?;
+    let mut tcp_listeners = Vec::new();
+    for &addr in &config.tcp {
+        let l = runtime
+            .block_on(crate::tcp::bind(addr))
+            .map_err(|source| ServeError::Bind {
+                addr,
+                transport: Transport::Tcp,
+                source,
+            })?;
+        tcp_listeners.push(l);
+    }
+
+    let mut out = io::stdout().lock();
+    for socks in &udp_sockets {
+        let _ = writeln!(
+            out,
+            "NTP server listening on {} (udp)",
+            socks[0].local_addr()
+        );
+    }
+    for l in &tcp_listeners {
+        if let Ok(a) = l.local_addr() {
+            let _ = writeln!(out, "NTP server listening on {a} (tcp)");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "Serving the local clock: stratum {}, reference ID {}, precision 2^{} s",
+        config.stratum,
+        crate::query::refid_text(config.refid, config.stratum),
+        precision
+    );
+    let _ = writeln!(out, "Waiting for NTP requests... (Press Ctrl+C to stop)");
+    let _ = out.flush();
+    drop(out);
+    if let Ok(k) = ntpkit_os::kernel_clock_status() {
+        if !k.synchronized {
+            tracing::warn!(
+                "the kernel reports the system clock as unsynchronized (max error {} ms); \
+                 serving it anyway",
+                k.max_error_us / 1000
+            );
+        }
+    }
+
+    let mut threads = Vec::new();
+    for socks in udp_sockets {
+        for sock in socks {
+            let worker = crate::udp::Worker::new(sock, clock.clone(), shared.clone(), &config);
+            let name = format!("udp {}", worker.local_addr());
+            let h = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || worker.run())
+                .map_err(ServeError::Io)?;
+            threads.push(h);
+        }
+    }
+
+    let result = runtime.block_on(async {
+        for l in tcp_listeners {
+            tokio::spawn(crate::tcp::serve(
+                l,
+                clock.clone(),
+                shared.clone(),
+                config.clone(),
+            ));
+        }
+        wait_for_stop(&shared).await
+    });
+    shared.stop.store(true, Ordering::SeqCst);
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    for h in threads {
+        let _ = h.join();
+    }
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(shared.report().as_bytes());
+    let _ = out.flush();
+    result
+}
+
+/// Waits for SIGINT or SIGTERM; prints the counters on SIGUSR1.
+async fn wait_for_stop(shared: &Shared) -> Result<(), ServeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Io)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(ServeError::Io)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = usr1.recv() => {
+                let mut out = io::stdout().lock();
+                let _ = out.write_all(shared.report().as_bytes());
+                let _ = out.flush();
+            }
+        }
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_error_messages_name_cause_and_fix() {
+        let e = ServeError::Bind {
+            addr: "0.0.0.0:123".parse().unwrap(),
+            transport: Transport::Udp,
+            source: io::Error::from_raw_os_error(EACCES),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot listen on 0.0.0.0:123 (udp): permission denied (port 123 needs root or \
+             CAP_NET_BIND_SERVICE); use an unprivileged port, e.g. --listen 0.0.0.0:1123"
+        );
+        let e = ServeError::Bind {
+            addr: "[::1]:1123".parse().unwrap(),
+            transport: Transport::Tcp,
+            source: io::Error::from_raw_os_error(EADDRINUSE),
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("address already in use") && s.contains("--tcp [::1]:11123"),
+            "{s}"
+        );
+        let e = ServeError::Bind {
+            addr: "192.0.2.7:1123".parse().unwrap(),
+            transport: Transport::Udp,
+            source: io::Error::from_raw_os_error(EADDRNOTAVAIL),
+        };
+        assert!(e.to_string().contains("--listen 0.0.0.0:1123"));
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn local_clock_reference_refreshes_each_second() {
+        let mut c = LocalClock::new(10, RefId::LOCL, -20);
+        let t0 = ClockTime(1_790_000_000_000_000_000);
+        assert_eq!(c.state_at(t0).reference_time, t0);
+        assert_eq!(c.state_at(t0.add_nanos(999_999_999)).reference_time, t0);
+        let t1 = t0.add_nanos(NANOS_PER_SEC);
+        assert_eq!(c.state_at(t1).reference_time, t1);
+        // A clock stepped backwards resets the reference too.
+        let back = t0.add_nanos(-5);
+        assert_eq!(c.state_at(back).reference_time, back);
+        assert_eq!(c.state_at(back).stratum, 10);
+    }
+
+    #[test]
+    fn report_format() {
+        let s = Shared::default();
+        s.udp.answered.store(5, Ordering::Relaxed);
+        s.tcp.answered.store(2, Ordering::Relaxed);
+        s.tcp.malformed.store(1, Ordering::Relaxed);
+        let r = s.report();
+        assert_eq!(
+            r.lines().next(),
+            Some("served: answered=7 ignored=0 malformed=1")
+        );
+    }
+}
