@@ -1,0 +1,592 @@
+//! The discrete-event loop.
+//!
+//! Virtual time is integer nanoseconds of true time since the start of the run. Events sit in a
+//! binary heap ordered by (time, sequence number), so simultaneous events run in the order they
+//! were scheduled and a run is a pure function of the scenario and the seed.
+//!
+//! Each node is driven exactly as the daemon drives the core (the call contract on
+//! [`SyncSystem`]): its one pending timer is `poll_timeout`; after every input the driver drains
+//! `poll_transmit` (reading the node's clock just before each), then `poll_clock_command`
+//! (applied to the node's clock at that instant), then `poll_event`. Requests are the core's own
+//! bytes; the server node answers them with the core's [`Responder`] at its clock's reading and
+//! the reply bytes are handed to `handle_reply` — every packet crosses `ntpkit-wire` both ways.
+//! The node's monotonic time is true time (the daemon uses the OS monotonic clock).
+
+use crate::clock::SimClock;
+use crate::rng::{exponential, normal, stream, uniform, Rng, StreamKind};
+use crate::scenario::{Direction, Distribution, Scenario};
+use ntpkit_core::sync::{DisciplineConfig, SystemConfig};
+use ntpkit_core::{
+    measure, ClockCommand, MonoTime, Responder, Response, ServedState, SourceConfig, SourceId,
+    SyncSystem,
+};
+use ntpkit_wire::{stamp_transmit, Header, RefId, HEADER_LEN};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Precision (log2 s) the simulated reference clocks advertise.
+const REFERENCE_PRECISION: i8 = -20;
+
+#[derive(Clone, Copy, Debug)]
+struct Packet {
+    bytes: [u8; HEADER_LEN],
+    /// The client's clock reading when it sent the request (T1), Unix ns.
+    t1: i64,
+    /// The client's count of clock steps at send time (a step in flight spoils the sample).
+    steps: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// A node's `poll_timeout` deadline.
+    Timer(u32),
+    /// A request arrives at the link's server.
+    Request(u32, Packet),
+    /// The link's server sends its reply after processing.
+    Transmit(u32, Packet),
+    /// A reply arrives at the link's client.
+    Reply(u32, Packet),
+    /// Sample every node's true error.
+    Sample,
+    /// A scheduled disturbance of a node's clock (node, ns).
+    Step(u32, i64),
+}
+
+#[derive(Debug)]
+struct Event {
+    time: i64,
+    seq: u64,
+    kind: Kind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, o: &Self) -> bool {
+        (self.time, self.seq) == (o.time, o.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Event {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.time, o.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+/// One (client, source) path with its own random stream per direction.
+#[derive(Debug)]
+struct Link {
+    client: u32,
+    server: u32,
+    source: u32,
+    profile: u16,
+    request_rng: Rng,
+    reply_rng: Rng,
+}
+
+/// Running statistics of one node.
+#[derive(Clone, Debug, Default)]
+pub struct NodeCounters {
+    /// Requests sent.
+    pub sent: u64,
+    /// Replies received.
+    pub received: u64,
+    /// Requests answered as a server.
+    pub served: u64,
+    /// Clock steps commanded by the core.
+    pub steps: u64,
+    /// Sum of |measured offset| over replies used, seconds.
+    pub correction_sum: f64,
+    /// Replies whose offset was measured (no step in flight).
+    pub corrections: u64,
+    /// Samples after the statistics start.
+    pub n: u64,
+    /// Sums of the true error (s) and its square, and the max |error|.
+    pub err: (f64, f64, f64),
+    /// Same for the frequency error (ppm).
+    pub freq: (f64, f64, f64),
+    /// Time of the first sample after the last one at or above the threshold.
+    pub synced_since: Option<i64>,
+    /// True error (s) and frequency error (ppm) at the last sample.
+    pub last: (f64, f64),
+}
+
+struct Node {
+    clock: SimClock,
+    clock_rng: Rng,
+    core_rng: Rng,
+    sync: Option<SyncSystem>,
+    responder: Responder,
+    reference: Option<u8>,
+    /// Link index of each source, by SourceId.
+    links: Vec<u32>,
+    /// Time of the pending timer event (i64::MAX: none).
+    timer: i64,
+    steps: u32,
+    counters: NodeCounters,
+}
+
+/// What to record besides the statistics.
+#[derive(Default)]
+pub struct Trace<'a> {
+    /// CSV time series sink.
+    pub csv: Option<&'a mut dyn Write>,
+    /// Nodes whose true error is kept for plotting.
+    pub plot_nodes: Vec<usize>,
+}
+
+impl std::fmt::Debug for Trace<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trace")
+            .field("csv", &self.csv.is_some())
+            .field("plot_nodes", &self.plot_nodes)
+            .finish()
+    }
+}
+
+/// The result of one run.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Per node, in scenario order.
+    pub counters: Vec<NodeCounters>,
+    /// Stratum each node serves at the end (16 = unsynchronized).
+    pub stratum: Vec<u8>,
+    /// Discipline updates per node.
+    pub updates: Vec<u64>,
+    /// Exchanges completed (replies delivered).
+    pub exchanges: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Packets lost on links (loss or outage).
+    pub lost: u64,
+    /// Plotted series: (time s, true error s) per entry of `Trace::plot_nodes`.
+    pub series: Vec<Vec<(f64, f64)>>,
+}
+
+/// A simulation in progress.
+pub struct Sim<'s, 't> {
+    sc: &'s Scenario,
+    seed: u64,
+    duration: i64,
+    now: i64,
+    seq: u64,
+    queue: BinaryHeap<Event>,
+    nodes: Vec<Node>,
+    links: Vec<Link>,
+    trace: Trace<'t>,
+    series: Vec<Vec<(f64, f64)>>,
+    plot_index: Vec<Option<usize>>,
+    exchanges: u64,
+    events: u64,
+    lost: u64,
+    line: String,
+}
+
+impl std::fmt::Debug for Sim<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("scenario", &self.sc.name)
+            .field("now", &self.now)
+            .finish()
+    }
+}
+
+/// The address a node is known by (its reference ID downstream): 10.x.y.z from its index.
+pub fn node_address(i: usize) -> IpAddr {
+    let n = i as u32 + 1;
+    IpAddr::V4(Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8))
+}
+
+impl<'s, 't> Sim<'s, 't> {
+    /// Builds every node and link at t = 0 with `seed` (overriding the scenario's) and
+    /// `duration` ns.
+    pub fn new(sc: &'s Scenario, seed: u64, duration: i64, trace: Trace<'t>) -> Self {
+        let mut nodes = Vec::with_capacity(sc.nodes.len());
+        let mut links = Vec::with_capacity(sc.link_count());
+        for (i, spec) in sc.nodes.iter().enumerate() {
+            let mut clock_rng = stream(seed, StreamKind::Clock, i as u64);
+            let mut core_rng = stream(seed, StreamKind::Core, i as u64);
+            let (off, off_spread) = spec.offset;
+            let offset = if off_spread > 0 {
+                off + ((2.0 * uniform(&mut clock_rng) - 1.0) * off_spread as f64) as i64
+            } else {
+                off
+            };
+            let (ppm, ppm_spread) = spec.frequency_ppm;
+            let ppm = if ppm_spread > 0.0 {
+                ppm + (2.0 * uniform(&mut clock_rng) - 1.0) * ppm_spread
+            } else {
+                ppm
+            };
+            let sync = spec.reference.is_none().then(|| {
+                let mut cfg = SystemConfig {
+                    discipline: DisciplineConfig {
+                        mode: spec.discipline,
+                        ..DisciplineConfig::default()
+                    },
+                    ..SystemConfig::default()
+                };
+                if let Some(m) = spec.minsources {
+                    cfg.minsources = m;
+                }
+                if let Some(s) = spec.step_threshold {
+                    cfg.discipline.step_threshold = s;
+                }
+                let mut sys = SyncSystem::new(cfg, MonoTime(0));
+                for src in &spec.sources {
+                    let id = sys.add_source(
+                        node_address(src.server),
+                        SourceConfig {
+                            minpoll: src.poll.0,
+                            maxpoll: src.poll.1,
+                            iburst: src.iburst,
+                        },
+                        MonoTime(0),
+                        &mut core_rng,
+                    );
+                    let index = links.len() as u64;
+                    links.push(Link {
+                        client: i as u32,
+                        server: src.server as u32,
+                        source: id.0,
+                        profile: src.profile as u16,
+                        request_rng: stream(seed, StreamKind::Request, index),
+                        reply_rng: stream(seed, StreamKind::Reply, index),
+                    });
+                }
+                sys
+            });
+            let first = links.len() - spec.sources.len();
+            nodes.push(Node {
+                clock: SimClock::new(offset, ppm, spec.wander),
+                clock_rng,
+                core_rng,
+                sync,
+                responder: Responder::new(),
+                reference: spec.reference,
+                links: (first as u32..links.len() as u32).collect(),
+                timer: i64::MAX,
+                steps: 0,
+                counters: NodeCounters::default(),
+            });
+        }
+        let mut plot_index = vec![None; nodes.len()];
+        for (k, &n) in trace.plot_nodes.iter().enumerate() {
+            plot_index[n] = Some(k);
+        }
+        let series = vec![Vec::new(); trace.plot_nodes.len()];
+        let mut sim = Sim {
+            sc,
+            seed,
+            duration,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            links,
+            trace,
+            series,
+            plot_index,
+            exchanges: 0,
+            events: 0,
+            lost: 0,
+            line: String::new(),
+        };
+        if let Some(csv) = sim.trace.csv.as_deref_mut() {
+            let _ = writeln!(
+                csv,
+                "time_s,node,true_offset_s,frequency_error_ppm,measured_offset_s,delay_s"
+            );
+        }
+        for (i, spec) in sc.nodes.iter().enumerate() {
+            for &(at, off) in &spec.steps {
+                sim.push(at, Kind::Step(i as u32, off));
+            }
+            if sim.nodes[i].sync.is_some() {
+                sim.drain(i);
+            }
+        }
+        sim.push(0, Kind::Sample);
+        sim
+    }
+
+    /// The seed of this run.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    fn push(&mut self, time: i64, kind: Kind) {
+        self.seq += 1;
+        self.queue.push(Event {
+            time,
+            seq: self.seq,
+            kind,
+        });
+    }
+
+    /// Runs to the end and returns the statistics.
+    pub fn run(mut self) -> Outcome {
+        while let Some(ev) = self.queue.pop() {
+            if ev.time > self.duration {
+                break;
+            }
+            self.now = ev.time;
+            self.events += 1;
+            match ev.kind {
+                Kind::Timer(n) => self.on_timer(n as usize),
+                Kind::Request(l, p) => self.on_request(l as usize, p),
+                Kind::Transmit(l, p) => self.on_transmit(l as usize, p),
+                Kind::Reply(l, p) => self.on_reply(l as usize, p),
+                Kind::Sample => self.on_sample(),
+                Kind::Step(n, off) => {
+                    let node = &mut self.nodes[n as usize];
+                    node.clock.disturb(self.now, off, &mut node.clock_rng);
+                }
+            }
+        }
+        let end = MonoTime(self.duration);
+        let stratum = self
+            .nodes
+            .iter()
+            .map(|n| match (&n.sync, n.reference) {
+                (_, Some(s)) => s,
+                (Some(sys), None) => sys.served_state(end).stratum,
+                (None, None) => 16,
+            })
+            .collect();
+        let updates = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.sync
+                    .as_ref()
+                    .map_or(0, |s| s.status(end).tracking.updates)
+            })
+            .collect();
+        Outcome {
+            counters: self.nodes.into_iter().map(|n| n.counters).collect(),
+            stratum,
+            updates,
+            exchanges: self.exchanges,
+            events: self.events,
+            lost: self.lost,
+            series: self.series,
+        }
+    }
+
+    fn on_timer(&mut self, n: usize) {
+        let t = self.now;
+        let node = &mut self.nodes[n];
+        if node.timer != t {
+            return; // superseded
+        }
+        node.timer = i64::MAX;
+        let clock = node.clock.read(t, &mut node.clock_rng);
+        if let Some(sys) = node.sync.as_mut() {
+            sys.handle_timeout(MonoTime(t), clock);
+        }
+        self.drain(n);
+    }
+
+    /// Drains the node's outputs in the contract's order, then re-arms its timer.
+    fn drain(&mut self, n: usize) {
+        let t = self.now;
+        let mut buf = [0u8; HEADER_LEN];
+        loop {
+            let node = &mut self.nodes[n];
+            let Some(sys) = node.sync.as_mut() else {
+                return;
+            };
+            let clock = node.clock.read(t, &mut node.clock_rng);
+            let Some(tx) = sys.poll_transmit(MonoTime(t), clock, &mut node.core_rng, &mut buf)
+            else {
+                break;
+            };
+            node.counters.sent += 1;
+            let link = node.links[tx.source.0 as usize];
+            let packet = Packet {
+                bytes: buf,
+                t1: clock.0,
+                steps: node.steps,
+            };
+            self.send(link as usize, true, Kind::Request(link, packet));
+        }
+        let node = &mut self.nodes[n];
+        let sys = node.sync.as_mut().expect("checked above");
+        while let Some(cmd) = sys.poll_clock_command() {
+            if matches!(cmd, ClockCommand::Step { .. }) {
+                node.steps += 1;
+                node.counters.steps += 1;
+            }
+            node.clock.apply(t, cmd, &mut node.clock_rng);
+        }
+        while sys.poll_event().is_some() {}
+        let next = sys.poll_timeout().map_or(i64::MAX, |d| d.0.max(t + 1));
+        if next != node.timer && next <= self.duration {
+            node.timer = next;
+            self.push(next, Kind::Timer(n as u32));
+        }
+    }
+
+    /// Puts a packet on a link direction: lost, or delivered after the path's delay.
+    fn send(&mut self, l: usize, request: bool, kind: Kind) {
+        let t = self.now;
+        let link = &mut self.links[l];
+        let profile = &self.sc.profiles[link.profile as usize];
+        let (dir, rng): (&Direction, &mut Rng) = if request {
+            (&profile.request, &mut link.request_rng)
+        } else {
+            (&profile.reply, &mut link.reply_rng)
+        };
+        if profile.is_down(t) || (dir.loss > 0.0 && uniform(rng) < dir.loss) {
+            self.lost += 1;
+            return;
+        }
+        let jitter = match dir.jitter {
+            None => 0.0,
+            Some(j) => {
+                let x = match j.distribution {
+                    Distribution::Exponential => exponential(rng),
+                    Distribution::Normal => normal(rng).abs(),
+                    Distribution::Uniform => uniform(rng),
+                };
+                x * j.scale.nanos() as f64
+            }
+        };
+        let at = t + dir.delay + jitter.round() as i64;
+        self.push(at, kind);
+    }
+
+    fn on_request(&mut self, l: usize, p: Packet) {
+        let t = self.now;
+        let link = &self.links[l];
+        let processing = self.sc.profiles[link.profile as usize].processing;
+        let node = &mut self.nodes[link.server as usize];
+        let t2 = node.clock.read(t, &mut node.clock_rng);
+        let state = match (node.reference, &node.sync) {
+            (Some(stratum), _) => {
+                ServedState::local(stratum, RefId(*b"GPS\0"), REFERENCE_PRECISION, t2)
+            }
+            (None, Some(sys)) => sys.served_state(MonoTime(t)),
+            (None, None) => ServedState::unsynchronized(REFERENCE_PRECISION),
+        };
+        let mut reply = Packet {
+            bytes: [0; HEADER_LEN],
+            ..p
+        };
+        match node
+            .responder
+            .respond(&p.bytes, t2, &state, &mut reply.bytes)
+        {
+            Response::Reply(HEADER_LEN) => {}
+            _ => return,
+        }
+        node.counters.served += 1;
+        if processing == 0 {
+            self.send(l, false, Kind::Reply(l as u32, reply));
+        } else {
+            self.push(t + processing, Kind::Transmit(l as u32, reply));
+        }
+    }
+
+    fn on_transmit(&mut self, l: usize, mut p: Packet) {
+        let t = self.now;
+        let node = &mut self.nodes[self.links[l].server as usize];
+        let t3 = node.clock.read(t, &mut node.clock_rng);
+        stamp_transmit(&mut p.bytes, t3.to_ntp());
+        self.send(l, false, Kind::Reply(l as u32, p));
+    }
+
+    fn on_reply(&mut self, l: usize, p: Packet) {
+        let t = self.now;
+        let (client, source) = (self.links[l].client as usize, self.links[l].source);
+        self.exchanges += 1;
+        let node = &mut self.nodes[client];
+        let t4 = node.clock.read(t, &mut node.clock_rng);
+        node.counters.received += 1;
+        let measured = (p.steps == node.steps)
+            .then(|| Header::parse(&p.bytes).ok())
+            .flatten()
+            .map(|h| {
+                let m = measure(ntpkit_core::ClockTime(p.t1).to_ntp(), &h, t4.to_ntp());
+                (m.offset_ns as f64 * 1e-9, m.delay_ns as f64 * 1e-9)
+            });
+        if let Some((offset, _)) = measured {
+            node.counters.correction_sum += offset.abs();
+            node.counters.corrections += 1;
+        }
+        if let (Some(csv), Some((offset, delay))) = (self.trace.csv.as_deref_mut(), measured) {
+            let (err, freq) = node.clock.error(t, &mut node.clock_rng);
+            self.line.clear();
+            let _ = writeln!(
+                self.line,
+                "{:.9},{},{:.9e},{:.6},{:.9e},{:.9e}",
+                t as f64 * 1e-9,
+                self.sc.nodes[client].name,
+                err * 1e-9,
+                freq,
+                offset,
+                delay
+            );
+            let _ = csv.write_all(self.line.as_bytes());
+        }
+        let sys = node.sync.as_mut().expect("only clients send requests");
+        sys.handle_reply(MonoTime(t), t4, SourceId(source), &p.bytes);
+        self.drain(client);
+    }
+
+    fn on_sample(&mut self) {
+        let t = self.now;
+        let stats = t >= self.sc.stats_start;
+        let threshold = self.sc.sync_threshold as f64;
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            let (err_ns, freq) = node.clock.error(t, &mut node.clock_rng);
+            let err = err_ns * 1e-9;
+            let c = &mut node.counters;
+            c.last = (err, freq);
+            if err_ns.abs() >= threshold {
+                c.synced_since = None;
+            } else if c.synced_since.is_none() {
+                c.synced_since = Some(t);
+            }
+            if stats {
+                c.n += 1;
+                c.err.0 += err;
+                c.err.1 += err * err;
+                c.err.2 = c.err.2.max(err.abs());
+                c.freq.0 += freq;
+                c.freq.1 += freq * freq;
+                c.freq.2 = c.freq.2.max(freq.abs());
+            }
+            if let Some(k) = self.plot_index[i] {
+                self.series[k].push((t as f64 * 1e-9, err));
+            }
+            if let Some(csv) = self.trace.csv.as_deref_mut() {
+                self.line.clear();
+                let _ = writeln!(
+                    self.line,
+                    "{:.9},{},{:.9e},{:.6},,",
+                    t as f64 * 1e-9,
+                    self.sc.nodes[i].name,
+                    err,
+                    freq
+                );
+                let _ = csv.write_all(self.line.as_bytes());
+            }
+        }
+        let next = t + self.sc.sample_interval;
+        if next <= self.duration {
+            self.push(next, Kind::Sample);
+        } else if t < self.duration {
+            // Always sample the final instant, for the final offsets.
+            self.push(self.duration, Kind::Sample);
+        }
+    }
+}
