@@ -26,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// Ask an NTP server for the time and show offset and delay.
     Query(QueryArgs),
+    /// Run a scenario in the deterministic simulator (the real core, simulated clocks and links).
+    Simulate(ntpkit_sim::cli::SimulateArgs),
 }
 
 const SERVE_AFTER_HELP: &str = "\
@@ -134,6 +136,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve_cmd(args),
         Command::Query(args) => query_cmd(args),
+        Command::Simulate(args) => ntpkit_sim::cli::run(args),
     };
     match result {
         Ok(code) => code,
