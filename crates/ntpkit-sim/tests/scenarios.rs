@@ -1,0 +1,227 @@
+//! Seeded scenario tests: convergence and statistic bounds of the shipped scenarios, the sign of
+//! the correction, determinism, and validation of every file in `scenarios/`.
+
+use ntpkit_sim::sim::Trace;
+use ntpkit_sim::{simulate, Report, Scenario};
+use std::path::PathBuf;
+
+fn scenarios_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios")
+}
+
+fn load(name: &str) -> Scenario {
+    Scenario::load(&scenarios_dir().join(format!("{name}.toml"))).expect("shipped scenario")
+}
+
+fn report(sc: &Scenario, seed: u64) -> Report {
+    let out = simulate(sc, seed, sc.duration, Trace::default());
+    Report::new(sc, seed, sc.duration, &out)
+}
+
+/// Runs with a CSV trace; returns the report and the CSV text.
+fn report_csv(sc: &Scenario, seed: u64) -> (Report, String) {
+    let mut csv = Vec::new();
+    let out = simulate(
+        sc,
+        seed,
+        sc.duration,
+        Trace {
+            csv: Some(&mut csv),
+            plot_nodes: Vec::new(),
+        },
+    );
+    (
+        Report::new(sc, seed, sc.duration, &out),
+        String::from_utf8(csv).unwrap(),
+    )
+}
+
+#[test]
+fn every_shipped_scenario_validates() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(scenarios_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 19, "only {n} scenarios found");
+}
+
+#[test]
+fn seed_clients_converge_with_the_documents_statistics() {
+    let sc = load("seed-clients");
+    let r = report(&sc, 1);
+    let server = &r.nodes[0];
+    assert_eq!(server.name, "time.example.com");
+    assert!(server.requests_served >= 12, "{}", server.requests_served);
+    for n in &r.nodes[1..] {
+        assert!(n.syncs >= 3, "{}: {} syncs", n.name, n.syncs);
+        assert!(
+            n.final_offset_s.abs() < 1e-3,
+            "{}: {}",
+            n.name,
+            n.final_offset_s
+        );
+        assert!(n.sync_time_s.is_some_and(|t| t < 10.0), "{n:?}");
+        assert_eq!(n.stratum, 2);
+    }
+    let text = r.documents_statistics();
+    for needle in [
+        "requests served",
+        "Syncs performed",
+        "Final clock offset",
+        "Average correction",
+    ] {
+        assert!(text.contains(needle), "{text}");
+    }
+}
+
+#[test]
+fn seed_hierarchy_converges_down_the_strata() {
+    let sc = load("seed-hierarchy");
+    let r = report(&sc, 1);
+    let strata: Vec<u8> = r.nodes.iter().map(|n| n.stratum).collect();
+    assert_eq!(strata, [1, 2, 2, 3, 3]);
+    for n in &r.nodes[1..] {
+        assert!(
+            n.final_offset_s.abs() < 1e-3,
+            "{}: {}",
+            n.name,
+            n.final_offset_s
+        );
+        assert!(n.sync_time_s.is_some(), "{}", n.name);
+    }
+    assert!(r.nodes[1].requests_served > 0 && r.nodes[2].requests_served > 0);
+}
+
+/// The documents' clients, but applying each raw offset with the right sign: one exchange
+/// brings each client within a millisecond (theirs went 2.5 → 5 → 10 → 20 → 40 s).
+#[test]
+fn naive_discipline_converges_in_one_exchange() {
+    let text = std::fs::read_to_string(scenarios_dir().join("seed-clients.toml"))
+        .unwrap()
+        .replace("offset = ", "discipline = \"naive\"\noffset = ");
+    let sc = Scenario::parse(&text, "naive").unwrap();
+    assert!(sc.nodes[1..]
+        .iter()
+        .all(|n| n.discipline == ntpkit_core::sync::DisciplineMode::Naive));
+    let (r, csv) = report_csv(&sc, 1);
+    for (i, initial) in [(1, 2.5), (2, -1.8), (3, 0.5)] {
+        let name = &r.nodes[i].name;
+        // Exchange rows: time,node,true offset,freq,measured offset,delay.
+        let measured: Vec<f64> = csv
+            .lines()
+            .filter(|l| l.split(',').nth(1) == Some(name.as_str()))
+            .filter_map(|l| l.split(',').nth(4).and_then(|m| m.parse().ok()))
+            .collect();
+        assert!(measured.len() >= 3, "{name}: {measured:?}");
+        // The first exchange measures server − client = −(initial offset).
+        assert!((measured[0] + initial).abs() < 1e-3, "{name}: {measured:?}");
+        // Every later exchange finds the clock already right.
+        for m in &measured[1..] {
+            assert!(m.abs() < 1e-3, "{name}: {measured:?}");
+        }
+        // A step per exchange that measured a non-zero offset (this path is symmetric, so after
+        // the first one the measured offset is exactly zero and nothing is stepped).
+        assert!(r.nodes[i].steps >= 1 && r.nodes[i].steps <= measured.len() as u64);
+        assert!(r.nodes[i].final_offset_s.abs() < 1e-3);
+    }
+}
+
+#[test]
+fn same_seed_same_bytes_other_seed_other_run() {
+    let sc = load("large-jitter");
+    let (a, csv_a) = report_csv(&sc, 7);
+    let (b, csv_b) = report_csv(&sc, 7);
+    let json = |r: &Report| serde_json::to_string(r).unwrap();
+    assert_eq!(json(&a), json(&b));
+    assert_eq!(a.table(100), b.table(100));
+    assert_eq!(csv_a, csv_b);
+    let (c, csv_c) = report_csv(&sc, 8);
+    assert_ne!(csv_a, csv_c);
+    assert_ne!(json(&a), json(&c));
+    // Recording a CSV does not change the run.
+    assert_eq!(json(&report(&sc, 7)), json(&a));
+}
+
+#[test]
+fn falsetickers_are_outvoted() {
+    let r = report(&load("falsetickers"), 1);
+    for n in r.nodes.iter().filter(|n| n.role != "reference") {
+        assert!(n.offset_s.max < 1e-3, "{}: max {}", n.name, n.offset_s.max);
+        assert!(n.sync_time_s.is_some_and(|t| t < 600.0), "{n:?}");
+    }
+}
+
+#[test]
+fn hundred_seconds_off_is_stepped_and_held() {
+    let r = report(&load("offset-100s"), 1);
+    let c = &r.nodes[1];
+    assert!(c.steps >= 1);
+    assert!(c.sync_time_s.is_some_and(|t| t < 60.0), "{c:?}");
+    assert!(c.offset_s.max < 1e-3, "{c:?}");
+}
+
+#[test]
+fn lossy_and_intermittent_paths_still_sync() {
+    for name in ["loss-30", "intermittent"] {
+        let r = report(&load(name), 1);
+        assert!(r.packets_lost > 0, "{name}");
+        for n in r.nodes.iter().filter(|n| n.role != "reference") {
+            assert!(
+                n.offset_s.rms < 2e-3,
+                "{name} {}: rms {}",
+                n.name,
+                n.offset_s.rms
+            );
+            assert!(
+                n.offset_s.max < 10e-3,
+                "{name} {}: max {}",
+                n.name,
+                n.offset_s.max
+            );
+        }
+    }
+}
+
+#[test]
+fn large_network_reaches_every_client() {
+    let sc = load("large-network");
+    let r = report(&sc, 1);
+    let clients: Vec<_> = r
+        .nodes
+        .iter()
+        .filter(|n| n.name.starts_with("client"))
+        .collect();
+    assert_eq!(clients.len(), 100);
+    for n in &clients {
+        assert_eq!(n.stratum, 4, "{}", n.name);
+        assert!(
+            n.final_offset_s.abs() < 2e-3,
+            "{}: {}",
+            n.name,
+            n.final_offset_s
+        );
+    }
+    // Most clients stay within a millisecond from the first hour on. (With seed 1, client-31
+    // starts against stratum-3 servers that are still slewing hundreds of milliseconds apart,
+    // and its frequency estimate swings between the ±500 ppm limits for about 3 hours before it
+    // settles: reported to the core's owner; this bound is the regression guard meanwhile.)
+    let good = clients.iter().filter(|n| n.offset_s.rms < 1e-3).count();
+    assert!(good >= 95, "only {good} of 100 clients below 1 ms RMS");
+}
+
+/// Item 5's first target, on the chrony-defaults scenario over a few seeds (the full 20-seed
+/// sweep is in docs/benchmarks.md). Bounds here are the regression guard of what the core
+/// achieves today, not the target.
+#[test]
+fn chrony_defaults_accuracy() {
+    let sc = load("chrony-defaults");
+    for seed in 1..=5 {
+        let c = &report(&sc, seed).nodes[1];
+        assert!(c.sync_time_s.is_some(), "seed {seed}: never synchronized");
+        assert!(c.offset_s.rms < 3e-3, "seed {seed}: rms {}", c.offset_s.rms);
+    }
+}
