@@ -1,0 +1,301 @@
+//! Smoke tests of `ntpkit serve` and `ntpkit query` as real processes on loopback.
+//!
+//! Every process runs without CAP_SYS_TIME (setpriv) and under a deadline; servers listen on
+//! port 0 and the tests read the bound ports from the "NTP server listening on" lines.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const NTPKIT: &str = env!("CARGO_BIN_EXE_ntpkit");
+
+fn ntpkit() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--bounding-set=-sys_time", "--inh-caps=-sys_time", NTPKIT]);
+    c
+}
+
+/// A running `ntpkit serve`, stopped (SIGTERM) on drop.
+struct Server {
+    child: Child,
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = ntpkit()
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ntpkit serve");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Server {
+            child,
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            lines,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match s.lines.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = s.child.kill();
+                    let mut err = String::new();
+                    let _ = s.child.stderr.take().unwrap().read_to_string(&mut err);
+                    panic!("server did not start: {err}");
+                }
+            };
+            if let Some(rest) = line.strip_prefix("NTP server listening on ") {
+                let (addr, proto) = rest.split_once(' ').unwrap();
+                let addr: SocketAddr = addr.parse().unwrap();
+                match proto {
+                    "(udp)" => s.udp.push(addr),
+                    "(tcp)" => s.tcp.push(addr),
+                    p => panic!("unknown transport {p}"),
+                }
+            }
+            if line.starts_with("Waiting for NTP requests") {
+                return s;
+            }
+        }
+    }
+
+    /// SIGTERM, wait, and return the counters line's (answered, ignored, malformed).
+    fn stop(mut self) -> (u64, u64, u64) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).expect("counters line");
+            if let Some(rest) = line.strip_prefix("served: ") {
+                let v: Vec<u64> = rest
+                    .split(' ')
+                    .map(|kv| kv.split_once('=').unwrap().1.parse().unwrap())
+                    .collect();
+                let status = self.child.wait().unwrap();
+                assert!(status.success(), "{status}");
+                return (v[0], v[1], v[2]);
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command timed out");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn query_json(server: SocketAddr, tcp: bool) -> serde_json::Value {
+    let mut cmd = ntpkit();
+    cmd.args([
+        "query",
+        &server.to_string(),
+        "-n",
+        "3",
+        "-i",
+        "0.05",
+        "--json",
+    ]);
+    if tcp {
+        cmd.arg("--tcp");
+    }
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn query_over_udp_and_tcp_v4_and_v6() {
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "[::1]:0",
+        "--tcp",
+        "127.0.0.1:0",
+        "--tcp",
+        "[::1]:0",
+        "--stratum",
+        "2",
+        "--refid",
+        "192.0.2.7",
+    ]);
+    assert_eq!((server.udp.len(), server.tcp.len()), (2, 2));
+    let targets: Vec<(SocketAddr, bool)> = server
+        .udp
+        .iter()
+        .map(|&a| (a, false))
+        .chain(server.tcp.iter().map(|&a| (a, true)))
+        .collect();
+    for (addr, tcp) in targets {
+        let v = query_json(addr, tcp);
+        assert_eq!(v["address"], addr.to_string());
+        assert_eq!(v["transport"], if tcp { "tcp" } else { "udp" });
+        assert_eq!(v["stratum"], 2);
+        assert_eq!(v["refid"], "192.0.2.7");
+        assert_eq!(v["leap"], "no-leap");
+        let offset = v["offset"].as_f64().unwrap();
+        let delay = v["delay"].as_f64().unwrap();
+        assert!(offset.abs() < 1e-3, "offset {offset} via {addr}");
+        assert!((0.0..0.1).contains(&delay), "delay {delay}");
+        let samples = v["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 3);
+        for s in samples {
+            assert_eq!(s["status"], "ok");
+            for t in ["t1", "t2", "t3", "t4"] {
+                let secs: f64 = s[t].as_str().unwrap().parse().unwrap();
+                assert!(secs > 1.5e9, "{t} = {secs}");
+            }
+        }
+    }
+    assert_eq!(server.stop(), (12, 0, 0));
+}
+
+#[test]
+fn text_output_follows_the_documents_client() {
+    let server = Server::start(&["--listen", "127.0.0.1:0"]);
+    let addr = server.udp[0].to_string();
+    let out = run(ntpkit().args(["query", &addr, "-n", "2", "-i", "0.05"]));
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&format!("Response from {addr}")), "{text}");
+    for needle in [
+        "NTP Time: ",
+        "Local Time: ",
+        "Offset: ",
+        "Delay: ",
+        "Stratum: 10",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing in\n{text}");
+    }
+    assert!(
+        text.contains("Reference ID:    76.79.67.76 (LOCL)"),
+        "{text}"
+    );
+    assert!(text.contains("Best sample:"), "{text}");
+    server.stop();
+}
+
+#[test]
+fn malformed_and_non_client_packets_are_counted_not_answered() {
+    let server = Server::start(&["--listen", "127.0.0.1:0"]);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let to = server.udp[0];
+    // 47 bytes: too short. 49 bytes: a v4 header with a trailer that is no MAC.
+    // Mode 4 (server) and mode 6 (control): well formed, never answered.
+    let mut server_mode = [0u8; 48];
+    server_mode[0] = 0x24;
+    let mut control = [0u8; 48];
+    control[0] = 0x26;
+    for i in 0..1000 {
+        let pkt: &[u8] = match i % 4 {
+            0 => &[0x23; 47],
+            1 => &[0x23; 49],
+            2 => &server_mode,
+            _ => &control,
+        };
+        sock.send_to(pkt, to).unwrap();
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let mut buf = [0u8; 64];
+    assert!(sock.recv_from(&mut buf).is_err(), "nothing is answered");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.stop(), (0, 500, 500));
+}
+
+#[test]
+fn bind_failure_is_one_line_with_cause_and_fix() {
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(ntpkit().args(["serve", "--listen", &addr]));
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "error: cannot listen on {addr} (udp): address already in use"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn query_timeout_and_kiss_of_death_fail() {
+    // Nobody answers on this socket's port.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let out = run(ntpkit().args(["query", &addr, "-n", "1", "-t", "0.3"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!("no reply from {addr} within 0.3 s")),
+        "{err}"
+    );
+
+    // A server that answers every request with a RATE kiss.
+    let kisser = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let kaddr = kisser.local_addr().unwrap().to_string();
+    kisser
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let t = std::thread::spawn(move || {
+        let mut buf = [0u8; 128];
+        if let Ok((n, from)) = kisser.recv_from(&mut buf) {
+            assert_eq!(n, 48);
+            let mut reply = [0u8; 48];
+            reply[0] = 0x24; // v4, mode 4
+            reply[12..16].copy_from_slice(b"RATE");
+            reply[24..32].copy_from_slice(&buf[40..48]);
+            kisser.send_to(&reply, from).unwrap();
+        }
+    });
+    let out = run(ntpkit().args(["query", &kaddr, "-n", "3", "-i", "0.05", "-t", "1"]));
+    t.join().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!("server {kaddr} sent kiss-o'-death RATE")),
+        "{err}"
+    );
+}
