@@ -9,8 +9,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod daemon;
 pub mod framing;
 pub mod query;
 pub mod serve;
+pub mod served_clock;
 pub mod tcp;
 pub mod udp;

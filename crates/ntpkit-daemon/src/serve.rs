@@ -7,7 +7,7 @@
 //!
 //! [`Responder`]: ntpkit_core::Responder
 
-use ntpkit_core::{ClockTime, ServedState, NANOS_PER_SEC};
+use crate::served_clock::ServedClock;
 use ntpkit_wire::RefId;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -266,33 +266,6 @@ impl Shared {
     }
 }
 
-/// The served state of the local clock: stratum, refid and precision from the command line;
-/// the reference time refreshed to the current time about once per second (the clock is its
-/// own reference). Each worker owns one, so nothing is shared on the hot path.
-#[derive(Clone, Debug)]
-pub struct LocalClock {
-    state: ServedState,
-}
-
-impl LocalClock {
-    /// The local clock served at `stratum` with `refid` and `precision`.
-    pub fn new(stratum: u8, refid: RefId, precision: i8) -> Self {
-        LocalClock {
-            state: ServedState::local(stratum, refid, precision, ClockTime(0)),
-        }
-    }
-
-    /// The state to answer a request received at `now` with.
-    #[inline]
-    pub fn state_at(&mut self, now: ClockTime) -> &ServedState {
-        let age = now.nanos_since(self.state.reference_time);
-        if !(0..NANOS_PER_SEC).contains(&age) {
-            self.state.reference_time = now;
-        }
-        &self.state
-    }
-}
-
 /// Runs the server until SIGINT or SIGTERM. Prints "NTP server listening on ADDR (udp|tcp)"
 /// per socket at start (with the port the kernel chose for port 0) and the counters at exit.
 pub fn run(config: ServeConfig) -> Result<(), ServeError> {
@@ -300,7 +273,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         .precision
         .unwrap_or_else(ntpkit_os::clock_precision_log2);
     let shared = Arc::new(Shared::default());
-    let clock = LocalClock::new(config.stratum, config.refid, precision);
+    let clock = ServedClock::local(config.stratum, config.refid, precision);
 
     let mut udp_sockets = Vec::new();
     for &addr in &config.udp {
@@ -467,20 +440,6 @@ mod tests {
         };
         assert!(e.to_string().contains("--listen 0.0.0.0:1123"));
         assert!(!e.to_string().contains('\n'));
-    }
-
-    #[test]
-    fn local_clock_reference_refreshes_each_second() {
-        let mut c = LocalClock::new(10, RefId::LOCL, -20);
-        let t0 = ClockTime(1_790_000_000_000_000_000);
-        assert_eq!(c.state_at(t0).reference_time, t0);
-        assert_eq!(c.state_at(t0.add_nanos(999_999_999)).reference_time, t0);
-        let t1 = t0.add_nanos(NANOS_PER_SEC);
-        assert_eq!(c.state_at(t1).reference_time, t1);
-        // A clock stepped backwards resets the reference too.
-        let back = t0.add_nanos(-5);
-        assert_eq!(c.state_at(back).reference_time, back);
-        assert_eq!(c.state_at(back).stratum, 10);
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! does a connection idle longer than the idle timeout (closed, not counted).
 
 use crate::framing::{self, FrameDecoder};
-use crate::serve::{LocalClock, ServeConfig, Shared};
-use ntpkit_core::{ClockTime, Responder, ResponderStats, Response};
-use ntpkit_wire::NtpTimestamp;
+use crate::serve::{ServeConfig, Shared};
+use crate::served_clock::ServedClock;
+use ntpkit_core::{Responder, ResponderStats, Response};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -40,7 +40,7 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Accepts connections until the runtime shuts down.
 pub async fn serve(
     listener: TcpListener,
-    clock: LocalClock,
+    clock: ServedClock,
     shared: Arc<Shared>,
     cfg: ServeConfig,
 ) {
@@ -78,7 +78,7 @@ pub async fn serve(
 }
 
 struct Connection {
-    clock: LocalClock,
+    clock: ServedClock,
     shared: Arc<Shared>,
     decoder: FrameDecoder,
     idle: std::time::Duration,
@@ -107,7 +107,8 @@ impl Connection {
             if n == 0 {
                 return Ok(());
             }
-            let rx = ClockTime(ntpkit_os::realtime_nanos());
+            let rx = self.clock.read_at(ntpkit_os::realtime_nanos());
+            self.clock.refresh();
             let mut pos = 0;
             let mut framing_error = None;
             loop {
@@ -143,7 +144,7 @@ impl Connection {
             }
             inbuf.drain(..pos);
             if !outbuf.is_empty() {
-                let tx = NtpTimestamp::from_unix_nanos(ntpkit_os::realtime_nanos());
+                let tx = self.clock.read_at(ntpkit_os::realtime_nanos()).to_ntp();
                 for &at in &stamps {
                     ntpkit_wire::stamp_transmit(&mut outbuf[at..], tx);
                 }

@@ -6,10 +6,10 @@
 //! per datagram; the counters are published once per batch. A read timeout of a few hundred
 //! milliseconds lets an idle thread notice the stop flag.
 
-use crate::serve::{LocalClock, ServeConfig, Shared};
-use ntpkit_core::{ClockTime, Responder, ResponderStats, Response};
+use crate::serve::{ServeConfig, Shared};
+use crate::served_clock::ServedClock;
+use ntpkit_core::{Responder, ResponderStats, Response};
 use ntpkit_os::{RecvBatch, SendBatch, UdpSocket, UdpSocketOptions};
-use ntpkit_wire::NtpTimestamp;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -45,7 +45,7 @@ pub fn bind(addr: SocketAddr, config: &ServeConfig) -> io::Result<Vec<UdpSocket>
 #[derive(Debug)]
 pub struct Worker {
     sock: UdpSocket,
-    clock: LocalClock,
+    clock: ServedClock,
     shared: Arc<Shared>,
     responder: Responder,
     recv: RecvBatch,
@@ -57,7 +57,12 @@ pub struct Worker {
 
 impl Worker {
     /// A worker for `sock`, with buffers for `config.batch` datagrams.
-    pub fn new(sock: UdpSocket, clock: LocalClock, shared: Arc<Shared>, cfg: &ServeConfig) -> Self {
+    pub fn new(
+        sock: UdpSocket,
+        clock: ServedClock,
+        shared: Arc<Shared>,
+        cfg: &ServeConfig,
+    ) -> Self {
         Worker {
             sock,
             clock,
@@ -102,7 +107,7 @@ impl Worker {
             let truncated = self.answer(n);
             if !self.send.is_empty() {
                 // T3 as late as possible: one clock read for the batch, right before sendmmsg.
-                let tx = NtpTimestamp::from_unix_nanos(ntpkit_os::realtime_nanos());
+                let tx = self.clock.read_at(ntpkit_os::realtime_nanos()).to_ntp();
                 self.send
                     .for_each_mut(|p| ntpkit_wire::stamp_transmit(p, tx));
                 let queued = self.send.len();
@@ -130,6 +135,7 @@ impl Worker {
     fn answer(&mut self, n: usize) -> u64 {
         let mut truncated = 0;
         self.replied.clear();
+        self.clock.refresh();
         for i in 0..n {
             let d = self.recv.get(i);
             if self.verbose {
@@ -141,7 +147,7 @@ impl Worker {
                 truncated += 1;
                 continue;
             }
-            let now = ClockTime(d.rx_nanos);
+            let now = self.clock.read_at(d.rx_nanos);
             let state = self.clock.state_at(now);
             let Some(buf) = self.send.next_buf() else {
                 break; // the send batch is as large as the receive batch: not reached

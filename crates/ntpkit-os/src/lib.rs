@@ -6,8 +6,9 @@
 //! precision and reading the kernel's clock status with a read-only `adjtimex` ([`clock`]);
 //! raising the open-file limit ([`raise_nofile_limit`]).
 //!
-//! What it does not do (yet): adjust the clock. Nothing in this crate steps, slews or sets the
-//! frequency of any clock; `adjtimex` is only ever called with `modes = 0`.
+//! Adjusting the clock lives only in [`adjust`], for the daemon's `system` backend, which a
+//! person must ask for and which needs CAP_SYS_TIME; tests never use it. Everything else here is
+//! read only (`adjtimex` with `modes = 0`).
 //!
 //! Linux only: `recvmmsg`, `sendmmsg` and `SO_TIMESTAMPNS` are Linux interfaces.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -15,6 +16,7 @@
 #![allow(clippy::unnecessary_cast)]
 #![warn(missing_docs)]
 
+pub mod adjust;
 pub mod clock;
 pub mod udp;
 

@@ -26,6 +26,10 @@ enum Command {
     Serve(ServeArgs),
     /// Ask an NTP server for the time and show offset and delay.
     Query(QueryArgs),
+    /// Synchronize a clock to upstream servers and serve it downstream (config file, TOML).
+    Daemon(DaemonArgs),
+    /// Show a running daemon's sources and tracking, like `chronyc sources` + `tracking`.
+    Status(StatusArgs),
     /// Run a scenario in the deterministic simulator (the real core, simulated clocks and links).
     Simulate(ntpkit_sim::cli::SimulateArgs),
 }
@@ -129,13 +133,59 @@ fn secs(value: f64, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(value))
 }
 
+/// Arguments of `ntpkit daemon`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example configs: examples/*.toml. Clock backends: system (adjusts the OS \
+clock; needs CAP_SYS_TIME), observe (never adjusts it; reports what it would do), virtual (a \
+software clock on top of the OS clock, disciplined and served)."
+)]
+struct DaemonArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: std::path::PathBuf,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Arguments of `ntpkit status`.
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The daemon's control socket (its config's control-socket).
+    #[arg(
+        long,
+        short = 's',
+        value_name = "PATH",
+        default_value = "/run/ntpkit.sock"
+    )]
+    socket: std::path::PathBuf,
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
+    timeout: f64,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let verbose = matches!(&cli.command, Command::Serve(a) if a.verbose);
-    init_logging(verbose);
+    // The daemon's config chooses its own log level; a config error is reported below.
+    let daemon_config = match &cli.command {
+        Command::Daemon(a) => Some(ntpkit_daemon::daemon::config::DaemonConfig::load(&a.config)),
+        _ => None,
+    };
+    let level = match (&cli.command, &daemon_config) {
+        (Command::Serve(a), _) if a.verbose => "info".to_string(),
+        (Command::Daemon(_), Some(Ok(c))) => c.log_level.clone(),
+        _ => "warn".to_string(),
+    };
+    init_logging(&level);
     let result = match cli.command {
         Command::Serve(args) => serve_cmd(args),
         Command::Query(args) => query_cmd(args),
+        Command::Daemon(args) => daemon_cmd(args, daemon_config.expect("loaded above")),
+        Command::Status(args) => status_cmd(args),
         Command::Simulate(args) => ntpkit_sim::cli::run(args),
     };
     match result {
@@ -147,9 +197,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: bool) {
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let default = if verbose { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("NTPKIT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -157,6 +206,33 @@ fn init_logging(verbose: bool) {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+fn daemon_cmd(
+    a: DaemonArgs,
+    config: Result<
+        ntpkit_daemon::daemon::config::DaemonConfig,
+        ntpkit_daemon::daemon::config::ConfigError,
+    >,
+) -> anyhow::Result<ExitCode> {
+    let config = config?;
+    if a.check {
+        println!("{}: configuration OK", a.config.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    ntpkit_daemon::daemon::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_cmd(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let timeout = secs(a.timeout, "--timeout")?;
+    let status = ntpkit_daemon::daemon::control::query(&a.socket, timeout)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
