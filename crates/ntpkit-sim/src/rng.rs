@@ -48,6 +48,15 @@ pub fn normal(rng: &mut Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (core::f64::consts::TAU * u2).cos()
 }
 
+/// Two independent standard normals (Box–Muller, both halves).
+pub fn normal_pair(rng: &mut Rng) -> (f64, f64) {
+    let u1 = 1.0 - uniform(rng); // (0, 1]
+    let u2 = uniform(rng);
+    let r = (-2.0 * u1.ln()).sqrt();
+    let (s, c) = (core::f64::consts::TAU * u2).sin_cos();
+    (r * c, r * s)
+}
+
 /// Exponential with mean 1.
 pub fn exponential(rng: &mut Rng) -> f64 {
     -(1.0 - uniform(rng)).ln()

@@ -39,20 +39,22 @@ struct Packet {
     steps: u32,
 }
 
+/// What happens at an event. Packets in flight live in a slab (`Sim::packets`) and events
+/// carry their slot, which keeps an event at 32 bytes: the heap moves less memory.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     /// A node's `poll_timeout` deadline.
     Timer(u32),
-    /// A request arrives at the link's server.
-    Request(u32, Packet),
-    /// The link's server sends its reply after processing.
-    Transmit(u32, Packet),
-    /// A reply arrives at the link's client.
-    Reply(u32, Packet),
+    /// A request arrives at the link's server (link, packet slot).
+    Request(u32, u32),
+    /// The link's server sends its reply after processing (link, packet slot).
+    Transmit(u32, u32),
+    /// A reply arrives at the link's client (link, packet slot).
+    Reply(u32, u32),
     /// Sample every node's true error.
     Sample,
-    /// A scheduled disturbance of a node's clock (node, ns).
-    Step(u32, i64),
+    /// A scheduled disturbance of a node's clock (node, index into its steps).
+    Step(u32, u32),
 }
 
 #[derive(Debug)]
@@ -125,8 +127,8 @@ struct Node {
     sync: Option<SyncSystem>,
     responder: Responder,
     reference: Option<u8>,
-    /// Link index of each source, by SourceId.
-    links: Vec<u32>,
+    /// Link index of source 0; source k uses link `first_link + k`.
+    first_link: u32,
     /// Time of the pending timer event (i64::MAX: none).
     timer: i64,
     steps: u32,
@@ -178,6 +180,8 @@ pub struct Sim<'s, 't> {
     now: i64,
     seq: u64,
     queue: BinaryHeap<Event>,
+    packets: Vec<Packet>,
+    free_packets: Vec<u32>,
     nodes: Vec<Node>,
     links: Vec<Link>,
     trace: Trace<'t>,
@@ -271,7 +275,7 @@ impl<'s, 't> Sim<'s, 't> {
                 sync,
                 responder: Responder::new(),
                 reference: spec.reference,
-                links: (first as u32..links.len() as u32).collect(),
+                first_link: first as u32,
                 timer: i64::MAX,
                 steps: 0,
                 counters: NodeCounters::default(),
@@ -289,6 +293,8 @@ impl<'s, 't> Sim<'s, 't> {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            packets: Vec::new(),
+            free_packets: Vec::new(),
             nodes,
             links,
             trace,
@@ -306,8 +312,8 @@ impl<'s, 't> Sim<'s, 't> {
             );
         }
         for (i, spec) in sc.nodes.iter().enumerate() {
-            for &(at, off) in &spec.steps {
-                sim.push(at, Kind::Step(i as u32, off));
+            for (k, &(at, _)) in spec.steps.iter().enumerate() {
+                sim.push(at, Kind::Step(i as u32, k as u32));
             }
             if sim.nodes[i].sync.is_some() {
                 sim.drain(i);
@@ -333,24 +339,43 @@ impl<'s, 't> Sim<'s, 't> {
 
     /// Runs to the end and returns the statistics.
     pub fn run(mut self) -> Outcome {
-        while let Some(ev) = self.queue.pop() {
-            if ev.time > self.duration {
-                break;
-            }
+        self.run_until(self.duration);
+        self.finish()
+    }
+
+    /// Processes every event up to true time `until` (ns, capped at the run's duration).
+    pub fn run_until(&mut self, until: i64) {
+        let until = until.min(self.duration);
+        while self.queue.peek().is_some_and(|ev| ev.time <= until) {
+            let ev = self.queue.pop().expect("peeked");
             self.now = ev.time;
             self.events += 1;
             match ev.kind {
                 Kind::Timer(n) => self.on_timer(n as usize),
                 Kind::Request(l, p) => self.on_request(l as usize, p),
                 Kind::Transmit(l, p) => self.on_transmit(l as usize, p),
-                Kind::Reply(l, p) => self.on_reply(l as usize, p),
+                Kind::Reply(l, p) => {
+                    let packet = self.packets[p as usize];
+                    self.free_packets.push(p);
+                    self.on_reply(l as usize, packet)
+                }
                 Kind::Sample => self.on_sample(),
-                Kind::Step(n, off) => {
+                Kind::Step(n, k) => {
+                    let off = self.sc.nodes[n as usize].steps[k as usize].1;
                     let node = &mut self.nodes[n as usize];
                     node.clock.disturb(self.now, off, &mut node.clock_rng);
                 }
             }
         }
+    }
+
+    /// Exchanges completed so far.
+    pub fn exchanges(&self) -> u64 {
+        self.exchanges
+    }
+
+    /// The statistics at the end of the run (call after running to the end).
+    pub fn finish(self) -> Outcome {
         let end = MonoTime(self.duration);
         let stratum = self
             .nodes
@@ -410,13 +435,14 @@ impl<'s, 't> Sim<'s, 't> {
                 break;
             };
             node.counters.sent += 1;
-            let link = node.links[tx.source.0 as usize];
+            let link = node.first_link + tx.source.0;
             let packet = Packet {
                 bytes: buf,
                 t1: clock.0,
                 steps: node.steps,
             };
-            self.send(link as usize, true, Kind::Request(link, packet));
+            let slot = self.alloc_packet(packet);
+            self.send(link as usize, true, Kind::Request(link, slot));
         }
         let node = &mut self.nodes[n];
         let sys = node.sync.as_mut().expect("checked above");
@@ -435,7 +461,21 @@ impl<'s, 't> Sim<'s, 't> {
         }
     }
 
-    /// Puts a packet on a link direction: lost, or delivered after the path's delay.
+    fn alloc_packet(&mut self, p: Packet) -> u32 {
+        match self.free_packets.pop() {
+            Some(slot) => {
+                self.packets[slot as usize] = p;
+                slot
+            }
+            None => {
+                self.packets.push(p);
+                self.packets.len() as u32 - 1
+            }
+        }
+    }
+
+    /// Puts the packet in `kind` on a link direction: lost (its slot freed), or delivered
+    /// after the path's delay.
     fn send(&mut self, l: usize, request: bool, kind: Kind) {
         let t = self.now;
         let link = &mut self.links[l];
@@ -447,6 +487,9 @@ impl<'s, 't> Sim<'s, 't> {
         };
         if profile.is_down(t) || (dir.loss > 0.0 && uniform(rng) < dir.loss) {
             self.lost += 1;
+            if let Kind::Request(_, slot) | Kind::Reply(_, slot) = kind {
+                self.free_packets.push(slot);
+            }
             return;
         }
         let jitter = match dir.jitter {
@@ -464,8 +507,9 @@ impl<'s, 't> Sim<'s, 't> {
         self.push(at, kind);
     }
 
-    fn on_request(&mut self, l: usize, p: Packet) {
+    fn on_request(&mut self, l: usize, slot: u32) {
         let t = self.now;
+        let p = self.packets[slot as usize];
         let link = &self.links[l];
         let processing = self.sc.profiles[link.profile as usize].processing;
         let node = &mut self.nodes[link.server as usize];
@@ -486,22 +530,26 @@ impl<'s, 't> Sim<'s, 't> {
             .respond(&p.bytes, t2, &state, &mut reply.bytes)
         {
             Response::Reply(HEADER_LEN) => {}
-            _ => return,
+            _ => {
+                self.free_packets.push(slot);
+                return;
+            }
         }
         node.counters.served += 1;
+        self.packets[slot as usize] = reply;
         if processing == 0 {
-            self.send(l, false, Kind::Reply(l as u32, reply));
+            self.send(l, false, Kind::Reply(l as u32, slot));
         } else {
-            self.push(t + processing, Kind::Transmit(l as u32, reply));
+            self.push(t + processing, Kind::Transmit(l as u32, slot));
         }
     }
 
-    fn on_transmit(&mut self, l: usize, mut p: Packet) {
+    fn on_transmit(&mut self, l: usize, slot: u32) {
         let t = self.now;
         let node = &mut self.nodes[self.links[l].server as usize];
         let t3 = node.clock.read(t, &mut node.clock_rng);
-        stamp_transmit(&mut p.bytes, t3.to_ntp());
-        self.send(l, false, Kind::Reply(l as u32, p));
+        stamp_transmit(&mut self.packets[slot as usize].bytes, t3.to_ntp());
+        self.send(l, false, Kind::Reply(l as u32, slot));
     }
 
     fn on_reply(&mut self, l: usize, p: Packet) {
