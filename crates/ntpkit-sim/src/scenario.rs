@@ -226,6 +226,8 @@ pub struct NodeSpec {
     pub minsources: Option<usize>,
     /// Step threshold (default 128 ms).
     pub step_threshold: Option<Duration>,
+    /// Largest frequency correction including slewing, ppm (core default 500).
+    pub max_slew_ppm: Option<f64>,
     /// Scheduled disturbances of the clock.
     #[serde(default)]
     pub steps: Vec<StepSpec>,
@@ -346,6 +348,8 @@ pub struct Node {
     pub minsources: Option<usize>,
     /// Step threshold, seconds.
     pub step_threshold: Option<f64>,
+    /// Maximum slew, ppm.
+    pub max_slew_ppm: Option<f64>,
     /// (at, offset) in ns.
     pub steps: Vec<(i64, i64)>,
     /// Sources.
@@ -562,6 +566,11 @@ impl ScenarioFile {
                     "must be ≥ 0 and < 1e-3 (s/s per second)",
                 ));
             }
+            if let Some(m) = spec.max_slew_ppm {
+                if !(m > 0.0 && m <= 1e6) {
+                    return Err(range(format!("{what}.max-slew-ppm"), "must be in (0, 1e6]"));
+                }
+            }
             if let Some(st) = spec.step_threshold {
                 check_nonneg(&format!("{what}.step-threshold"), st)?;
             }
@@ -593,6 +602,7 @@ impl ScenarioFile {
                     discipline: spec.discipline.into(),
                     minsources: spec.minsources,
                     step_threshold: spec.step_threshold.map(|d| d.as_secs_f64()),
+                    max_slew_ppm: spec.max_slew_ppm,
                     steps: steps.clone(),
                     sources: Vec::new(),
                 });

@@ -243,6 +243,9 @@ impl<'s, 't> Sim<'s, 't> {
                 if let Some(s) = spec.step_threshold {
                     cfg.discipline.step_threshold = s;
                 }
+                if let Some(m) = spec.max_slew_ppm {
+                    cfg.discipline.max_slew_ppm = m;
+                }
                 let mut sys = SyncSystem::new(cfg, MonoTime(0));
                 for src in &spec.sources {
                     let id = sys.add_source(
