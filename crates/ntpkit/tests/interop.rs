@@ -4,7 +4,8 @@
 //! Each test runs in its own network namespace (see `support`), so they run in parallel and
 //! can use port 123. Nothing started here holds CAP_SYS_TIME; chronyd runs only with -x or -Q,
 //! ntpdate only with -q. The tests need root and the tools of scripts/install-test-deps.sh; if
-//! those are missing they fail, unless NTPKIT_SKIP_INTEROP=1 says to skip them.
+//! those are missing they fail. NTPKIT_SKIP_INTEROP=1 (seen at build time, see build.rs) marks
+//! them ignored instead, so that a skip never reports as a pass.
 
 mod support;
 
@@ -55,10 +56,9 @@ fn refid_hex(v: &Value) -> String {
 /// chronyd -Q (measure once, never set the clock) against `ntpkit serve` on an unprivileged
 /// loopback port: it must accept our replies and see no offset.
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn chronyd_q_measures_ntpkit_serve() {
-    if !support::prerequisites("chronyd_q_measures_ntpkit_serve", &[Need::Tool("chronyd")]) {
-        return;
-    }
+    support::require("chronyd_q_measures_ntpkit_serve", &[Need::Tool("chronyd")]);
     let lab = Lab::new("chronyq");
     let server = ntp::serve(&lab, &["--listen", "127.0.0.1:11123", "--stratum", "2"]);
     let pid = lab.path("q.pid").to_string_lossy().to_string();
@@ -97,13 +97,12 @@ fn chronyd_q_measures_ntpkit_serve() {
 /// chronyd -x as a client of `ntpkit serve --stratum 3` across a veth pair: it must select us,
 /// become stratum 4, and see our stratum, reference ID and no offset.
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn chronyd_client_syncs_to_ntpkit_serve() {
-    if !support::prerequisites(
+    support::require(
         "chronyd_client_syncs_to_ntpkit_serve",
         &[Need::Tool("chronyd"), Need::Tool("chronyc")],
-    ) {
-        return;
-    }
+    );
     let mut lab = Lab::new("chronyx");
     let client_ns = lab.add_peer_ns("10.123.0.1", "10.123.0.2");
     let server = ntp::serve(
@@ -215,13 +214,12 @@ fn sntp_offset_ok(lab: &Lab, args: &[&str]) -> f64 {
 
 /// ntpdig (text and JSON, IPv4 and IPv6) and `ntpdate -q` accept `ntpkit serve` on port 123.
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn ntpdig_and_ntpdate_accept_ntpkit_serve() {
-    if !support::prerequisites(
+    support::require(
         "ntpdig_and_ntpdate_accept_ntpkit_serve",
         &[Need::Tool("ntpdig"), Need::Tool("ntpdate")],
-    ) {
-        return;
-    }
+    );
     let lab = Lab::new("ntpdig");
     let server = ntp::serve(
         &lab,
@@ -246,8 +244,7 @@ fn ntpdig_and_ntpdate_accept_ntpkit_serve() {
     assert_eq!(v["leap"], "no-leap", "{v}");
     assert_eq!(v["adjusted"], false, "{v}");
     assert_eq!(v["ip"], "127.0.0.1", "{v}");
-    // A single sample in JSON: allow the same retry margin as above via a looser bound only
-    // for the noise (5 ms); the text runs above hold the 1 ms bound.
+    // One unretried sample: a sanity bound only; the runs above hold the 1 ms bound.
     assert!(f64_of(&v, "offset").abs() < 5e-3, "{v}");
 
     let served = server.stop();
@@ -258,13 +255,12 @@ fn ntpdig_and_ntpdate_accept_ntpkit_serve() {
 /// `ntpkit query` against a chronyd server (`local stratum 2`) sees what chronyd itself reports:
 /// stratum 2, reference ID 7F7F0101 (chrony's local reference), and no offset.
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn ntpkit_query_agrees_with_chronyd_server() {
-    if !support::prerequisites(
+    support::require(
         "ntpkit_query_agrees_with_chronyd_server",
         &[Need::Tool("chronyd"), Need::Tool("chronyc")],
-    ) {
-        return;
-    }
+    );
     let lab = Lab::new("qchrony");
     let conf = chrony::server_conf(&lab, "server", &["127.0.0.1", "::1"], 123, 2);
     let server = chrony::start(&lab, &lab.ns, "server", &conf);
@@ -298,13 +294,12 @@ fn ntpkit_query_agrees_with_chronyd_server() {
 /// NTPsec's ntpd in orphan mode (stratum 5, reference ID 127.0.0.1, reference time 0) answers
 /// `ntpkit query`.
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn ntpkit_query_accepts_ntpsec_orphan() {
-    if !support::prerequisites(
+    support::require(
         "ntpkit_query_accepts_ntpsec_orphan",
         &[Need::Tool(NTPSEC_NTPD)],
-    ) {
-        return;
-    }
+    );
     let lab = Lab::new("ntpsec");
     let conf = lab.write(
         "ntp.conf",
@@ -398,10 +393,9 @@ fn tcp_client(
 
 /// 500 TCP clients connected at once, 10 queries each: every query answered.
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn tcp_500_concurrent_clients() {
-    if !support::prerequisites("tcp_500_concurrent_clients", &[Need::Tool("ss")]) {
-        return;
-    }
+    support::require("tcp_500_concurrent_clients", &[Need::Tool("ss")]);
     const CLIENTS: usize = 500;
     ensure_nofile(4 * CLIENTS as u64);
     let lab = Lab::new("tcp500");
@@ -627,10 +621,9 @@ fn junk(rng: &mut support::Rng, buf: &mut Vec<u8>) -> Expect {
 /// 100,000 random, truncated and oversized datagrams: the server survives, still answers, and
 /// counts exactly the malformed and ignored ones we sent.
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn udp_junk_is_counted_and_survived() {
-    if !support::prerequisites("udp_junk_is_counted_and_survived", &[]) {
-        return;
-    }
+    support::require("udp_junk_is_counted_and_survived", &[]);
     const DATAGRAMS: usize = 100_000;
     const BATCH: usize = 50; // then one request/reply, so the socket buffer never overflows
     let lab = Lab::new("junk");

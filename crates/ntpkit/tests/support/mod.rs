@@ -39,8 +39,8 @@ const NS_PREFIX: &str = "ntpkit-it";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Writes straight to the process's stderr, past libtest's output capture, so that a skip is
-/// visible in a normal `cargo test` run.
+/// Writes straight to the process's stderr, past libtest's output capture, so that a test's
+/// measurements are visible in a normal `cargo test` run.
 pub fn say(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
@@ -54,9 +54,12 @@ pub enum Need {
     Root,
 }
 
-/// Checks the prerequisites of `test`. Missing ones fail the test with the reason, unless
-/// `NTPKIT_SKIP_INTEROP=1` is set: then it prints a SKIPPED line and returns false.
-pub fn prerequisites(test: &str, needs: &[Need]) -> bool {
+/// Checks the prerequisites of `test` and fails it, saying what is missing, if any is.
+///
+/// Skipping is explicit and happens at build time: with `NTPKIT_SKIP_INTEROP=1` in the
+/// environment of `cargo test`, build.rs marks the interop tests ignored, so a skipped test
+/// never reports as passed.
+pub fn require(test: &str, needs: &[Need]) {
     let mut missing = Vec::new();
     for need in needs.iter().chain(&[
         Need::Root,
@@ -77,21 +80,28 @@ pub fn prerequisites(test: &str, needs: &[Need]) -> bool {
             }
         }
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = missing.join(", ");
-    if std::env::var("NTPKIT_SKIP_INTEROP").as_deref() == Ok("1") {
-        say(&format!(
-            "SKIPPED interop test {test}: missing {why} (NTPKIT_SKIP_INTEROP=1)"
-        ));
-        false
-    } else {
+    if !missing.is_empty() {
         panic!(
-            "interop test {test} cannot run: missing {why}. \
-             Set NTPKIT_SKIP_INTEROP=1 to skip the interop tests explicitly."
+            "interop test {test} cannot run: missing {}. To skip the interop tests, run \
+             `NTPKIT_SKIP_INTEROP=1 cargo test` (they then report as ignored).",
+            missing.join(", ")
         );
     }
+}
+
+/// Older form of [`require`] (tests/daemon.rs uses it): true when the test may run. With
+/// `NTPKIT_SKIP_INTEROP=1` at run time it prints a SKIPPED line and returns false, so the test
+/// reports as passed: prefer `require` plus
+/// `#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]`, which reports ignored.
+pub fn prerequisites(test: &str, needs: &[Need]) -> bool {
+    if std::env::var("NTPKIT_SKIP_INTEROP").as_deref() == Ok("1") {
+        say(&format!(
+            "SKIPPED interop test {test} (NTPKIT_SKIP_INTEROP=1)"
+        ));
+        return false;
+    }
+    require(test, needs);
+    true
 }
 
 fn is_root() -> bool {
