@@ -22,9 +22,11 @@ const MAX_OFFSET: f64 = 1e-3;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-/// `ntpkit query ARGS --json` in the lab's namespace.
-fn query_json(lab: &Lab, args: &[&str]) -> (Run, Option<Value>) {
-    let mut a = vec![NTPKIT, "query"];
+/// `ntpkit query ARGS --json` in the lab's namespace, at real-time priority if `rt` (for
+/// user-space timestamps under CPU contention).
+fn query_json(lab: &Lab, args: &[&str], rt: bool) -> (Run, Option<Value>) {
+    let mut a = if rt { vec!["chrt", "-f", "10"] } else { vec![] };
+    a.extend_from_slice(&[NTPKIT, "query"]);
     a.extend_from_slice(args);
     // Only our own test servers are asked: no need for the 2 s default interval.
     a.extend_from_slice(&["--json", "--interval", "0.1"]);
@@ -59,6 +61,7 @@ fn refid_hex(v: &Value) -> String {
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn chronyd_q_measures_ntpkit_serve() {
     support::require("chronyd_q_measures_ntpkit_serve", &[Need::Tool("chronyd")]);
+    let _quiet = support::measuring();
     let lab = Lab::new("chronyq");
     let server = ntp::serve(&lab, &["--listen", "127.0.0.1:11123", "--stratum", "2"]);
     let pid = lab.path("q.pid").to_string_lossy().to_string();
@@ -103,6 +106,7 @@ fn chronyd_client_syncs_to_ntpkit_serve() {
         "chronyd_client_syncs_to_ntpkit_serve",
         &[Need::Tool("chronyd"), Need::Tool("chronyc")],
     );
+    let _quiet = support::measuring();
     let mut lab = Lab::new("chronyx");
     let client_ns = lab.add_peer_ns("10.123.0.1", "10.123.0.2");
     let server = ntp::serve(
@@ -177,8 +181,11 @@ fn chronyd_client_syncs_to_ntpkit_serve() {
     assert!(served.answered >= data.good_rx, "{served:?} vs {data:?}");
 }
 
+/// What an SNTP client run reported: offset (s), stratum as `sN`, leap text.
+type Sntp = (f64, String, String);
+
 /// One `ntpdig` / `ntpdate -q` line: `DATE TIME (+0000) +0.000022 +/- 0.000045 HOST s3 no-leap`.
-fn parse_ntpdig_line(r: &Run) -> (f64, String, String) {
+fn parse_ntpdig_line(r: &Run) -> Sntp {
     let line = r
         .stdout
         .lines()
@@ -193,21 +200,36 @@ fn parse_ntpdig_line(r: &Run) -> (f64, String, String) {
     (offset, w[i + 3].to_string(), w[i + 4..].join(" "))
 }
 
-/// Runs `args` (an SNTP client) up to three times until it reports |offset| < 1 ms; every
-/// run must succeed with stratum `s3` and no leap warning. Retrying tolerates one unlucky
-/// scheduling delay under parallel load; a server that is really off fails all three.
-fn sntp_offset_ok(lab: &Lab, args: &[&str]) -> f64 {
+/// `ntpdig -j` output: one JSON object; it must say the clock was not adjusted.
+fn parse_ntpdig_json(r: &Run) -> Sntp {
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}\n{r}"));
+    assert_eq!(v["adjusted"], false, "{v}");
+    assert_eq!(v["ip"], "127.0.0.1", "{v}");
+    let leap = v["leap"].as_str().unwrap_or_default().to_string();
+    (f64_of(&v, "offset"), format!("s{}", v["stratum"]), leap)
+}
+
+/// Runs `args` (an SNTP client) at real-time priority up to five times until it reports
+/// |offset| < 1 ms; every run must succeed with stratum `s3` and no leap warning. These
+/// clients timestamp in user space (ntpdig is Python), so on a loaded machine a run can be off
+/// by milliseconds through scheduling alone; a server that is really off fails all five. (ntpdig -p N would not help:
+/// it keeps the first good sample, not the one of least delay.)
+fn sntp_offset_ok(lab: &Lab, args: &[&str], parse: fn(&Run) -> Sntp) -> f64 {
     let mut seen = Vec::new();
-    for _ in 0..3 {
-        let r = lab.run(args, SECS(20));
+    // Real-time priority keeps the client's own timestamps clear of CPU contention.
+    let mut rt = vec!["chrt", "-f", "10"];
+    rt.extend_from_slice(args);
+    for _ in 0..5 {
+        let r = lab.run(&rt, SECS(20));
         r.assert_ok();
-        let (offset, stratum, leap) = parse_ntpdig_line(&r);
+        let (offset, stratum, leap) = parse(&r);
         assert_eq!(stratum, "s3", "{r}");
         assert_eq!(leap, "no-leap", "{r}");
         if offset.abs() < MAX_OFFSET {
             return offset;
         }
         seen.push(offset);
+        std::thread::sleep(Duration::from_millis(200));
     }
     panic!("{args:?}: offsets {seen:?} all beyond {MAX_OFFSET} s");
 }
@@ -218,8 +240,13 @@ fn sntp_offset_ok(lab: &Lab, args: &[&str]) -> f64 {
 fn ntpdig_and_ntpdate_accept_ntpkit_serve() {
     support::require(
         "ntpdig_and_ntpdate_accept_ntpkit_serve",
-        &[Need::Tool("ntpdig"), Need::Tool("ntpdate")],
+        &[
+            Need::Tool("ntpdig"),
+            Need::Tool("ntpdate"),
+            Need::Tool("chrt"),
+        ],
     );
+    let _quiet = support::measuring();
     let lab = Lab::new("ntpdig");
     let server = ntp::serve(
         &lab,
@@ -232,20 +259,11 @@ fn ntpdig_and_ntpdate_accept_ntpkit_serve() {
             "3",
         ],
     );
-    sntp_offset_ok(&lab, &["ntpdig", "127.0.0.1"]);
-    sntp_offset_ok(&lab, &["ntpdig", "-6", "::1"]);
+    sntp_offset_ok(&lab, &["ntpdig", "127.0.0.1"], parse_ntpdig_line);
+    sntp_offset_ok(&lab, &["ntpdig", "-6", "::1"], parse_ntpdig_line);
+    sntp_offset_ok(&lab, &["ntpdig", "-j", "127.0.0.1"], parse_ntpdig_json);
     // ntpdate is a wrapper around ntpdig; -q is essential (without it, it steps / slews).
-    sntp_offset_ok(&lab, &["ntpdate", "-q", "127.0.0.1"]);
-
-    let r = lab.run(&["ntpdig", "-j", "127.0.0.1"], SECS(20));
-    r.assert_ok();
-    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}\n{r}"));
-    assert_eq!(v["stratum"], 3, "{v}");
-    assert_eq!(v["leap"], "no-leap", "{v}");
-    assert_eq!(v["adjusted"], false, "{v}");
-    assert_eq!(v["ip"], "127.0.0.1", "{v}");
-    // One unretried sample: a sanity bound only; the runs above hold the 1 ms bound.
-    assert!(f64_of(&v, "offset").abs() < 5e-3, "{v}");
+    sntp_offset_ok(&lab, &["ntpdate", "-q", "127.0.0.1"], parse_ntpdig_line);
 
     let served = server.stop();
     assert!(served.answered >= 4, "{served:?}");
@@ -261,6 +279,7 @@ fn ntpkit_query_agrees_with_chronyd_server() {
         "ntpkit_query_agrees_with_chronyd_server",
         &[Need::Tool("chronyd"), Need::Tool("chronyc")],
     );
+    let _quiet = support::measuring();
     let lab = Lab::new("qchrony");
     let conf = chrony::server_conf(&lab, "server", &["127.0.0.1", "::1"], 123, 2);
     let server = chrony::start(&lab, &lab.ns, "server", &conf);
@@ -268,7 +287,7 @@ fn ntpkit_query_agrees_with_chronyd_server() {
     assert_eq!((t.refid.as_str(), t.stratum), ("7F7F0101", 2), "{t:?}");
 
     for host in ["127.0.0.1", "[::1]:123"] {
-        let (r, v) = query_json(&lab, &[host, "--samples", "4"]);
+        let (r, v) = query_json(&lab, &[host, "--samples", "4"], false);
         r.assert_ok();
         let v = v.unwrap_or_else(|| panic!("not JSON\n{r}"));
         assert_eq!(u64_of(&v, "stratum"), u64::from(t.stratum), "{v}");
@@ -300,6 +319,7 @@ fn ntpkit_query_accepts_ntpsec_orphan() {
         "ntpkit_query_accepts_ntpsec_orphan",
         &[Need::Tool(NTPSEC_NTPD)],
     );
+    let _quiet = support::measuring();
     let lab = Lab::new("ntpsec");
     let conf = lab.write(
         "ntp.conf",
@@ -321,7 +341,11 @@ fn ntpkit_query_accepts_ntpsec_orphan() {
     // Orphan mode takes a few seconds to become a stratum-5 server.
     let deadline = Instant::now() + SECS(40);
     let v = loop {
-        let (r, v) = query_json(&lab, &["127.0.0.1", "--samples", "2", "--timeout", "1"]);
+        let (r, v) = query_json(
+            &lab,
+            &["127.0.0.1", "--samples", "2", "--timeout", "1"],
+            false,
+        );
         if let Some(v) = v.filter(|v| r.status.success() && v["stratum"] == 5) {
             break v;
         }
@@ -336,7 +360,7 @@ fn ntpkit_query_accepts_ntpsec_orphan() {
     assert_eq!(refid_hex(&v), "7F000001", "{v}");
     let offset = f64_of(&v, "offset");
     assert!(offset.abs() < MAX_OFFSET, "{v}");
-    let (r, v6) = query_json(&lab, &["[::1]:123", "--samples", "1"]);
+    let (r, v6) = query_json(&lab, &["[::1]:123", "--samples", "1"], false);
     r.assert_ok();
     assert_eq!(v6.map(|v| v["stratum"].clone()), Some(5.into()), "{r}");
 }
@@ -395,7 +419,11 @@ fn tcp_client(
 #[test]
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn tcp_500_concurrent_clients() {
-    support::require("tcp_500_concurrent_clients", &[Need::Tool("ss")]);
+    support::require(
+        "tcp_500_concurrent_clients",
+        &[Need::Tool("ss"), Need::Tool("chrt")],
+    );
+    let _load = support::loading();
     const CLIENTS: usize = 500;
     ensure_nofile(4 * CLIENTS as u64);
     let lab = Lab::new("tcp500");
@@ -468,15 +496,33 @@ fn tcp_500_concurrent_clients() {
         "tcp_500_concurrent_clients: {CLIENTS} connections, {answered} answers in {elapsed:?}"
     ));
 
-    // ntpkit's own client over the same framing.
-    let (r, v) = query_json(&lab, &["127.0.0.1", "--tcp", "--samples", "3"]);
-    r.assert_ok();
-    let v = v.unwrap_or_else(|| panic!("not JSON\n{r}"));
-    assert_eq!(u64_of(&v, "stratum"), 2, "{v}");
-    assert!(f64_of(&v, "offset").abs() < MAX_OFFSET, "{v}");
+    // ntpkit's own client over the same framing. Its TCP timestamps are taken in user space
+    // on both sides, so allow three tries of five samples (best = least delay) for the 1 ms.
+    let mut queried = 0;
+    let mut offsets = Vec::new();
+    for _ in 0..3 {
+        let (r, v) = query_json(&lab, &["127.0.0.1", "--tcp", "--samples", "5"], true);
+        r.assert_ok();
+        let v = v.unwrap_or_else(|| panic!("not JSON\n{r}"));
+        assert_eq!(u64_of(&v, "stratum"), 2, "{v}");
+        assert_eq!(v["transport"], "tcp", "{v}");
+        queried += 5;
+        offsets.push(f64_of(&v, "offset"));
+        if offsets.last().is_some_and(|o| o.abs() < MAX_OFFSET) {
+            break;
+        }
+    }
+    assert!(
+        offsets.last().is_some_and(|o| o.abs() < MAX_OFFSET),
+        "ntpkit query --tcp offsets {offsets:?} s"
+    );
 
     let served = server.stop();
-    assert!(served.answered >= (CLIENTS * 10 + 3) as u64, "{served:?}");
+    assert_eq!(
+        served.answered,
+        (CLIENTS * 10 + queried) as u64,
+        "{served:?}"
+    );
 }
 
 /// Raises RLIMIT_NOFILE (inherited by the server) to at least `want`, or fails saying why.
@@ -624,6 +670,7 @@ fn junk(rng: &mut support::Rng, buf: &mut Vec<u8>) -> Expect {
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn udp_junk_is_counted_and_survived() {
     support::require("udp_junk_is_counted_and_survived", &[]);
+    let _load = support::loading();
     const DATAGRAMS: usize = 100_000;
     const BATCH: usize = 50; // then one request/reply, so the socket buffer never overflows
     let lab = Lab::new("junk");
@@ -654,7 +701,7 @@ fn udp_junk_is_counted_and_survived() {
         (malformed, ignored, probes)
     });
     let elapsed = t0.elapsed();
-    let (r, v) = query_json(&lab, &["127.0.0.1", "--samples", "1"]);
+    let (r, v) = query_json(&lab, &["127.0.0.1", "--samples", "1"], false);
     r.assert_ok();
     let v = v.unwrap_or_else(|| panic!("not JSON\n{r}"));
     assert_eq!(u64_of(&v, "stratum"), 2, "{v}");

@@ -45,6 +45,21 @@ pub fn say(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
+/// Serializes load against measurement: the load tests (hundreds of TCP clients, a flood of
+/// datagrams) take it exclusively, the tests that hold offsets to 1 ms share it, so the suite
+/// never disturbs its own measurements. (Load from outside the suite it cannot prevent.)
+static LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a test that measures offsets: no load test runs meanwhile.
+pub fn measuring() -> std::sync::RwLockReadGuard<'static, ()> {
+    LOAD.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by a load test: no measuring test runs meanwhile.
+pub fn loading() -> std::sync::RwLockWriteGuard<'static, ()> {
+    LOAD.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What a test needs from the machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
