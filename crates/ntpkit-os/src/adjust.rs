@@ -34,13 +34,22 @@ pub fn step_realtime(offset_ns: i64) -> io::Result<()> {
     adjtime(&mut tx)
 }
 
-/// Sets the frequency correction of CLOCK_REALTIME to `ppm` (ADJ_FREQUENCY), within the kernel's
-/// ±500 ppm. Needs CAP_SYS_TIME.
+/// Nominal length of a clock tick, µs (USER_HZ = 100); each µs of tick adjustment is 100 ppm.
+const NOMINAL_TICK_US: i64 = 10_000;
+const PPM_PER_TICK_US: f64 = 100.0;
+
+/// Sets the frequency correction of CLOCK_REALTIME to `ppm`: the coarse part through the tick
+/// length (ADJ_TICK, ±10 %), the rest through ADJ_FREQUENCY (±500 ppm), as chrony does for
+/// rates beyond the kernel's frequency limit. Needs CAP_SYS_TIME.
 pub fn set_realtime_frequency(ppm: f64) -> io::Result<()> {
+    let ppm = ppm.clamp(-99_000.0, 99_000.0);
+    let tick_delta = (ppm / PPM_PER_TICK_US).round() as i64;
+    let fine = ppm - tick_delta as f64 * PPM_PER_TICK_US;
     // SAFETY: an all-zero timex is a valid value for every field.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-    tx.modes = libc::ADJ_FREQUENCY;
-    tx.freq = (ppm.clamp(-500.0, 500.0) * 65536.0).round() as libc::c_long;
+    tx.modes = libc::ADJ_FREQUENCY | libc::ADJ_TICK;
+    tx.tick = (NOMINAL_TICK_US + tick_delta) as libc::c_long;
+    tx.freq = (fine.clamp(-500.0, 500.0) * 65536.0).round() as libc::c_long;
     adjtime(&mut tx)
 }
 

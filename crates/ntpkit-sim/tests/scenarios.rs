@@ -160,7 +160,9 @@ fn hundred_seconds_off_is_stepped_and_held() {
     let r = report(&load("offset-100s"), 1);
     let c = &r.nodes[1];
     assert!(c.steps >= 1);
-    assert!(c.sync_time_s.is_some_and(|t| t < 60.0), "{c:?}");
+    // Stepped at once; the 50 ppm frequency error is learned from the polls after the burst,
+    // so the error stays below 1 ms from the second 64 s poll at the latest.
+    assert!(c.sync_time_s.is_some_and(|t| t < 2.0 * 64.0), "{c:?}");
     assert!(c.offset_s.max < 1e-3, "{c:?}");
 }
 
@@ -205,23 +207,20 @@ fn large_network_reaches_every_client() {
             n.final_offset_s
         );
     }
-    // Most clients stay within a millisecond from the first hour on. (With seed 1, client-31
-    // starts against stratum-3 servers that are still slewing hundreds of milliseconds apart,
-    // and its frequency estimate swings between the ±500 ppm limits for about 3 hours before it
-    // settles: reported to the core's owner; this bound is the regression guard meanwhile.)
+    // Every client stays within a millisecond (RMS) from the first hour on.
     let good = clients.iter().filter(|n| n.offset_s.rms < 1e-3).count();
-    assert!(good >= 95, "only {good} of 100 clients below 1 ms RMS");
+    assert_eq!(good, clients.len(), "only {good} of {} clients below 1 ms RMS", clients.len());
 }
 
-/// Item 5's first target, on the chrony-defaults scenario over a few seeds (the full 20-seed
-/// sweep is in docs/benchmarks.md). Bounds here are the regression guard of what the core
-/// achieves today, not the target.
+/// Issue 4 item 5's first target, on the chrony-defaults scenario: over 20 seeds the client
+/// synchronizes within 210 s, with RMS error ≤ 300 µs and max ≤ 1 ms from 210 s on.
 #[test]
 fn chrony_defaults_accuracy() {
     let sc = load("chrony-defaults");
-    for seed in 1..=5 {
+    for seed in 1..=20 {
         let c = &report(&sc, seed).nodes[1];
-        assert!(c.sync_time_s.is_some(), "seed {seed}: never synchronized");
-        assert!(c.offset_s.rms < 3e-3, "seed {seed}: rms {}", c.offset_s.rms);
+        assert!(c.sync_time_s.is_some_and(|t| t <= 210.0), "seed {seed}: sync at {:?}", c.sync_time_s);
+        assert!(c.offset_s.rms <= 300e-6, "seed {seed}: rms {}", c.offset_s.rms);
+        assert!(c.offset_s.max <= 1e-3, "seed {seed}: max {}", c.offset_s.max);
     }
 }

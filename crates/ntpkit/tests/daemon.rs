@@ -118,10 +118,9 @@ fn virtual_clock(offset: f64, ppm: f64) -> String {
 /// The documents' hierarchy, for real: stratum 1 serving the OS clock; two stratum-2 daemons
 /// +0.5 s / −0.3 s and +50 / −30 ppm off; two stratum-3 daemons +3 s and −2 s off.
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn stratum_hierarchy_converges() {
-    if !support::prerequisites("stratum_hierarchy_converges", &[Need::Root]) {
-        return;
-    }
+    support::require("stratum_hierarchy_converges", &[]);
     let lab = Lab::new("hier");
     let _s1 = daemon(
         &lab,
@@ -257,10 +256,9 @@ fn client_of_five(lab: &Lab) -> Proc<'_> {
 }
 
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn two_falsetickers_of_five_are_rejected() {
-    if !support::prerequisites("two_falsetickers_of_five_are_rejected", &[Need::Root]) {
-        return;
-    }
+    support::require("two_falsetickers_of_five_are_rejected", &[]);
     let lab = Lab::new("false2");
     let _servers = five_servers(&lab, [0.0, 1.0, 0.0, 2.0, 0.0]);
     let _client = client_of_five(&lab);
@@ -291,10 +289,9 @@ fn two_falsetickers_of_five_are_rejected() {
 }
 
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn three_wrong_of_five_means_no_majority() {
-    if !support::prerequisites("three_wrong_of_five_means_no_majority", &[Need::Root]) {
-        return;
-    }
+    support::require("three_wrong_of_five_means_no_majority", &[]);
     let lab = Lab::new("false3");
     let _servers = five_servers(&lab, [0.0, 1.0, 0.0, 2.0, 3.0]);
     let _client = client_of_five(&lab);
@@ -320,6 +317,7 @@ fn three_wrong_of_five_means_no_majority() {
 }
 
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn daemon_syncs_to_chronyd() {
     if !support::prerequisites(
         "daemon_syncs_to_chronyd",
@@ -347,6 +345,7 @@ fn daemon_syncs_to_chronyd() {
 }
 
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn chronyd_syncs_to_daemon() {
     if !support::prerequisites(
         "chronyd_syncs_to_daemon",
@@ -396,10 +395,9 @@ fn chronyd_syncs_to_daemon() {
 }
 
 #[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn check_rejects_a_bad_config_with_the_fix() {
-    if !support::prerequisites("check_rejects_a_bad_config_with_the_fix", &[Need::Root]) {
-        return;
-    }
+    support::require("check_rejects_a_bad_config_with_the_fix", &[]);
     let lab = Lab::new("badconf");
     let path = lab.write(
         "bad.toml",

@@ -35,6 +35,8 @@ const PHASE_NOISE: f64 = 1e-20;
 /// outlier; [`MAX_HELD_OUTLIERS`] in a row are taken as a real change.
 const OUTLIER_SIGMAS: f64 = 5.0;
 const MAX_HELD_OUTLIERS: u32 = 3;
+/// Well-predicted samples in a row before the poll interval may grow.
+const POLL_UP_AFTER: i32 = 4;
 
 /// How samples become clock corrections.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
@@ -62,7 +64,8 @@ pub struct DisciplineConfig {
     pub stepout: f64,
     /// Step at the first update, whatever the offset below the panic threshold (default true).
     pub step_at_startup: bool,
-    /// Largest frequency correction, ppm, including slewing (default 500 ppm).
+    /// Largest frequency correction, ppm, including slewing (default 83,333 ppm = 1/12, as
+    /// chrony's maxslewrate: a 0.1 s offset is gone in seconds, not minutes).
     pub max_slew_ppm: f64,
     /// Frequency error to start from (ppm), e.g. from the drift file.
     pub initial_frequency_ppm: Option<f64>,
@@ -76,7 +79,7 @@ impl Default for DisciplineConfig {
             panic_threshold: 1000.0,
             stepout: 300.0,
             step_at_startup: true,
-            max_slew_ppm: 500.0,
+            max_slew_ppm: 83_333.0,
             initial_frequency_ppm: None,
         }
     }
@@ -183,12 +186,14 @@ pub struct Discipline {
     slew_end: Option<MonoTime>,
     over_threshold_since: Option<MonoTime>,
     held_outliers: u32,
+    /// Time of the last accepted sample.
+    last_accepted: MonoTime,
+    /// Consecutive well-predicted samples (> 0), or −1 after a badly predicted one.
+    poll_trend: i32,
     /// The last offset exceeded the panic threshold: the clock is not being corrected.
     refusing: bool,
     commands: Vec<ClockCommand>,
     events: Vec<DisciplineEvent>,
-    /// Smoothed measurement variance, for the poll decision.
-    noise_var: f64,
     state: DisciplineState,
 }
 
@@ -206,10 +211,11 @@ impl Discipline {
             slew_end: None,
             over_threshold_since: None,
             held_outliers: 0,
+            last_accepted: now,
+            poll_trend: 0,
             refusing: false,
             commands: Vec::new(),
             events: Vec::new(),
-            noise_var: 0.0,
             state: DisciplineState {
                 frequency_ppm: nu0 * 1e6,
                 ..Default::default()
@@ -240,31 +246,40 @@ impl Discipline {
         let r = variance.max(1e-18);
         if !self.started {
             self.start(z, r);
+            self.last_accepted = now;
             self.steer(now, poll_interval);
             return;
         }
         let best = self.best();
         let (y, s) = self.models[best].innovation(z, r);
-        if y * y > OUTLIER_SIGMAS * OUTLIER_SIGMAS * s && self.held_outliers < MAX_HELD_OUTLIERS {
+        let ratio = y * y / s;
+        if ratio > OUTLIER_SIGMAS * OUTLIER_SIGMAS && self.held_outliers < MAX_HELD_OUTLIERS {
             self.held_outliers += 1;
             self.events.push(DisciplineEvent::OutlierHeld(y));
             return;
         }
         if self.held_outliers >= MAX_HELD_OUTLIERS {
-            // Several outliers in a row: the clock or the path really changed. Widen the
-            // uncertainty so the filters follow quickly.
+            // Several outliers in a row: the clock or the path really changed, and the filters
+            // were overconfident. Widen phase and frequency uncertainty so they follow quickly.
+            let dt = now.secs_since(self.last_accepted).max(1.0);
             for m in &mut self.models {
                 m.p[0][0] += y * y;
+                m.p[1][1] += (y / dt).powi(2);
             }
         }
         self.held_outliers = 0;
+        self.last_accepted = now;
         for m in &mut self.models {
             m.update(z, r);
         }
-        self.noise_var = if self.state.updates == 0 {
-            r
+        // A badly predicted sample (beyond 3σ) asks for a shorter poll at once; the interval
+        // may grow only after several well-predicted ones.
+        self.poll_trend = if ratio > 9.0 {
+            -1
+        } else if ratio < 4.0 {
+            self.poll_trend.max(0).saturating_add(1)
         } else {
-            0.9 * self.noise_var + 0.1 * r
+            0
         };
         self.state.updates += 1;
         self.state.last_offset = y;
@@ -321,23 +336,30 @@ impl Discipline {
         self.started
     }
 
-    /// Suggests a poll exponent change for the sources: +1 when the clock's own wander over
-    /// twice the current interval stays well below the measurement noise, −1 when it exceeds it
-    /// over the current interval, else 0.
-    pub fn poll_adjustment(&self, poll_interval: f64) -> i8 {
+    /// Suggests a poll exponent change for the sources: +1 after several well-predicted samples
+    /// when the clock's drift over twice the current interval (wander plus frequency
+    /// uncertainty) stays below the offset estimate's own uncertainty; −1 after a badly
+    /// predicted sample or when the drift over one interval exceeds twice that; else 0.
+    pub fn poll_adjustment(&mut self, poll_interval: f64) -> i8 {
         if !self.started || self.state.updates < 8 {
             return 0;
         }
         let m = &self.models[self.best()];
-        let noise = self.noise_var.max(1e-14);
+        // Compared with what the estimate already knows, not with one sample's noise: a longer
+        // interval is taken only when the clock drifts less in it than the estimate's error.
+        let known = m.p[0][0].max(1e-14);
         let wander_var = |dt: f64| m.q * dt.powi(3) / 3.0 + m.p[1][1] * dt * dt;
-        if wander_var(2.0 * poll_interval) < noise {
-            1
-        } else if wander_var(poll_interval) > 4.0 * noise {
+        let adjust = if self.poll_trend < 0 || wander_var(poll_interval) > 4.0 * known {
             -1
+        } else if self.poll_trend >= POLL_UP_AFTER && wander_var(2.0 * poll_interval) < known {
+            1
         } else {
             0
+        };
+        if adjust != 0 {
+            self.poll_trend = 0;
         }
+        adjust
     }
 
     /// The time (seconds) over which an estimated phase error is slewed away: half the poll
@@ -366,7 +388,6 @@ impl Discipline {
         self.started = true;
         self.state.updates = 1;
         self.state.last_offset = z;
-        self.noise_var = r;
         if self.exceeds_panic(z) {
             return;
         }

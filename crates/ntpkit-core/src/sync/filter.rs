@@ -19,6 +19,8 @@ use serde::Serialize;
 pub const FILTER_STAGES: usize = 8;
 /// Samples over which the path's minimum delay is tracked.
 pub const MIN_DELAY_WINDOW: usize = 32;
+/// Delays needed before the window's minimum is trusted to weigh samples.
+pub const TRUSTED_WINDOW: usize = 8;
 
 /// One measurement of a source: the four-timestamp exchange reduced to offset and delay.
 #[derive(Clone, Copy, PartialEq, Debug, Serialize)]
@@ -130,11 +132,33 @@ impl ClockFilter {
         self.delays.iter().copied().min_by(f64::total_cmp)
     }
 
-    /// Variance (s²) of a sample's offset error due to path asymmetry, given the path's minimum
-    /// delay: the excess delay is split unknown between the two directions.
+    /// Variance (s²) of a sample's offset error due to path asymmetry. The excess delay over
+    /// the path's minimum is split unknown between the two directions (uniform: `excess²/12`);
+    /// the minimum itself is only known to within the spread of the lowest delays, so a
+    /// quarter of the window's median excess is added to every excess: no sample is trusted
+    /// beyond what the delays can vouch for.
+    ///
+    /// Until [`TRUSTED_WINDOW`] delays are known the minimum is not, and a sample is only
+    /// trusted to the hard bound every exchange has: its error is at most half its delay.
     pub fn asymmetry_variance(&self, sample: &Sample) -> f64 {
-        let excess = (sample.delay - self.min_delay().unwrap_or(sample.delay)).max(0.0);
+        if self.delays.len() < TRUSTED_WINDOW {
+            return sample.delay * sample.delay / 12.0;
+        }
+        let min = self.min_delay().unwrap_or(sample.delay);
+        let excess = (sample.delay - min).max(0.0) + self.min_delay_uncertainty();
         excess * excess / 12.0
+    }
+
+    /// How well the window's minimum delay stands for the path's true minimum: a quarter of the
+    /// median excess delay in the window, seconds.
+    fn min_delay_uncertainty(&self) -> f64 {
+        let n = self.delays.len();
+        if n < 2 {
+            return 0.0;
+        }
+        let mut sorted = self.delays.clone();
+        sorted.sort_by(f64::total_cmp);
+        (sorted[n / 2] - sorted[0]) / 4.0
     }
 
     /// The clock was stepped by `step` seconds: stored offsets shift by −step.
@@ -201,11 +225,26 @@ mod tests {
     #[test]
     fn weights_follow_excess_delay() {
         let mut f = ClockFilter::new();
-        f.add(s(0.0, 0.002, 0), MonoTime(0));
-        let spike = s(0.0, 0.014, 1);
-        f.add(spike, MonoTime(1));
-        assert!((f.asymmetry_variance(&spike) - 0.012f64.powi(2) / 12.0).abs() < 1e-15);
-        assert_eq!(f.asymmetry_variance(&s(0.0, 0.002, 2)), 0.0);
+        let first = s(0.0, 0.002, 0);
+        f.add(first, MonoTime(0));
+        // Too few delays to know the path's minimum: only the half-delay bound holds.
+        assert_eq!(f.asymmetry_variance(&first), 0.002f64.powi(2) / 12.0);
+        for i in 1..7 {
+            f.add(s(0.0, 0.002 + i as f64 * 1e-4, i), MonoTime(i));
+        }
+        let spike = s(0.0, 0.014, 7);
+        f.add(spike, MonoTime(7));
+        // Median excess of {0, 0.1, …, 0.6, 12} ms is 0.4 ms: a quarter of it widens every sample.
+        let widen = 0.0004 / 4.0;
+        let want = (0.012f64 + widen).powi(2) / 12.0;
+        assert!(
+            (f.asymmetry_variance(&spike) - want).abs() < 1e-15,
+            "{}",
+            f.asymmetry_variance(&spike)
+        );
+        let best = f.asymmetry_variance(&s(0.0, 0.002, 4));
+        assert!((best - widen * widen / 12.0).abs() < 1e-18);
+        assert!(f.asymmetry_variance(&spike) > 1000.0 * best);
     }
 
     #[test]

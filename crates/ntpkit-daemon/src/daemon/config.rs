@@ -188,7 +188,7 @@ fn default_max_distance() -> f64 {
     1.5
 }
 fn default_max_slew() -> f64 {
-    500.0
+    83_333.0
 }
 
 /// A configuration error: what is wrong, where, and the fix.
