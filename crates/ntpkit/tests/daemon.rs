@@ -319,12 +319,7 @@ fn three_wrong_of_five_means_no_majority() {
 #[test]
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn daemon_syncs_to_chronyd() {
-    if !support::prerequisites(
-        "daemon_syncs_to_chronyd",
-        &[Need::Root, Need::Tool("chronyd")],
-    ) {
-        return;
-    }
+    support::require("daemon_syncs_to_chronyd", &[Need::Tool("chronyd")]);
     let lab = Lab::new("tochrony");
     let conf = chrony::server_conf(&lab, "chrony", &["127.0.0.1"], 11123, 1);
     let _chronyd = chrony::start(&lab, &lab.ns, "chrony", &conf);
@@ -347,12 +342,7 @@ fn daemon_syncs_to_chronyd() {
 #[test]
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn chronyd_syncs_to_daemon() {
-    if !support::prerequisites(
-        "chronyd_syncs_to_daemon",
-        &[Need::Root, Need::Tool("chronyd")],
-    ) {
-        return;
-    }
+    support::require("chronyd_syncs_to_daemon", &[Need::Tool("chronyd")]);
     let lab = Lab::new("fromchrony");
     let _s1 = daemon(
         &lab,
