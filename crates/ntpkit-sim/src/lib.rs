@@ -25,6 +25,7 @@
 pub mod cli;
 pub mod clock;
 pub mod plot;
+pub mod queue;
 pub mod report;
 pub mod rng;
 pub mod scenario;

@@ -1,8 +1,8 @@
 //! The discrete-event loop.
 //!
 //! Virtual time is integer nanoseconds of true time since the start of the run. Events sit in a
-//! binary heap ordered by (time, sequence number), so simultaneous events run in the order they
-//! were scheduled and a run is a pure function of the scenario and the seed.
+//! radix heap ([`EventQueue`]) ordered by (time, sequence number), so simultaneous events run in
+//! the order they were scheduled and a run is a pure function of the scenario and the seed.
 //!
 //! Each node is driven exactly as the daemon drives the core (the call contract on
 //! [`SyncSystem`]): its one pending timer is `poll_timeout`; after every input the driver drains
@@ -13,6 +13,7 @@
 //! The node's monotonic time is true time (the daemon uses the OS monotonic clock).
 
 use crate::clock::SimClock;
+use crate::queue::EventQueue;
 use crate::rng::{exponential, normal, stream, uniform, Rng, StreamKind};
 use crate::scenario::{Direction, Distribution, Scenario};
 use ntpkit_core::sync::{DisciplineConfig, SystemConfig};
@@ -21,8 +22,6 @@ use ntpkit_core::{
     SyncSystem,
 };
 use ntpkit_wire::{stamp_transmit, Header, RefId, HEADER_LEN};
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -55,31 +54,6 @@ enum Kind {
     Sample,
     /// A scheduled disturbance of a node's clock (node, index into its steps).
     Step(u32, u32),
-}
-
-#[derive(Debug)]
-struct Event {
-    time: i64,
-    seq: u64,
-    kind: Kind,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, o: &Self) -> bool {
-        (self.time, self.seq) == (o.time, o.seq)
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Event {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest first.
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.time, o.seq).cmp(&(self.time, self.seq))
-    }
 }
 
 /// One (client, source) path with its own random stream per direction.
@@ -129,8 +103,12 @@ struct Node {
     reference: Option<u8>,
     /// Link index of source 0; source k uses link `first_link + k`.
     first_link: u32,
-    /// Time of the pending timer event (i64::MAX: none).
+    /// Time of the pending timer (i64::MAX: none).
     timer: i64,
+    /// Times of some `Timer` events of this node still in the queue (i64::MAX: free slot).
+    /// The first queued event at the pending timer's time fires it and later ones are stale,
+    /// so re-arming at a time already queued needs no new event.
+    queued: [i64; 2],
     steps: u32,
     counters: NodeCounters,
 }
@@ -179,7 +157,7 @@ pub struct Sim<'s, 't> {
     duration: i64,
     now: i64,
     seq: u64,
-    queue: BinaryHeap<Event>,
+    queue: EventQueue<Kind>,
     packets: Vec<Packet>,
     free_packets: Vec<u32>,
     nodes: Vec<Node>,
@@ -280,6 +258,7 @@ impl<'s, 't> Sim<'s, 't> {
                 reference: spec.reference,
                 first_link: first as u32,
                 timer: i64::MAX,
+                queued: [i64::MAX; 2],
                 steps: 0,
                 counters: NodeCounters::default(),
             });
@@ -295,7 +274,7 @@ impl<'s, 't> Sim<'s, 't> {
             duration,
             now: 0,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             packets: Vec::new(),
             free_packets: Vec::new(),
             nodes,
@@ -333,11 +312,7 @@ impl<'s, 't> Sim<'s, 't> {
 
     fn push(&mut self, time: i64, kind: Kind) {
         self.seq += 1;
-        self.queue.push(Event {
-            time,
-            seq: self.seq,
-            kind,
-        });
+        self.queue.push(time, self.seq, kind);
     }
 
     /// Runs to the end and returns the statistics.
@@ -349,11 +324,11 @@ impl<'s, 't> Sim<'s, 't> {
     /// Processes every event up to true time `until` (ns, capped at the run's duration).
     pub fn run_until(&mut self, until: i64) {
         let until = until.min(self.duration);
-        while self.queue.peek().is_some_and(|ev| ev.time <= until) {
-            let ev = self.queue.pop().expect("peeked");
-            self.now = ev.time;
+        while self.queue.peek_time().is_some_and(|t| t <= until) {
+            let (time, kind) = self.queue.pop().expect("peeked");
+            self.now = time;
             self.events += 1;
-            match ev.kind {
+            match kind {
                 Kind::Timer(n) => self.on_timer(n as usize),
                 Kind::Request(l, p) => self.on_request(l as usize, p),
                 Kind::Transmit(l, p) => self.on_transmit(l as usize, p),
@@ -412,6 +387,9 @@ impl<'s, 't> Sim<'s, 't> {
     fn on_timer(&mut self, n: usize) {
         let t = self.now;
         let node = &mut self.nodes[n];
+        if let Some(q) = node.queued.iter_mut().find(|q| **q == t) {
+            *q = i64::MAX;
+        }
         if node.timer != t {
             return; // superseded
         }
@@ -460,7 +438,12 @@ impl<'s, 't> Sim<'s, 't> {
         let next = sys.poll_timeout().map_or(i64::MAX, |d| d.0.max(t + 1));
         if next != node.timer && next <= self.duration {
             node.timer = next;
-            self.push(next, Kind::Timer(n as u32));
+            if !node.queued.contains(&next) {
+                if let Some(q) = node.queued.iter_mut().find(|q| **q == i64::MAX) {
+                    *q = next;
+                }
+                self.push(next, Kind::Timer(n as u32));
+            }
         }
     }
 
