@@ -84,105 +84,177 @@ pub fn select(
     minsources: usize,
     current_peer: Option<usize>,
 ) -> Result<Selection, (NoSelection, Selection)> {
+    let mut sel = Selection::default();
+    match select_into(candidates, minsources, current_peer, &mut sel) {
+        Ok(()) => Ok(sel),
+        Err(why) => Err((why, sel)),
+    }
+}
+
+/// [`select`] into a caller's `Selection`, reusing its lists' allocations: call on every
+/// sample. On error `out` holds what was decided before selection failed.
+pub fn select_into(
+    candidates: &[Candidate],
+    minsources: usize,
+    current_peer: Option<usize>,
+    out: &mut Selection,
+) -> Result<(), NoSelection> {
+    out.falsetickers.clear();
+    out.outliers.clear();
+    out.survivors.clear();
+    out.system_peer = None;
     let n = candidates.len();
     if n < minsources.max(1) {
-        let all = Selection {
-            falsetickers: vec![],
-            ..Selection::default()
-        };
-        return Err((
-            NoSelection::TooFewSources {
-                usable: n,
-                required: minsources.max(1),
-            },
-            all,
-        ));
+        return Err(NoSelection::TooFewSources {
+            usable: n,
+            required: minsources.max(1),
+        });
     }
     let Some((low, high)) = intersection(candidates) else {
-        let largest = largest_agreeing(candidates);
-        let sel = Selection {
-            falsetickers: candidates.iter().map(|c| c.index).collect(),
-            ..Selection::default()
-        };
-        return Err((
-            NoSelection::NoMajority {
-                largest_agreeing: largest,
-                usable: n,
-            },
-            sel,
-        ));
+        out.falsetickers.extend(candidates.iter().map(|c| c.index));
+        return Err(NoSelection::NoMajority {
+            largest_agreeing: largest_agreeing(candidates),
+            usable: n,
+        });
     };
-    let (mut truechimers, falsetickers): (Vec<Candidate>, Vec<Candidate>) = candidates
-        .iter()
-        .partition(|c| c.offset - c.root_distance <= high && c.offset + c.root_distance >= low);
-    let mut selection = Selection {
-        falsetickers: falsetickers.iter().map(|c| c.index).collect(),
-        ..Selection::default()
-    };
+    let mut truechimers = Scratch::<Candidate, INLINE_CANDIDATES>::new(candidates[0]);
+    for c in candidates {
+        if c.offset - c.root_distance <= high && c.offset + c.root_distance >= low {
+            truechimers.push(*c);
+        } else {
+            out.falsetickers.push(c.index);
+        }
+    }
     if truechimers.len() < minsources {
-        let err = NoSelection::TooFewSources {
+        out.survivors
+            .extend(truechimers.as_slice().iter().map(|c| c.index));
+        return Err(NoSelection::TooFewSources {
             usable: truechimers.len(),
             required: minsources,
-        };
-        selection.survivors = truechimers.iter().map(|c| c.index).collect();
-        return Err((err, selection));
+        });
     }
     // Clustering.
     while truechimers.len() > MIN_CLUSTER.max(minsources) {
-        let min_jitter = truechimers
-            .iter()
-            .map(|c| c.jitter)
-            .fold(f64::INFINITY, f64::min);
-        let (worst, spread) = truechimers
+        let kept = truechimers.as_slice();
+        let min_jitter = kept.iter().map(|c| c.jitter).fold(f64::INFINITY, f64::min);
+        let (worst, spread) = kept
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let ss: f64 = truechimers
-                    .iter()
-                    .map(|o| (o.offset - c.offset).powi(2))
-                    .sum();
-                (i, (ss / (truechimers.len() - 1) as f64).sqrt())
+                let ss: f64 = kept.iter().map(|o| (o.offset - c.offset).powi(2)).sum();
+                (i, (ss / (kept.len() - 1) as f64).sqrt())
             })
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .expect("non-empty");
         if spread <= min_jitter {
             break;
         }
-        selection.outliers.push(truechimers.remove(worst).index);
+        out.outliers.push(truechimers.remove(worst).index);
     }
-    selection.survivors = truechimers.iter().map(|c| c.index).collect();
-    let best = truechimers
+    let kept = truechimers.as_slice();
+    out.survivors.extend(kept.iter().map(|c| c.index));
+    let best = kept
         .iter()
         .min_by(|a, b| a.root_distance.total_cmp(&b.root_distance))
         .expect("at least one survivor");
-    selection.system_peer = Some(match current_peer {
-        Some(p) if selection.survivors.contains(&p) => p,
+    out.system_peer = Some(match current_peer {
+        Some(p) if out.survivors.contains(&p) => p,
         _ => best.index,
     });
-    Ok(selection)
+    Ok(())
+}
+
+/// Candidates (and twice as many interval edges) handled on the stack; more sources than
+/// this still work, through the heap.
+const INLINE_CANDIDATES: usize = 16;
+
+/// A short list on the stack that moves to the heap beyond `N` items: selection runs on every
+/// sample and should not allocate.
+pub(crate) enum Scratch<T: Copy, const N: usize> {
+    Inline([T; N], usize),
+    Heap(Vec<T>),
+}
+
+impl<T: Copy, const N: usize> Scratch<T, N> {
+    /// An empty list; `fill` only initializes the unused slots.
+    pub(crate) fn new(fill: T) -> Self {
+        Scratch::Inline([fill; N], 0)
+    }
+
+    pub(crate) fn push(&mut self, v: T) {
+        match self {
+            Scratch::Inline(a, len) if *len < N => {
+                a[*len] = v;
+                *len += 1;
+            }
+            Scratch::Inline(a, len) => {
+                let mut h = a[..*len].to_vec();
+                h.push(v);
+                *self = Scratch::Heap(h);
+            }
+            Scratch::Heap(h) => h.push(v),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub(crate) fn as_slice(&self) -> &[T] {
+        match self {
+            Scratch::Inline(a, len) => &a[..*len],
+            Scratch::Heap(h) => h,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        match self {
+            Scratch::Inline(a, len) => &mut a[..*len],
+            Scratch::Heap(h) => h,
+        }
+    }
+
+    /// Removes item `i`, keeping the order of the rest.
+    fn remove(&mut self, i: usize) -> T {
+        match self {
+            Scratch::Inline(a, len) => {
+                let v = a[i];
+                a.copy_within(i + 1..*len, i);
+                *len -= 1;
+                v
+            }
+            Scratch::Heap(h) => h.remove(i),
+        }
+    }
+}
+
+/// Both edges of every candidate's correctness interval, sorted: (value, +1 for a lower edge,
+/// −1 for an upper edge). Lower edges sort before upper edges at equal values, so touching
+/// intervals count as overlapping. Equal entries are identical, so an unstable sort (which
+/// never allocates) gives the same order as a stable one.
+fn sorted_edges(candidates: &[Candidate]) -> Scratch<(f64, i32), { 2 * INLINE_CANDIDATES }> {
+    let mut edges = Scratch::new((0.0, 0));
+    for c in candidates {
+        edges.push((c.offset - c.root_distance, 1));
+        edges.push((c.offset + c.root_distance, -1));
+    }
+    edges
+        .as_mut_slice()
+        .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+    edges
 }
 
 /// The intersection interval agreed by the largest possible majority, if any.
 fn intersection(candidates: &[Candidate]) -> Option<(f64, f64)> {
     let n = candidates.len();
-    // Endpoints: (value, +1 for a lower edge, −1 for an upper edge). Lower edges sort before
-    // upper edges at equal values, so touching intervals count as overlapping.
-    let mut edges: Vec<(f64, i32)> = candidates
-        .iter()
-        .flat_map(|c| {
-            [
-                (c.offset - c.root_distance, 1),
-                (c.offset + c.root_distance, -1),
-            ]
-        })
-        .collect();
-    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+    let edges = sorted_edges(candidates);
+    let edges = edges.as_slice();
     let mut allowed = 0;
     while 2 * allowed < n {
         let need = (n - allowed) as i32;
         let mut count = 0;
         let mut low = None;
-        for &(v, kind) in &edges {
+        for &(v, kind) in edges {
             count += kind;
             if count >= need {
                 low = Some(v);
@@ -210,19 +282,9 @@ fn intersection(candidates: &[Candidate]) -> Option<(f64, f64)> {
 
 /// The largest number of intervals sharing a point (for reporting when there is no majority).
 fn largest_agreeing(candidates: &[Candidate]) -> usize {
-    let mut edges: Vec<(f64, i32)> = candidates
-        .iter()
-        .flat_map(|c| {
-            [
-                (c.offset - c.root_distance, 1),
-                (c.offset + c.root_distance, -1),
-            ]
-        })
-        .collect();
-    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
     let mut count = 0;
     let mut best = 0;
-    for (_, kind) in edges {
+    for &(_, kind) in sorted_edges(candidates).as_slice() {
         count += kind;
         best = best.max(count);
     }
@@ -321,5 +383,27 @@ mod tests {
         cands[0].root_distance = 0.005;
         assert_eq!(select(&cands, 1, Some(2)).unwrap().system_peer, Some(2));
         assert_eq!(select(&cands, 1, None).unwrap().system_peer, Some(0));
+    }
+
+    #[test]
+    fn more_sources_than_the_stack_buffers_hold() {
+        // 20 candidates: 18 agree, two are far off; clustering trims to the tightest.
+        let mut cands: Vec<Candidate> = (0..18).map(|i| c(i, i as f64 * 1e-4)).collect();
+        cands.push(c(18, 5.0));
+        cands.push(c(19, -5.0));
+        let s = select(&cands, 1, None).unwrap();
+        assert_eq!(s.falsetickers, vec![18, 19]);
+        assert_eq!(s.survivors.len() + s.outliers.len(), 18);
+        assert_eq!(s.survivors.len(), MIN_CLUSTER);
+        let (why, sel) = select(&cands[..19], 19, None).unwrap_err();
+        assert_eq!(
+            why,
+            NoSelection::TooFewSources {
+                usable: 18,
+                required: 19
+            }
+        );
+        assert_eq!(sel.falsetickers, vec![18]);
+        assert_eq!(sel.survivors, (0..18).collect::<Vec<_>>());
     }
 }

@@ -2,7 +2,7 @@
 //! state it serves downstream.
 
 use super::discipline::{Discipline, DisciplineConfig, DisciplineEvent};
-use super::select::{select, Candidate, NoSelection, Selection};
+use super::select::{select_into, Candidate, NoSelection, Scratch, Selection};
 use super::source::{Rejection, ReplyOutcome, SampleLimits, Source, SourceConfig};
 use super::status::{SourceState, SourceStatus, SystemStatus, Tracking};
 use crate::clock::ClockCommand;
@@ -446,35 +446,44 @@ impl SyncSystem {
     /// Runs selection over the current candidates.
     fn reselect(&mut self, now: MonoTime) {
         let max_distance = self.config.limits.max_distance;
-        let candidates: Vec<Candidate> = self
-            .sources
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                if s.denied().is_some() || s.reach() == 0 {
-                    return None;
-                }
-                let info = s.info()?;
-                if info.stratum >= 16 || info.leap == LeapIndicator::Unsynchronized {
-                    return None;
-                }
-                let e = s.estimate()?;
-                let root_distance = s.root_distance(now, self.config.min_dispersion)?;
-                (root_distance <= max_distance).then_some(Candidate {
+        let mut candidates = Scratch::<Candidate, 16>::new(Candidate {
+            index: 0,
+            offset: 0.0,
+            root_distance: 0.0,
+            jitter: 0.0,
+        });
+        for (i, s) in self.sources.iter().enumerate() {
+            let Some(s) = s.as_ref() else { continue };
+            if s.denied().is_some() || s.reach() == 0 {
+                continue;
+            }
+            let Some(info) = s.info() else { continue };
+            if info.stratum >= 16 || info.leap == LeapIndicator::Unsynchronized {
+                continue;
+            }
+            let Some(e) = s.estimate() else { continue };
+            let Some(root_distance) = s.root_distance(now, self.config.min_dispersion) else {
+                continue;
+            };
+            if root_distance <= max_distance {
+                candidates.push(Candidate {
                     index: i,
                     offset: e.offset,
                     root_distance,
                     jitter: e.jitter,
-                })
-            })
-            .collect();
+                });
+            }
+        }
         let previous = self.system_peer;
         let previous_reason = self.no_selection;
-        match select(&candidates, self.config.minsources, self.system_peer) {
-            Ok(sel) => {
-                self.system_peer = sel.system_peer;
-                self.selection = sel;
+        match select_into(
+            candidates.as_slice(),
+            self.config.minsources,
+            self.system_peer,
+            &mut self.selection,
+        ) {
+            Ok(()) => {
+                self.system_peer = self.selection.system_peer;
                 self.no_selection = None;
                 if self.system_peer != previous || previous_reason.is_some() {
                     if let Some(p) = self.system_peer {
@@ -486,8 +495,7 @@ impl SyncSystem {
                     }
                 }
             }
-            Err((why, sel)) => {
-                self.selection = sel;
+            Err(why) => {
                 self.system_peer = None;
                 if previous_reason != Some(why) {
                     self.events.push_back(Event::NoSelection {
