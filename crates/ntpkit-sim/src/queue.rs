@@ -14,6 +14,8 @@
 
 /// Buckets: one per bit of the 128-bit key, plus bucket 0 for the key equal to the last one.
 const BUCKETS: usize = 129;
+/// Largest allocation (entries) an emptied bucket keeps for reuse.
+const KEEP_CAPACITY: usize = 1024;
 
 /// A monotone priority queue of `T` keyed by (time, sequence number).
 #[derive(Debug)]
@@ -67,8 +69,12 @@ impl<T: Copy> EventQueue<T> {
             let b = self.bucket(e.0);
             self.buckets[b].push(e);
         }
-        // Give the emptied bucket its allocation back for the next keys that land there.
-        self.buckets[i] = from;
+        // Give the emptied bucket its allocation back for the next keys that land there, unless
+        // it is large: a burst passing through the buckets would otherwise leave every bucket
+        // holding room for all of it.
+        if from.capacity() <= KEEP_CAPACITY {
+            self.buckets[i] = from;
+        }
     }
 
     /// The time of the earliest event.
