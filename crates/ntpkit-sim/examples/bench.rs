@@ -1,12 +1,15 @@
 //! Speed and memory of the simulator (docs/benchmarks.md).
 //!
-//! `cargo run --release -p ntpkit-sim --example bench -- speed [SCENARIO.toml]` runs a scenario
-//! (default scenarios/clients-10000.toml) and prints NTP exchanges per second of wall time.
+//! `cargo run --release -p ntpkit-sim --example bench -- speed [SCENARIO.toml] [SHARDS]` runs a
+//! scenario (default scenarios/clients-10000.toml) and prints NTP exchanges per second of wall
+//! time and per CPU-second. With SHARDS > 1 (default 1), independent clients run on that many
+//! threads (`ntpkit_sim::simulate_sharded`; same statistics as one thread).
 //! `cargo run --release -p ntpkit-sim --example bench -- memory [N]` builds N clients (default
 //! 100,000) of 4 reference servers, runs 20 simulated minutes so that every filter and
 //! discipline holds its steady-state allocations, and prints the resident memory per node.
 //! Wall time is read here, in the example, never in the library (the simulator has no clock).
 use ntpkit_sim::sim::{Sim, Trace};
+use ntpkit_sim::simulate_sharded;
 use ntpkit_sim::Scenario;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,20 +23,35 @@ fn rss_kib() -> u64 {
         .expect("VmRSS line")
 }
 
-fn speed(path: PathBuf) {
+/// CPU time of the whole process so far (all threads, user + system), seconds.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux /proc");
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th, in USER_HZ (100 per second on Linux).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    ticks as f64 / 100.0
+}
+
+fn speed(path: PathBuf, shards: usize) {
     let sc = Scenario::load(&path).expect("scenario");
-    let start = Instant::now();
-    let out = ntpkit_sim::simulate(&sc, sc.seed, sc.duration, Trace::default());
-    let secs = start.elapsed().as_secs_f64();
+    let (start, cpu0) = (Instant::now(), cpu_secs());
+    let out = simulate_sharded(&sc, sc.seed, sc.duration, shards);
+    let (secs, cpu) = (start.elapsed().as_secs_f64(), cpu_secs() - cpu0);
     println!(
-        "{}: {} nodes, {} simulated s, {} exchanges, {} events in {:.2} s wall: {:.0} exchanges/s, {:.0} events/s",
+        "{}: {} nodes, {} simulated s, {} shard(s), {} exchanges, {} events in {:.2} s wall, \
+         {:.2} s CPU: {:.0} exchanges/s wall, {:.0} exchanges per CPU-second, {:.0} events/s wall",
         sc.name,
         sc.nodes.len(),
         sc.duration / 1_000_000_000,
+        shards,
         out.exchanges,
         out.events,
         secs,
+        cpu,
         out.exchanges as f64 / secs,
+        out.exchanges as f64 / cpu,
         out.events as f64 / secs
     );
 }
@@ -75,7 +93,10 @@ fn main() {
             args.next()
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("scenarios/clients-10000.toml")),
+            args.next().map_or(1, |a| a.parse().expect("SHARDS")),
         ),
-        Some(other) => panic!("unknown mode {other}: use `speed [SCENARIO]` or `memory [N]`"),
+        Some(other) => {
+            panic!("unknown mode {other}: use `speed [SCENARIO] [SHARDS]` or `memory [N]`")
+        }
     }
 }

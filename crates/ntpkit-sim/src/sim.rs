@@ -111,6 +111,8 @@ struct Node {
     queued: [i64; 2],
     steps: u32,
     counters: NodeCounters,
+    /// False for a client that belongs to another shard (see [`Sim::new_shard`]): never driven.
+    active: bool,
 }
 
 /// What to record besides the statistics.
@@ -144,6 +146,9 @@ pub struct Outcome {
     pub exchanges: u64,
     /// Events processed.
     pub events: u64,
+    /// Events every shard processes (samples, steps of reference clocks): counted once when
+    /// shards are merged.
+    shared_events: u64,
     /// Packets lost on links (loss or outage).
     pub lost: u64,
     /// Plotted series: (time s, true error s) per entry of `Trace::plot_nodes`.
@@ -167,6 +172,7 @@ pub struct Sim<'s, 't> {
     plot_index: Vec<Option<usize>>,
     exchanges: u64,
     events: u64,
+    shared_events: u64,
     lost: u64,
     line: String,
 }
@@ -190,6 +196,19 @@ impl<'s, 't> Sim<'s, 't> {
     /// Builds every node and link at t = 0 with `seed` (overriding the scenario's) and
     /// `duration` ns.
     pub fn new(sc: &'s Scenario, seed: u64, duration: i64, trace: Trace<'t>) -> Self {
+        Self::new_shard(sc, seed, duration, trace, |_| true)
+    }
+
+    /// Like [`Sim::new`], but only the nodes for which `active` is true are driven; the others
+    /// are built as far as their random streams and link numbers need, and never run. Used by
+    /// [`simulate_sharded`], which only passes scenarios whose active sets do not interact.
+    fn new_shard(
+        sc: &'s Scenario,
+        seed: u64,
+        duration: i64,
+        trace: Trace<'t>,
+        active: impl Fn(usize) -> bool,
+    ) -> Self {
         let mut nodes = Vec::with_capacity(sc.nodes.len());
         let mut links = Vec::with_capacity(sc.link_count());
         for (i, spec) in sc.nodes.iter().enumerate() {
@@ -207,6 +226,7 @@ impl<'s, 't> Sim<'s, 't> {
             } else {
                 ppm
             };
+            let is_active = active(i);
             let sync = spec.reference.is_none().then(|| {
                 let mut cfg = SystemConfig {
                     discipline: DisciplineConfig {
@@ -225,22 +245,24 @@ impl<'s, 't> Sim<'s, 't> {
                     cfg.discipline.max_slew_ppm = m;
                 }
                 let mut sys = SyncSystem::new(cfg, MonoTime(0));
-                for src in &spec.sources {
-                    let id = sys.add_source(
-                        node_address(src.server),
-                        SourceConfig {
-                            minpoll: src.poll.0,
-                            maxpoll: src.poll.1,
-                            iburst: src.iburst,
-                        },
-                        MonoTime(0),
-                        &mut core_rng,
-                    );
+                for (k, src) in spec.sources.iter().enumerate() {
+                    if is_active {
+                        sys.add_source(
+                            node_address(src.server),
+                            SourceConfig {
+                                minpoll: src.poll.0,
+                                maxpoll: src.poll.1,
+                                iburst: src.iburst,
+                            },
+                            MonoTime(0),
+                            &mut core_rng,
+                        );
+                    }
                     let index = links.len() as u64;
                     links.push(Link {
                         client: i as u32,
                         server: src.server as u32,
-                        source: id.0,
+                        source: k as u32,
                         profile: src.profile as u16,
                         request_rng: stream(seed, StreamKind::Request, index),
                         reply_rng: stream(seed, StreamKind::Reply, index),
@@ -261,6 +283,7 @@ impl<'s, 't> Sim<'s, 't> {
                 queued: [i64::MAX; 2],
                 steps: 0,
                 counters: NodeCounters::default(),
+                active: is_active,
             });
         }
         let mut plot_index = vec![None; nodes.len()];
@@ -284,6 +307,7 @@ impl<'s, 't> Sim<'s, 't> {
             plot_index,
             exchanges: 0,
             events: 0,
+            shared_events: 0,
             lost: 0,
             line: String::new(),
         };
@@ -294,6 +318,9 @@ impl<'s, 't> Sim<'s, 't> {
             );
         }
         for (i, spec) in sc.nodes.iter().enumerate() {
+            if !sim.nodes[i].active {
+                continue;
+            }
             for (k, &(at, _)) in spec.steps.iter().enumerate() {
                 sim.push(at, Kind::Step(i as u32, k as u32));
             }
@@ -337,8 +364,14 @@ impl<'s, 't> Sim<'s, 't> {
                     self.free_packets.push(p);
                     self.on_reply(l as usize, packet)
                 }
-                Kind::Sample => self.on_sample(),
+                Kind::Sample => {
+                    self.shared_events += 1;
+                    self.on_sample()
+                }
                 Kind::Step(n, k) => {
+                    if self.nodes[n as usize].reference.is_some() {
+                        self.shared_events += 1;
+                    }
                     let off = self.sc.nodes[n as usize].steps[k as usize].1;
                     let node = &mut self.nodes[n as usize];
                     node.clock.disturb(self.now, off, &mut node.clock_rng);
@@ -379,6 +412,7 @@ impl<'s, 't> Sim<'s, 't> {
             updates,
             exchanges: self.exchanges,
             events: self.events,
+            shared_events: self.shared_events,
             lost: self.lost,
             series: self.series,
         }
@@ -581,6 +615,9 @@ impl<'s, 't> Sim<'s, 't> {
         let stats = t >= self.sc.stats_start;
         let threshold = self.sc.sync_threshold as f64;
         for (i, node) in self.nodes.iter_mut().enumerate() {
+            if !node.active {
+                continue;
+            }
             let (err_ns, freq) = node.clock.error(t, &mut node.clock_rng);
             let err = err_ns * 1e-9;
             let c = &mut node.counters;
@@ -622,5 +659,77 @@ impl<'s, 't> Sim<'s, 't> {
             // Always sample the final instant, for the final offsets.
             self.push(self.duration, Kind::Sample);
         }
+    }
+}
+
+/// Runs `scenario` split over up to `shards` threads when its clients are independent, and
+/// returns exactly the outcome of [`Sim::run`] on one thread.
+///
+/// Clients of reference clocks without wander never affect each other: each client's events
+/// touch only its own state, its links' random streams and the pure clock of a reference. Such
+/// a scenario is cut into contiguous blocks of clients; every shard simulates its block plus a
+/// replica of every reference, with the same per-node and per-link streams as the whole run.
+/// A shard's events are then the whole run's events restricted to it, in the same order, so
+/// the merged statistics are identical (the determinism tests compare them). Any other
+/// scenario, or a trace, runs on one thread.
+pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, shards: usize) -> Outcome {
+    let independent = sc.nodes.iter().all(|n| match n.reference {
+        Some(_) => n.wander == 0.0,
+        None => n
+            .sources
+            .iter()
+            .all(|s| sc.nodes[s.server].reference.is_some()),
+    });
+    let clients: Vec<usize> = (0..sc.nodes.len())
+        .filter(|&i| sc.nodes[i].reference.is_none())
+        .collect();
+    let shards = shards.min(clients.len()).max(1);
+    if !independent || shards == 1 {
+        return Sim::new(sc, seed, duration, Trace::default()).run();
+    }
+    let mut owner = vec![None; sc.nodes.len()];
+    for (rank, &i) in clients.iter().enumerate() {
+        owner[i] = Some(rank * shards / clients.len());
+    }
+    let owner = &owner;
+    let outs: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..shards)
+            .map(|k| {
+                scope.spawn(move || {
+                    let active = |i: usize| owner[i].is_none_or(|o| o == k);
+                    Sim::new_shard(sc, seed, duration, Trace::default(), active).run()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("shard thread"))
+            .collect()
+    });
+    let shared = outs[0].shared_events;
+    debug_assert!(outs.iter().all(|o| o.shared_events == shared));
+    let pick = |i: usize| owner[i].unwrap_or(0);
+    let counters = (0..sc.nodes.len())
+        .map(|i| {
+            let mut c = outs[pick(i)].counters[i].clone();
+            if owner[i].is_none() {
+                c.served = outs.iter().map(|o| o.counters[i].served).sum();
+            }
+            c
+        })
+        .collect();
+    Outcome {
+        counters,
+        stratum: (0..sc.nodes.len())
+            .map(|i| outs[pick(i)].stratum[i])
+            .collect(),
+        updates: (0..sc.nodes.len())
+            .map(|i| outs[pick(i)].updates[i])
+            .collect(),
+        exchanges: outs.iter().map(|o| o.exchanges).sum(),
+        events: outs.iter().map(|o| o.events).sum::<u64>() - (shards as u64 - 1) * shared,
+        shared_events: shared,
+        lost: outs.iter().map(|o| o.lost).sum(),
+        series: Vec::new(),
     }
 }
