@@ -286,7 +286,15 @@ impl<'s, 't> Sim<'s, 't> {
                 active: is_active,
             });
         }
-        let mut plot_index = vec![None; nodes.len()];
+        // Indexed by node only when some node is plotted: no memory per node otherwise.
+        let mut plot_index = vec![
+            None;
+            if trace.plot_nodes.is_empty() {
+                0
+            } else {
+                nodes.len()
+            }
+        ];
         for (k, &n) in trace.plot_nodes.iter().enumerate() {
             plot_index[n] = Some(k);
         }
@@ -636,7 +644,7 @@ impl<'s, 't> Sim<'s, 't> {
                 c.freq.1 += freq * freq;
                 c.freq.2 = c.freq.2.max(freq.abs());
             }
-            if let Some(k) = self.plot_index[i] {
+            if let Some(&Some(k)) = self.plot_index.get(i) {
                 self.series[k].push((t as f64 * 1e-9, err));
             }
             if let Some(csv) = self.trace.csv.as_deref_mut() {

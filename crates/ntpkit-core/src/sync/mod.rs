@@ -14,6 +14,7 @@
 
 pub mod discipline;
 pub mod filter;
+mod inline;
 pub mod select;
 pub mod source;
 pub mod status;

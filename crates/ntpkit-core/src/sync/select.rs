@@ -12,6 +12,8 @@
 //!    (no flapping between equals). The discipline then combines the survivors' samples,
 //!    weighted by their quality.
 
+use super::inline::InlineVec;
+
 /// Survivors kept by clustering at least (RFC 5905 NMIN... CLUSTER_MIN).
 pub const MIN_CLUSTER: usize = 3;
 
@@ -117,7 +119,7 @@ pub fn select_into(
             usable: n,
         });
     };
-    let mut truechimers = Scratch::<Candidate, INLINE_CANDIDATES>::new(candidates[0]);
+    let mut truechimers = InlineVec::<Candidate, INLINE_CANDIDATES>::new(candidates[0]);
     for c in candidates {
         if c.offset - c.root_distance <= high && c.offset + c.root_distance >= low {
             truechimers.push(*c);
@@ -168,72 +170,12 @@ pub fn select_into(
 /// this still work, through the heap.
 const INLINE_CANDIDATES: usize = 16;
 
-/// A short list on the stack that moves to the heap beyond `N` items: selection runs on every
-/// sample and should not allocate.
-pub(crate) enum Scratch<T: Copy, const N: usize> {
-    Inline([T; N], usize),
-    Heap(Vec<T>),
-}
-
-impl<T: Copy, const N: usize> Scratch<T, N> {
-    /// An empty list; `fill` only initializes the unused slots.
-    pub(crate) fn new(fill: T) -> Self {
-        Scratch::Inline([fill; N], 0)
-    }
-
-    pub(crate) fn push(&mut self, v: T) {
-        match self {
-            Scratch::Inline(a, len) if *len < N => {
-                a[*len] = v;
-                *len += 1;
-            }
-            Scratch::Inline(a, len) => {
-                let mut h = a[..*len].to_vec();
-                h.push(v);
-                *self = Scratch::Heap(h);
-            }
-            Scratch::Heap(h) => h.push(v),
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
-    pub(crate) fn as_slice(&self) -> &[T] {
-        match self {
-            Scratch::Inline(a, len) => &a[..*len],
-            Scratch::Heap(h) => h,
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [T] {
-        match self {
-            Scratch::Inline(a, len) => &mut a[..*len],
-            Scratch::Heap(h) => h,
-        }
-    }
-
-    /// Removes item `i`, keeping the order of the rest.
-    fn remove(&mut self, i: usize) -> T {
-        match self {
-            Scratch::Inline(a, len) => {
-                let v = a[i];
-                a.copy_within(i + 1..*len, i);
-                *len -= 1;
-                v
-            }
-            Scratch::Heap(h) => h.remove(i),
-        }
-    }
-}
-
 /// Both edges of every candidate's correctness interval, sorted: (value, +1 for a lower edge,
 /// −1 for an upper edge). Lower edges sort before upper edges at equal values, so touching
 /// intervals count as overlapping. Equal entries are identical, so an unstable sort (which
 /// never allocates) gives the same order as a stable one.
-fn sorted_edges(candidates: &[Candidate]) -> Scratch<(f64, i32), { 2 * INLINE_CANDIDATES }> {
-    let mut edges = Scratch::new((0.0, 0));
+fn sorted_edges(candidates: &[Candidate]) -> InlineVec<(f64, i32), { 2 * INLINE_CANDIDATES }> {
+    let mut edges = InlineVec::new((0.0, 0));
     for c in candidates {
         edges.push((c.offset - c.root_distance, 1));
         edges.push((c.offset + c.root_distance, -1));

@@ -2,7 +2,8 @@
 //! state it serves downstream.
 
 use super::discipline::{Discipline, DisciplineConfig, DisciplineEvent};
-use super::select::{select_into, Candidate, NoSelection, Scratch, Selection};
+use super::inline::InlineVec;
+use super::select::{select_into, Candidate, NoSelection, Selection};
 use super::source::{Rejection, ReplyOutcome, SampleLimits, Source, SourceConfig};
 use super::status::{SourceState, SourceStatus, SystemStatus, Tracking};
 use crate::clock::ClockCommand;
@@ -128,7 +129,7 @@ pub struct Transmit {
 /// `now` is monotonic time; clock readings are the disciplined clock's.
 #[derive(Debug)]
 pub struct SyncSystem {
-    config: SystemConfig,
+    config: Settings,
     sources: Sources,
     discipline: Discipline,
     step_generation: u64,
@@ -149,7 +150,7 @@ impl SyncSystem {
     pub fn new(config: SystemConfig, now: MonoTime) -> Self {
         let discipline = Discipline::new(config.discipline, now);
         let mut s = SyncSystem {
-            config,
+            config: Settings::from(config),
             sources: Sources::default(),
             discipline,
             step_generation: 0,
@@ -451,7 +452,7 @@ impl SyncSystem {
     /// Runs selection over the current candidates.
     fn reselect(&mut self, now: MonoTime) {
         let max_distance = self.config.limits.max_distance;
-        let mut candidates = Scratch::<Candidate, 16>::new(Candidate {
+        let mut candidates = InlineVec::<Candidate, 16>::new(Candidate {
             index: 0,
             offset: 0.0,
             root_distance: 0.0,
@@ -581,6 +582,31 @@ impl SyncSystem {
     }
 }
 
+/// [`SystemConfig`] without the discipline's part, which the [`Discipline`] keeps: one copy
+/// per node.
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    minsources: usize,
+    limits: SampleLimits,
+    min_dispersion: f64,
+    local_stratum: Option<u8>,
+    startup_wait: f64,
+    holdover: f64,
+}
+
+impl From<SystemConfig> for Settings {
+    fn from(c: SystemConfig) -> Self {
+        Settings {
+            minsources: c.minsources,
+            limits: c.limits,
+            min_dispersion: c.min_dispersion,
+            local_stratum: c.local_stratum,
+            startup_wait: c.startup_wait,
+            holdover: c.holdover,
+        }
+    }
+}
+
 /// The sources, the first one inline: most nodes follow one or a few servers, and keeping the
 /// first in the system's own memory saves a pointer chase (a cache miss) on every input.
 #[derive(Debug, Default)]
@@ -641,11 +667,11 @@ impl std::ops::Index<usize> for Sources {
     }
 }
 
-/// Clock commands waiting for the driver: a few inline (an update makes one or two, and the
+/// Clock commands waiting for the driver: two inline (an update makes one or two, and the
 /// driver drains them at once), any more in order behind them on the heap.
 #[derive(Debug, Default)]
 struct CommandQueue {
-    inline: [Option<ClockCommand>; 4],
+    inline: [Option<ClockCommand>; 2],
     head: u8,
     len: u8,
     overflow: VecDeque<ClockCommand>,
