@@ -111,6 +111,11 @@ fn server(address: &str) -> String {
     format!("[[server]]\naddress = \"{address}\"\nminpoll = 0\nmaxpoll = 2\n")
 }
 
+/// A source polled every second (the hierarchy test learns frequencies from many samples).
+fn fast_server(address: &str) -> String {
+    format!("[[server]]\naddress = \"{address}\"\nminpoll = 0\nmaxpoll = 0\n")
+}
+
 fn virtual_clock(offset: f64, ppm: f64) -> String {
     format!("[clock]\nbackend = \"virtual\"\noffset = {offset}\nfrequency-ppm = {ppm}\n")
 }
@@ -134,7 +139,7 @@ fn stratum_hierarchy_converges() {
         &format!(
             "listen = [\"127.0.0.2:1123\"]\ndrift-file = \"{}\"\n{}{}",
             drift.display(),
-            server("127.0.0.1:1123"),
+            fast_server("127.0.0.1:1123"),
             virtual_clock(0.5, 50.0)
         ),
     );
@@ -143,19 +148,27 @@ fn stratum_hierarchy_converges() {
         "s2b",
         &format!(
             "listen = [\"127.0.0.3:1123\"]\n{}{}",
-            server("127.0.0.1:1123"),
+            fast_server("127.0.0.1:1123"),
             virtual_clock(-0.3, -30.0)
         ),
     );
     let _s3a = daemon(
         &lab,
         "s3a",
-        &format!("{}{}", server("127.0.0.2:1123"), virtual_clock(3.0, 20.0)),
+        &format!(
+            "{}{}",
+            fast_server("127.0.0.2:1123"),
+            virtual_clock(3.0, 20.0)
+        ),
     );
     let _s3b = daemon(
         &lab,
         "s3b",
-        &format!("{}{}", server("127.0.0.3:1123"), virtual_clock(-2.0, -10.0)),
+        &format!(
+            "{}{}",
+            fast_server("127.0.0.3:1123"),
+            virtual_clock(-2.0, -10.0)
+        ),
     );
 
     let want = |n: &str| match n {
@@ -164,8 +177,7 @@ fn stratum_hierarchy_converges() {
         "s3a" => (3, "127.0.0.2", None),
         _ => (3, "127.0.0.3", None),
     };
-    let started = Instant::now();
-    let all = wait_until(&lab, &["s2a", "s2b", "s3a", "s3b"], SECS(120), |n, st| {
+    let within = |n: &str, st: &Value| {
         let t = tracking(st);
         let (stratum, refid, freq) = want(n);
         true_error(st).abs() < MAX_ERROR
@@ -173,10 +185,38 @@ fn stratum_hierarchy_converges() {
             && t["stratum"] == stratum
             && t["reference_id"] == refid
             && freq.is_none_or(|f| (t["frequency_ppm"].as_f64().unwrap() - f).abs() < 1.0)
-    });
+    };
+    // Converged = every bound holds at every check (each second) for 20 s in a row, from an
+    // instant within the first 2 minutes: not a lucky crossing.
+    let names = ["s2a", "s2b", "s3a", "s3b"];
+    let started = Instant::now();
+    let mut good_since: Option<Instant> = None;
+    let all = loop {
+        let all: Vec<Value> = names.iter().map(|n| status(&lab, n)).collect();
+        if names.iter().zip(&all).all(|(n, st)| within(n, st)) {
+            let since = *good_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SECS(20) {
+                break all;
+            }
+        } else {
+            good_since = None;
+            let shown: Vec<String> = names
+                .iter()
+                .zip(&all)
+                .map(|(n, st)| format!("{n}: {st:#}"))
+                .collect();
+            assert!(
+                started.elapsed() < SECS(120),
+                "not converged within 2 minutes:\n{}",
+                shown.join("\n")
+            );
+        }
+        std::thread::sleep(SECS(1));
+    };
+    let reached = good_since.expect("converged").duration_since(started);
     support::say(&format!(
         "hierarchy converged after {:.0} s",
-        started.elapsed().as_secs_f64()
+        reached.as_secs_f64()
     ));
     for (n, st) in ["s2a", "s2b", "s3a", "s3b"].iter().zip(&all) {
         support::say(&format!(

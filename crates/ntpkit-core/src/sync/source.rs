@@ -21,6 +21,9 @@ use std::net::IpAddr;
 pub const BURST_LEN: u8 = 4;
 /// Spacing of burst requests, seconds (shorter if the poll interval is shorter).
 pub const BURST_SPACING: f64 = 2.0;
+/// Floor of a sample's error (seconds): timestamps taken in user space on either side carry a
+/// few microseconds of scheduling noise, whatever the clocks' precision says.
+pub const TIMESTAMP_NOISE: f64 = 5e-6;
 /// Smallest and largest poll exponents accepted in configuration.
 pub const POLL_LIMITS: (i8, i8) = (-4, 17);
 
@@ -338,7 +341,7 @@ impl Source {
             return self.reject(Rejection::TooDistant(distance));
         }
         self.filter.add(sample, now);
-        let floor = precision.max(1e-6);
+        let floor = precision.max(TIMESTAMP_NOISE);
         let variance = floor * floor + self.filter.asymmetry_variance(&sample);
         self.counters.accepted += 1;
         self.last_rejection = None;
