@@ -50,53 +50,104 @@ pub struct FilterEstimate {
     pub time: MonoTime,
 }
 
-/// Minimum-delay clock filter with per-sample weights.
-#[derive(Clone, Debug, Default)]
+/// Minimum-delay clock filter with per-sample weights. Fixed-size rings: adding a sample
+/// never allocates and the whole filter sits in its source's memory.
+#[derive(Clone, Debug)]
 pub struct ClockFilter {
-    /// Most recent first.
-    stages: Vec<Sample>,
-    delays: Vec<f64>,
+    /// Ring of the last samples; `stages[head]` is the most recent.
+    stages: [Sample; FILTER_STAGES],
+    /// Ring of the last delays; `delays[delay_head]` is the oldest once the window is full.
+    delays: [f64; MIN_DELAY_WINDOW],
+    head: u8,
+    len: u8,
+    delay_head: u8,
+    delay_len: u8,
     estimate: Option<FilterEstimate>,
+}
+
+impl Default for ClockFilter {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ClockFilter {
     /// An empty filter.
     pub fn new() -> Self {
+        const EMPTY: Sample = Sample {
+            offset: 0.0,
+            delay: 0.0,
+            dispersion: 0.0,
+            time: MonoTime(0),
+        };
         ClockFilter {
-            stages: Vec::with_capacity(FILTER_STAGES),
-            delays: Vec::with_capacity(MIN_DELAY_WINDOW),
+            stages: [EMPTY; FILTER_STAGES],
+            delays: [0.0; MIN_DELAY_WINDOW],
+            head: 0,
+            len: 0,
+            delay_head: 0,
+            delay_len: 0,
             estimate: None,
         }
+    }
+
+    /// The `k`-th most recent sample (0 = the latest); `k` below the number held.
+    fn stage(&self, k: usize) -> &Sample {
+        &self.stages[(usize::from(self.head) + k) % FILTER_STAGES]
+    }
+
+    /// The delays held, in no particular order.
+    fn window(&self) -> &[f64] {
+        &self.delays[..usize::from(self.delay_len)]
     }
 
     /// Adds a sample at `now`. Returns the new estimate if the minimum-delay sample changed to
     /// one newer than the previous estimate (RFC 5905 never reuses an older sample).
     pub fn add(&mut self, sample: Sample, now: MonoTime) -> Option<FilterEstimate> {
-        if self.stages.len() == FILTER_STAGES {
-            self.stages.pop();
+        // The ring runs backwards so that stage k is k places after the head.
+        self.head = ((usize::from(self.head) + FILTER_STAGES - 1) % FILTER_STAGES) as u8;
+        self.stages[usize::from(self.head)] = sample;
+        self.len = (self.len + 1).min(FILTER_STAGES as u8);
+        if usize::from(self.delay_len) == MIN_DELAY_WINDOW {
+            self.delays[usize::from(self.delay_head)] = sample.delay;
+            self.delay_head = ((usize::from(self.delay_head) + 1) % MIN_DELAY_WINDOW) as u8;
+        } else {
+            self.delays[usize::from(self.delay_len)] = sample.delay;
+            self.delay_len += 1;
         }
-        self.stages.insert(0, sample);
-        if self.delays.len() == MIN_DELAY_WINDOW {
-            self.delays.remove(0);
-        }
-        self.delays.push(sample.delay);
 
-        // Sort indices by delay; aged dispersion breaks nothing here because all samples are
-        // compared at the same `now`.
-        let mut order: Vec<usize> = (0..self.stages.len()).collect();
-        order.sort_by(|&a, &b| self.stages[a].delay.total_cmp(&self.stages[b].delay));
-        let best = self.stages[order[0]];
+        // Stages by delay, most recent first among equal delays (a stable insertion sort);
+        // aged dispersion breaks nothing here because all samples are compared at the same
+        // `now`.
+        let n = usize::from(self.len);
+        let mut order = [0u8; FILTER_STAGES];
+        for k in 0..n {
+            let d = self.stage(k).delay;
+            let mut j = k;
+            while j > 0
+                && self
+                    .stage(usize::from(order[j - 1]))
+                    .delay
+                    .total_cmp(&d)
+                    .is_gt()
+            {
+                order[j] = order[j - 1];
+                j -= 1;
+            }
+            order[j] = k as u8;
+        }
+        let order = &order[..n];
+        let best = *self.stage(usize::from(order[0]));
         let mut dispersion = 0.0;
-        for (rank, &i) in order.iter().enumerate() {
-            let s = &self.stages[i];
+        for (rank, &k) in order.iter().enumerate() {
+            let s = self.stage(usize::from(k));
             let aged = s.dispersion + PHI * now.secs_since(s.time).max(0.0);
             dispersion += aged / f64::from(1u32 << (rank + 1).min(31));
         }
-        let n = self.stages.len();
         let jitter = if n > 1 {
             let ss: f64 = order[1..]
                 .iter()
-                .map(|&i| (self.stages[i].offset - best.offset).powi(2))
+                .map(|&k| (self.stage(usize::from(k)).offset - best.offset).powi(2))
                 .sum();
             (ss / (n - 1) as f64).sqrt()
         } else {
@@ -129,7 +180,7 @@ impl ClockFilter {
 
     /// The smallest delay in the recent window, seconds.
     pub fn min_delay(&self) -> Option<f64> {
-        self.delays.iter().copied().min_by(f64::total_cmp)
+        self.window().iter().copied().min_by(f64::total_cmp)
     }
 
     /// Variance (s²) of a sample's offset error due to path asymmetry. The excess delay over
@@ -141,7 +192,7 @@ impl ClockFilter {
     /// Until [`TRUSTED_WINDOW`] delays are known the minimum is not, and a sample is only
     /// trusted to the hard bound every exchange has: its error is at most half its delay.
     pub fn asymmetry_variance(&self, sample: &Sample) -> f64 {
-        if self.delays.len() < TRUSTED_WINDOW {
+        if usize::from(self.delay_len) < TRUSTED_WINDOW {
             return sample.delay * sample.delay / 12.0;
         }
         let min = self.min_delay().unwrap_or(sample.delay);
@@ -152,19 +203,22 @@ impl ClockFilter {
     /// How well the window's minimum delay stands for the path's true minimum: a quarter of the
     /// median excess delay in the window, seconds.
     fn min_delay_uncertainty(&self) -> f64 {
-        let n = self.delays.len();
+        let n = usize::from(self.delay_len);
         if n < 2 {
             return 0.0;
         }
-        let mut sorted = self.delays.clone();
-        sorted.sort_by(f64::total_cmp);
+        // Equal delays are identical bit for bit under total_cmp, so an unstable sort of a
+        // copy on the stack gives the same order statistics as a stable one.
+        let mut sorted = self.delays;
+        let sorted = &mut sorted[..n];
+        sorted.sort_unstable_by(f64::total_cmp);
         (sorted[n / 2] - sorted[0]) / 4.0
     }
 
     /// The clock was stepped by `step` seconds: stored offsets shift by −step.
     pub fn apply_step(&mut self, step: f64) {
-        for s in &mut self.stages {
-            s.offset -= step;
+        for k in 0..usize::from(self.len) {
+            self.stages[(usize::from(self.head) + k) % FILTER_STAGES].offset -= step;
         }
         if let Some(e) = &mut self.estimate {
             e.offset -= step;
@@ -178,7 +232,7 @@ impl ClockFilter {
 
     /// The most recent sample.
     pub fn last(&self) -> Option<&Sample> {
-        self.stages.first()
+        (self.len > 0).then(|| self.stage(0))
     }
 }
 

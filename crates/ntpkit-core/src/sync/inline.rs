@@ -33,6 +33,10 @@ impl<T: Copy, const N: usize> InlineVec<T, N> {
         self.as_slice().len()
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub(crate) fn as_slice(&self) -> &[T] {
         match self {
             InlineVec::Inline(a, len) => &a[..*len],
@@ -69,7 +73,7 @@ mod tests {
     #[test]
     fn spills_to_the_heap_in_order() {
         let mut v = InlineVec::<u32, 2>::new(0);
-        assert_eq!(v.len(), 0);
+        assert!(v.is_empty());
         for i in 1..=5 {
             v.push(i);
         }
