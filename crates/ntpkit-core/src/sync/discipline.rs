@@ -20,6 +20,7 @@
 //! start-up, or after they persist for the step-out time; offsets beyond the panic threshold are
 //! refused and reported.
 
+use super::inline::InlineVec;
 use crate::clock::ClockCommand;
 use crate::time::MonoTime;
 use serde::Serialize;
@@ -172,13 +173,75 @@ impl Model {
     }
 }
 
+/// The filter bank, held inline: empty until the first sample, then one model per entry of
+/// [`WANDER_MODELS`], in that order.
+#[derive(Clone, Copy, Debug)]
+struct Models {
+    bank: [Model; WANDER_MODELS.len()],
+    len: usize,
+}
+
+impl Models {
+    fn iter(&self) -> std::slice::Iter<'_, Model> {
+        self.bank[..self.len].iter()
+    }
+
+    fn get(&self, i: usize) -> Option<&Model> {
+        self.bank[..self.len].get(i)
+    }
+}
+
+impl Default for Models {
+    fn default() -> Self {
+        let empty = Model {
+            q: 0.0,
+            theta: 0.0,
+            nu: 0.0,
+            p: [[0.0; 2]; 2],
+            loglik: 0.0,
+        };
+        Models {
+            bank: [empty; WANDER_MODELS.len()],
+            len: 0,
+        }
+    }
+}
+
+impl FromIterator<Model> for Models {
+    fn from_iter<I: IntoIterator<Item = Model>>(iter: I) -> Self {
+        let mut models = Models::default();
+        for m in iter {
+            models.bank[models.len] = m;
+            models.len += 1;
+        }
+        models
+    }
+}
+
+impl std::ops::Index<usize> for Models {
+    type Output = Model;
+
+    fn index(&self, i: usize) -> &Model {
+        &self.bank[..self.len][i]
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Models {
+    type Item = &'a mut Model;
+    type IntoIter = std::slice::IterMut<'a, Model>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.bank[..self.len].iter_mut()
+    }
+}
+
 /// The clock discipline. Call contract: [`Discipline::sample`] for each combined sample; then
 /// drain [`Discipline::poll_command`]; call [`Discipline::handle_timeout`] when
 /// [`Discipline::poll_timeout`] is due. Every call takes the monotonic `now`.
 #[derive(Clone, Debug)]
 pub struct Discipline {
     config: DisciplineConfig,
-    models: Vec<Model>,
+    models: Models,
     started: bool,
     last_time: MonoTime,
     /// Commanded correction, s/s.
@@ -192,8 +255,8 @@ pub struct Discipline {
     poll_trend: i32,
     /// The last offset exceeded the panic threshold: the clock is not being corrected.
     refusing: bool,
-    commands: Vec<ClockCommand>,
-    events: Vec<DisciplineEvent>,
+    commands: InlineVec<ClockCommand, 2>,
+    events: InlineVec<DisciplineEvent, 2>,
     state: DisciplineState,
 }
 
@@ -204,7 +267,7 @@ impl Discipline {
         let nu0 = config.initial_frequency_ppm.unwrap_or(0.0) * 1e-6;
         let mut d = Discipline {
             config,
-            models: Vec::new(),
+            models: Models::default(),
             started: false,
             last_time: now,
             correction: 0.0,
@@ -214,8 +277,8 @@ impl Discipline {
             last_accepted: now,
             poll_trend: 0,
             refusing: false,
-            commands: Vec::new(),
-            events: Vec::new(),
+            commands: InlineVec::new(ClockCommand::Step { offset_ns: 0 }),
+            events: InlineVec::new(DisciplineEvent::Stepped(0.0)),
             state: DisciplineState {
                 frequency_ppm: nu0 * 1e6,
                 ..Default::default()
