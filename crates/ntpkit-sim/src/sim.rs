@@ -227,6 +227,9 @@ impl<'s, 't> Sim<'s, 't> {
                 ppm
             };
             let is_active = active(i);
+            let mut clock = SimClock::new(offset, ppm, spec.wander);
+            // Reading at t = 0 integrates no wander: it draws nothing from the stream.
+            let clock_at_start = clock.read(0, &mut clock_rng);
             let sync = spec.reference.is_none().then(|| {
                 let mut cfg = SystemConfig {
                     discipline: DisciplineConfig {
@@ -244,7 +247,7 @@ impl<'s, 't> Sim<'s, 't> {
                 if let Some(m) = spec.max_slew_ppm {
                     cfg.discipline.max_slew_ppm = m;
                 }
-                let mut sys = SyncSystem::new(cfg, MonoTime(0));
+                let mut sys = SyncSystem::new(cfg, MonoTime(0), clock_at_start);
                 for (k, src) in spec.sources.iter().enumerate() {
                     if is_active {
                         sys.add_source(
@@ -272,7 +275,7 @@ impl<'s, 't> Sim<'s, 't> {
             });
             let first = links.len() - spec.sources.len();
             nodes.push(Node {
-                clock: SimClock::new(offset, ppm, spec.wander),
+                clock,
                 clock_rng,
                 core_rng,
                 sync,

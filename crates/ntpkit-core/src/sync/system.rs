@@ -139,6 +139,9 @@ pub struct SyncSystem {
     no_selection: Option<NoSelection>,
     system_peer: Option<usize>,
     last_update: Option<(MonoTime, ClockTime)>,
+    /// The latest (monotonic, clock) pair an input brought: the clock "now" is extrapolated
+    /// from it (e.g. the reference time of the local clock when it serves itself).
+    clock_seen: (MonoTime, ClockTime),
     served: Option<ServedState>,
     sys_poll: i8,
     commands: CommandQueue,
@@ -146,8 +149,8 @@ pub struct SyncSystem {
 }
 
 impl SyncSystem {
-    /// A system with no sources, started at `now`.
-    pub fn new(config: SystemConfig, now: MonoTime) -> Self {
+    /// A system with no sources, started at `now`, when the local clock reads `clock`.
+    pub fn new(config: SystemConfig, now: MonoTime, clock: ClockTime) -> Self {
         let discipline = Discipline::new(config.discipline, now);
         let mut s = SyncSystem {
             config: Settings::from(config),
@@ -160,6 +163,7 @@ impl SyncSystem {
             no_selection: None,
             system_peer: None,
             last_update: None,
+            clock_seen: (now, clock),
             served: None,
             sys_poll: i8::MIN,
             commands: CommandQueue::default(),
@@ -206,6 +210,7 @@ impl SyncSystem {
         rng: &mut dyn RngCore,
         buf: &mut [u8],
     ) -> Option<Transmit> {
+        self.clock_seen = (now, clock);
         let generation = self.step_generation;
         for (i, slot) in self.sources.iter_mut().enumerate() {
             if let Some(src) = slot {
@@ -222,6 +227,7 @@ impl SyncSystem {
 
     /// A datagram from source `id`'s address, received at local clock time `received`.
     pub fn handle_reply(&mut self, now: MonoTime, received: ClockTime, id: SourceId, bytes: &[u8]) {
+        self.clock_seen = (now, received);
         let idx = id.0 as usize;
         let limits = SampleLimits {
             ..self.config.limits
@@ -258,6 +264,7 @@ impl SyncSystem {
 
     /// Handles deadlines at `now` (slew end, start-up wait); `clock` is the local clock now.
     pub fn handle_timeout(&mut self, now: MonoTime, clock: ClockTime) {
+        self.clock_seen = (now, clock);
         self.discipline.handle_timeout(now);
         self.drain_discipline();
         if self.startup_pending && now.secs_since(self.started_at) >= self.config.startup_wait {
@@ -304,23 +311,22 @@ impl SyncSystem {
         match (self.served, fresh) {
             (Some(s), true) => s,
             _ => match self.config.local_stratum {
-                Some(stratum) => {
-                    let clock_now = self
-                        .last_update
-                        .map_or(ClockTime(0), |(t, c)| c.add_nanos(now.nanos_since(t)));
-                    let mut s = ServedState::local(
-                        stratum,
-                        RefId::LOCL,
-                        self.config.limits.local_precision,
-                        clock_now,
-                    );
-                    // The local reference is "now": its age never grows.
-                    s.reference_time = ClockTime(i64::MAX);
-                    s
-                }
+                // The local clock is its own reference: its reference time is now.
+                Some(stratum) => ServedState::local(
+                    stratum,
+                    RefId::LOCL,
+                    self.config.limits.local_precision,
+                    self.clock_at(now),
+                ),
                 None => ServedState::unsynchronized(self.config.limits.local_precision),
             },
         }
+    }
+
+    /// The local clock's reading at `now`, extrapolated from the latest input.
+    fn clock_at(&self, now: MonoTime) -> ClockTime {
+        let (t, c) = self.clock_seen;
+        c.add_nanos(now.nanos_since(t))
     }
 
     /// True while the clock follows a selected source.
@@ -404,9 +410,7 @@ impl SyncSystem {
                 correction_ppm: d.correction_ppm,
                 root_delay: served.root_delay as f64 * 1e-9,
                 root_dispersion: served
-                    .root_dispersion_at(self.last_update.map_or(served.reference_time, |(t, c)| {
-                        c.add_nanos(now.nanos_since(t))
-                    }))
+                    .root_dispersion_at(self.clock_at(now))
                     .to_seconds_f64(),
                 poll: self.sys_poll,
                 updates: d.updates,
@@ -720,7 +724,7 @@ mod tests {
             maxpoll: 2,
             iburst: true,
         };
-        let mut sys = SyncSystem::new(SystemConfig::default(), MonoTime(0));
+        let mut sys = SyncSystem::new(SystemConfig::default(), MonoTime(0), ClockTime(EPOCH));
         let mut clock = SoftClock::new(EPOCH, (local.0 * 1e9) as i64, local.1);
         let ids: Vec<SourceId> = (0..offsets.len())
             .map(|i| {
@@ -789,6 +793,26 @@ mod tests {
         assert_eq!(st.tracking.stratum, 2);
         assert_eq!(st.tracking.reference_id, "192.0.2.1");
         assert_eq!(st.sources[0].state, SourceState::Selected);
+    }
+
+    #[test]
+    fn local_stratum_serves_itself_with_a_current_reference_time() {
+        let cfg = SystemConfig {
+            local_stratum: Some(1),
+            ..SystemConfig::default()
+        };
+        let sys = SyncSystem::new(cfg, MonoTime(0), ClockTime(EPOCH));
+        let st = sys.served_state(MonoTime(5 * S));
+        assert_eq!(
+            (st.stratum, st.reference_id, st.leap),
+            (1, RefId::LOCL, LeapIndicator::NoWarning)
+        );
+        assert_eq!(st.reference_time, ClockTime(EPOCH + 5 * S));
+        assert!(
+            st.root_dispersion_at(ClockTime(EPOCH + 5 * S))
+                .to_seconds_f64()
+                < 1e-4
+        );
     }
 
     #[test]

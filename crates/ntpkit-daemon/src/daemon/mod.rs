@@ -94,7 +94,11 @@ async fn run_async(config: DaemonConfig) -> Result<(), DaemonError> {
     };
     let mut clock = ClockBackend::new(&config.clock, realtime_nanos())?;
     let mono = || MonoTime(monotonic_nanos());
-    let mut system = SyncSystem::new(config.system_config(precision, drift), mono());
+    let mut system = SyncSystem::new(
+        config.system_config(precision, drift),
+        mono(),
+        clock.read_at(realtime_nanos()),
+    );
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(os_seed());
     let stop = Arc::new(Shared::default());
     let (input_tx, mut input_rx) = mpsc::channel::<Input>(4096);
@@ -266,8 +270,7 @@ async fn run_async(config: DaemonConfig) -> Result<(), DaemonError> {
 /// A seed from the OS random source (the daemon's own RNG then runs from it).
 pub(crate) fn os_seed() -> u64 {
     rand_core::OsRng.try_next_u64().unwrap_or_else(|_| {
-        // No OS randomness (very early boot): fall back to the clocks, which is enough for
-        // request cookies to be unpredictable to an off-path attacker only weakly; say so.
+        // No OS randomness (very early boot): the clocks are a weak seed; say so.
         tracing::warn!("OS random source unavailable; seeding from the clock");
         (realtime_nanos() ^ monotonic_nanos().rotate_left(32)) as u64
     })
