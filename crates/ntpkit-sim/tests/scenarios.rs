@@ -209,7 +209,12 @@ fn large_network_reaches_every_client() {
     }
     // Every client stays within a millisecond (RMS) from the first hour on.
     let good = clients.iter().filter(|n| n.offset_s.rms < 1e-3).count();
-    assert_eq!(good, clients.len(), "only {good} of {} clients below 1 ms RMS", clients.len());
+    assert_eq!(
+        good,
+        clients.len(),
+        "only {good} of {} clients below 1 ms RMS",
+        clients.len()
+    );
 }
 
 /// Issue 4 item 5's first target, on the chrony-defaults scenario: over 20 seeds the client
@@ -219,8 +224,20 @@ fn chrony_defaults_accuracy() {
     let sc = load("chrony-defaults");
     for seed in 1..=20 {
         let c = &report(&sc, seed).nodes[1];
-        assert!(c.sync_time_s.is_some_and(|t| t <= 210.0), "seed {seed}: sync at {:?}", c.sync_time_s);
-        assert!(c.offset_s.rms <= 300e-6, "seed {seed}: rms {}", c.offset_s.rms);
-        assert!(c.offset_s.max <= 1e-3, "seed {seed}: max {}", c.offset_s.max);
+        assert!(
+            c.sync_time_s.is_some_and(|t| t <= 210.0),
+            "seed {seed}: sync at {:?}",
+            c.sync_time_s
+        );
+        assert!(
+            c.offset_s.rms <= 300e-6,
+            "seed {seed}: rms {}",
+            c.offset_s.rms
+        );
+        assert!(
+            c.offset_s.max <= 1e-3,
+            "seed {seed}: max {}",
+            c.offset_s.max
+        );
     }
 }
