@@ -11,8 +11,9 @@
 //! The wander intensity is not known in advance (a temperature-stable crystal and a laptop
 //! differ by orders of magnitude), so several filters with different `q` run side by side on the
 //! same samples and the one with the best recent likelihood drives the clock (multiple-model
-//! adaptive estimation). This replaces RFC 5905's hand-tuned PLL/FLL crossover; measured against
-//! it and against chrony in the simulator (docs/benchmarks.md).
+//! adaptive estimation), in place of RFC 5905's hand-tuned PLL/FLL crossover. The choice is
+//! justified by measurement against chrony's published simulation figures (chrony itself
+//! outperforms ntpd's PLL/FLL there): docs/benchmarks.md. No PLL/FLL was built to compare.
 //!
 //! Control: after each update the discipline sets the frequency correction to cancel ν̂ and
 //! to slew θ̂ away within [`slew_time`](Discipline::slew_time) (bounded by the maximum slew
