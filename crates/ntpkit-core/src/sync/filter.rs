@@ -207,12 +207,19 @@ impl ClockFilter {
         if n < 2 {
             return 0.0;
         }
-        // Equal delays are identical bit for bit under total_cmp, so an unstable sort of a
-        // copy on the stack gives the same order statistics as a stable one.
-        let mut sorted = self.delays;
-        let sorted = &mut sorted[..n];
-        sorted.sort_unstable_by(f64::total_cmp);
-        (sorted[n / 2] - sorted[0]) / 4.0
+        // Only two order statistics are needed: select them in a copy on the stack instead of
+        // sorting it. Equal delays are identical bit for bit under total_cmp, so the values are
+        // those of a full sort.
+        let mut window = self.delays;
+        let (below, median, _) = window[..n].select_nth_unstable_by(n / 2, f64::total_cmp);
+        let min = below
+            .iter()
+            .copied()
+            .fold(*median, |a, b| match b.total_cmp(&a) {
+                std::cmp::Ordering::Less => b,
+                _ => a,
+            });
+        (*median - min) / 4.0
     }
 
     /// The clock was stepped by `step` seconds: stored offsets shift by −step.
