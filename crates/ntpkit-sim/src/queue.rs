@@ -23,6 +23,8 @@ pub struct EventQueue<T> {
     buckets: Vec<Vec<(u128, T)>>,
     /// The last key taken to bucket 0 (the lower bound of every key in the queue).
     last: u128,
+    /// Bit `i` set when bucket `i + 1` may be non-empty (bucket 0 is looked at directly).
+    occupied: u128,
     len: usize,
 }
 
@@ -32,6 +34,7 @@ impl<T: Copy> EventQueue<T> {
         EventQueue {
             buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
             last: 0,
+            occupied: 0,
             len: 0,
         }
     }
@@ -52,6 +55,9 @@ impl<T: Copy> EventQueue<T> {
         debug_assert!(key >= self.last, "events are never scheduled in the past");
         let b = self.bucket(key);
         self.buckets[b].push((key, item));
+        if b > 0 {
+            self.occupied |= 1 << (b - 1);
+        }
         self.len += 1;
     }
 
@@ -60,14 +66,17 @@ impl<T: Copy> EventQueue<T> {
         if !self.buckets[0].is_empty() || self.len == 0 {
             return;
         }
-        let i = (1..BUCKETS)
-            .find(|&i| !self.buckets[i].is_empty())
-            .expect("len > 0");
+        debug_assert!(self.occupied != 0, "len > 0");
+        let i = self.occupied.trailing_zeros() as usize + 1;
+        self.occupied &= !(1 << (i - 1));
         let mut from = std::mem::take(&mut self.buckets[i]);
         self.last = from.iter().map(|e| e.0).min().expect("non-empty");
         for e in from.drain(..) {
             let b = self.bucket(e.0);
             self.buckets[b].push(e);
+            if b > 0 {
+                self.occupied |= 1 << (b - 1);
+            }
         }
         // Give the emptied bucket its allocation back for the next keys that land there, unless
         // it is large: a burst passing through the buckets would otherwise leave every bucket
