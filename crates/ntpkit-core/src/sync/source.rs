@@ -154,6 +154,9 @@ pub struct SourceCounters {
     pub accepted: u64,
     /// Matched replies rejected.
     pub rejected: u64,
+    /// Datagrams from the source's address that are not NTP packets (dropped).
+    #[serde(default)]
+    pub malformed: u64,
 }
 
 /// The poll state machine and clock filter of one source.
@@ -282,10 +285,11 @@ impl Source {
         limits: &SampleLimits,
         step_generation: u64,
     ) -> ReplyOutcome {
-        let Some(pending) = self.pending else {
+        let Ok(packet) = Packet::parse(bytes) else {
+            self.counters.malformed += 1;
             return ReplyOutcome::NotOurs;
         };
-        let Ok(packet) = Packet::parse(bytes) else {
+        let Some(pending) = self.pending else {
             return ReplyOutcome::NotOurs;
         };
         let reply = packet.header;
@@ -543,6 +547,15 @@ mod tests {
         assert_eq!(req.mode, Mode::Client);
         assert_ne!(req.transmit_ts, T0.to_ntp());
         let (mut reply, t4) = answer(&buf, T0, 0.0, 0.001, |_| {});
+        assert_eq!(
+            s.handle_reply(MonoTime(0), t4, &reply[..47], &SampleLimits::default(), 0),
+            ReplyOutcome::NotOurs
+        );
+        assert_eq!(
+            s.counters().malformed,
+            1,
+            "a truncated datagram is dropped and counted"
+        );
         reply[24] ^= 1; // corrupt origin
         assert_eq!(
             s.handle_reply(MonoTime(0), t4, &reply, &SampleLimits::default(), 0),
