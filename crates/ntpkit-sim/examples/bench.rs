@@ -1,9 +1,9 @@
 //! Speed and memory of the simulator (docs/benchmarks.md).
 //!
-//! `cargo run --release -p ntpkit-sim --example bench -- speed [SCENARIO.toml] [SHARDS]` runs a
+//! `cargo run --release -p ntpkit-sim --example bench -- speed [SCENARIO.toml] [THREADS]` runs a
 //! scenario (default scenarios/clients-10000.toml) and prints NTP exchanges per second of wall
-//! time and per CPU-second. With SHARDS > 1 (default 1), independent clients run on that many
-//! threads (`ntpkit_sim::simulate_sharded`; same statistics as one thread).
+//! time and per CPU-second. Independent clients are split into cache-sized shards run on
+//! THREADS threads (default 1; `ntpkit_sim::simulate_sharded`: same statistics as one whole run).
 //! `cargo run --release -p ntpkit-sim --example bench -- memory [N]` builds N clients (default
 //! 100,000) of 4 reference servers, runs 20 simulated minutes so that every filter and
 //! discipline holds its steady-state allocations, and prints the resident memory per node.
@@ -34,18 +34,18 @@ fn cpu_secs() -> f64 {
     ticks as f64 / 100.0
 }
 
-fn speed(path: PathBuf, shards: usize) {
+fn speed(path: PathBuf, threads: usize) {
     let sc = Scenario::load(&path).expect("scenario");
     let (start, cpu0) = (Instant::now(), cpu_secs());
-    let out = simulate_sharded(&sc, sc.seed, sc.duration, shards);
+    let out = simulate_sharded(&sc, sc.seed, sc.duration, threads);
     let (secs, cpu) = (start.elapsed().as_secs_f64(), cpu_secs() - cpu0);
     println!(
-        "{}: {} nodes, {} simulated s, {} shard(s), {} exchanges, {} events in {:.2} s wall, \
+        "{}: {} nodes, {} simulated s, {} thread(s), {} exchanges, {} events in {:.2} s wall, \
          {:.2} s CPU: {:.0} exchanges/s wall, {:.0} exchanges per CPU-second, {:.0} events/s wall",
         sc.name,
         sc.nodes.len(),
         sc.duration / 1_000_000_000,
-        shards,
+        threads,
         out.exchanges,
         out.events,
         secs,
@@ -93,10 +93,10 @@ fn main() {
             args.next()
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("scenarios/clients-10000.toml")),
-            args.next().map_or(1, |a| a.parse().expect("SHARDS")),
+            args.next().map_or(1, |a| a.parse().expect("THREADS")),
         ),
         Some(other) => {
-            panic!("unknown mode {other}: use `speed [SCENARIO] [SHARDS]` or `memory [N]`")
+            panic!("unknown mode {other}: use `speed [SCENARIO] [THREADS]` or `memory [N]`")
         }
     }
 }

@@ -3,12 +3,13 @@
 use crate::plot::{plot, PlotInput};
 use crate::report::{Report, RunsReport};
 use crate::scenario::Scenario;
-use crate::sim::Trace;
+use crate::sim::{simulate_sharded, Outcome, Trace};
 use crate::units::Duration;
 use anyhow::Context;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Arguments of `ntpkit simulate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,6 +48,42 @@ pub struct SimulateArgs {
     /// List at most this many nodes in the table.
     #[arg(long, default_value_t = 40)]
     pub rows: usize,
+    /// Threads to simulate on (default: one per core). The output does not depend on it:
+    /// runs of `--runs` go to separate threads, and a run whose clients are independent is
+    /// split into shards (see `simulate_sharded`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+}
+
+/// Runs `sc` once per seed without traces on up to `threads` threads, and returns the outcomes
+/// in seed order: one run is sharded over the threads, several runs share them out.
+fn untraced_runs(sc: &Scenario, seeds: &[u64], duration: i64, threads: usize) -> Vec<Outcome> {
+    if let [seed] = seeds {
+        return vec![simulate_sharded(sc, *seed, duration, threads)];
+    }
+    let next = AtomicUsize::new(0);
+    let mut done: Vec<(usize, Outcome)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.clamp(1, seeds.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&seed) = seeds.get(k) else {
+                            break mine;
+                        };
+                        mine.push((k, simulate_sharded(sc, seed, duration, 1)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("simulation thread"))
+            .collect()
+    });
+    done.sort_by_key(|(k, _)| *k);
+    done.into_iter().map(|(_, out)| out).collect()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -92,31 +129,35 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         Vec::new()
     };
 
-    let mut reports = Vec::new();
-    for k in 0..args.runs {
-        let seed = seed.wrapping_add(k as u64);
-        let first = k == 0;
-        let mut csv = match (&args.csv, first) {
-            (Some(p), true) => Some(BufWriter::new(
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |n| n as usize,
+    );
+    let seeds: Vec<u64> = (0..args.runs)
+        .map(|k| seed.wrapping_add(k as u64))
+        .collect();
+    let traced = args.csv.is_some() || args.plot.is_some();
+    // The first run carries the CSV and plot traces (on one thread, in event order); every
+    // other run only needs its statistics.
+    let mut first = None;
+    if traced {
+        let mut csv = match &args.csv {
+            Some(p) => Some(BufWriter::new(
                 std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
             )),
-            _ => None,
+            None => None,
         };
         let trace = Trace {
             csv: csv.as_mut().map(|w| w as &mut dyn Write),
-            plot_nodes: if first {
-                plot_nodes.clone()
-            } else {
-                Vec::new()
-            },
+            plot_nodes: plot_nodes.clone(),
         };
-        let out = crate::simulate(&sc, seed, duration, trace);
+        let out = crate::simulate(&sc, seeds[0], duration, trace);
         if let (Some(mut w), Some(p)) = (csv, &args.csv) {
             w.flush()
                 .with_context(|| format!("writing {}", p.display()))?;
         }
-        if let (true, Some(path)) = (first, &args.plot) {
-            let title = format!("{}: true offset (seed {seed})", sc.name);
+        if let Some(path) = &args.plot {
+            let title = format!("{}: true offset (seed {})", sc.name, seeds[0]);
             let input = PlotInput {
                 title: &title,
                 lines: plot_nodes
@@ -128,8 +169,17 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             };
             plot(path, &input)?;
         }
-        reports.push(Report::new(&sc, seed, duration, &out));
+        first = Some(out);
     }
+    let rest = &seeds[usize::from(first.is_some())..];
+    let outcomes = first
+        .into_iter()
+        .chain(untraced_runs(&sc, rest, duration, threads));
+    let reports: Vec<Report> = seeds
+        .iter()
+        .zip(outcomes)
+        .map(|(&seed, out)| Report::new(&sc, seed, duration, &out))
+        .collect();
 
     let mut stdout = std::io::stdout().lock();
     if args.runs == 1 {

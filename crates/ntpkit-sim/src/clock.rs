@@ -11,7 +11,7 @@
 //! the variance of ν exactly and in that of the phase to within the discretization (Δ³/3 vs
 //! Σk² over whole seconds), and it does not depend on how often the clock is looked at.
 
-use crate::rng::{normal_pair, Rng};
+use crate::rng::{normal, Rng};
 use ntpkit_core::{ClockCommand, ClockTime, SoftClock};
 
 /// Origin of the simulated clocks' readings: true time 0 is this Unix time (2026-01-01).
@@ -44,7 +44,7 @@ impl SimClock {
         }
         let dt = (t - self.last) as f64 * 1e-9;
         let sigma = self.wander;
-        let (z1, z2) = normal_pair(rng);
+        let (z1, z2) = (normal(rng), normal(rng));
         let dnu = sigma * dt.sqrt() * z1;
         let phase = dnu * dt / 2.0 + sigma * (dt * dt * dt / 12.0).sqrt() * z2;
         let base = EPOCH_NS + t;

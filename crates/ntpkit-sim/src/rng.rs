@@ -3,6 +3,7 @@
 //! link never shifts another's numbers.
 
 use rand_core::{RngCore, SeedableRng};
+use rand_distr::{Distribution, Exp1, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// The generator every stream uses.
@@ -41,25 +42,15 @@ pub fn uniform(rng: &mut Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
-/// Standard normal (Box–Muller; one of the pair is discarded to keep the stream stateless).
+/// Standard normal (the ziggurat method of `rand_distr`: no logarithm or sine on its fast path,
+/// which matters because every clock read with wander draws two).
 pub fn normal(rng: &mut Rng) -> f64 {
-    let u1 = 1.0 - uniform(rng); // (0, 1]
-    let u2 = uniform(rng);
-    (-2.0 * u1.ln()).sqrt() * (core::f64::consts::TAU * u2).cos()
+    StandardNormal.sample(rng)
 }
 
-/// Two independent standard normals (Box–Muller, both halves).
-pub fn normal_pair(rng: &mut Rng) -> (f64, f64) {
-    let u1 = 1.0 - uniform(rng); // (0, 1]
-    let u2 = uniform(rng);
-    let r = (-2.0 * u1.ln()).sqrt();
-    let (s, c) = (core::f64::consts::TAU * u2).sin_cos();
-    (r * c, r * s)
-}
-
-/// Exponential with mean 1.
+/// Exponential with mean 1 (ziggurat, `rand_distr`).
 pub fn exponential(rng: &mut Rng) -> f64 {
-    -(1.0 - uniform(rng)).ln()
+    Exp1.sample(rng)
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 
+/// Local index of a node absent from a shard.
+const ABSENT: u32 = u32::MAX;
+
 /// Precision (log2 s) the simulated reference clocks advertise.
 const REFERENCE_PRECISION: i8 = -20;
 
@@ -94,13 +97,19 @@ pub struct NodeCounters {
     pub last: (f64, f64),
 }
 
+/// A node present in this simulation (all of them, or one shard's).
 struct Node {
+    /// Index in the scenario.
+    index: u32,
     clock: SimClock,
     clock_rng: Rng,
     core_rng: Rng,
     sync: Option<SyncSystem>,
     responder: Responder,
     reference: Option<u8>,
+    /// A reference whose clock is a pure function of true time (no wander, no scheduled
+    /// steps): its requests are answered when sent (see [`Sim::send_request`]).
+    answers_at_once: bool,
     /// Link index of source 0; source k uses link `first_link + k`.
     first_link: u32,
     /// Time of the pending timer (i64::MAX: none).
@@ -111,8 +120,6 @@ struct Node {
     queued: [i64; 2],
     steps: u32,
     counters: NodeCounters,
-    /// False for a client that belongs to another shard (see [`Sim::new_shard`]): never driven.
-    active: bool,
 }
 
 /// What to record besides the statistics.
@@ -136,6 +143,9 @@ impl std::fmt::Debug for Trace<'_> {
 /// The result of one run.
 #[derive(Debug)]
 pub struct Outcome {
+    /// Scenario index of each entry of the per-node vectors (all nodes in order, except for
+    /// one shard's outcome before merging).
+    index: Vec<u32>,
     /// Per node, in scenario order.
     pub counters: Vec<NodeCounters>,
     /// Stratum each node serves at the end (16 = unsynchronized).
@@ -199,9 +209,10 @@ impl<'s, 't> Sim<'s, 't> {
         Self::new_shard(sc, seed, duration, trace, |_| true)
     }
 
-    /// Like [`Sim::new`], but only the nodes for which `active` is true are driven; the others
-    /// are built as far as their random streams and link numbers need, and never run. Used by
-    /// [`simulate_sharded`], which only passes scenarios whose active sets do not interact.
+    /// Like [`Sim::new`], but only the nodes for which `active` is true are built and driven;
+    /// the others do not exist in this simulation, except that every random stream and link
+    /// number is the one it has in the whole run. Used by [`simulate_sharded`], which only
+    /// passes active sets that do not interact with the rest.
     fn new_shard(
         sc: &'s Scenario,
         seed: u64,
@@ -209,9 +220,27 @@ impl<'s, 't> Sim<'s, 't> {
         trace: Trace<'t>,
         active: impl Fn(usize) -> bool,
     ) -> Self {
-        let mut nodes = Vec::with_capacity(sc.nodes.len());
-        let mut links = Vec::with_capacity(sc.link_count());
+        // Local index of every node present here, in scenario order.
+        let mut local = vec![ABSENT; sc.nodes.len()];
+        let mut present = 0u32;
+        for (i, slot) in local.iter_mut().enumerate() {
+            if active(i) {
+                *slot = present;
+                present += 1;
+            }
+        }
+        let mut nodes = Vec::with_capacity(present as usize);
+        let mut links = Vec::new();
+        // Number of the next link in the whole run: it seeds the link's streams.
+        let mut global_link = 0u64;
         for (i, spec) in sc.nodes.iter().enumerate() {
+            let first_global_link = global_link;
+            if spec.reference.is_none() {
+                global_link += spec.sources.len() as u64;
+            }
+            if local[i] == ABSENT {
+                continue;
+            }
             let mut clock_rng = stream(seed, StreamKind::Clock, i as u64);
             let mut core_rng = stream(seed, StreamKind::Core, i as u64);
             let (off, off_spread) = spec.offset;
@@ -226,10 +255,10 @@ impl<'s, 't> Sim<'s, 't> {
             } else {
                 ppm
             };
-            let is_active = active(i);
             let mut clock = SimClock::new(offset, ppm, spec.wander);
             // Reading at t = 0 integrates no wander: it draws nothing from the stream.
             let clock_at_start = clock.read(0, &mut clock_rng);
+            let first_link = links.len() as u32;
             let sync = spec.reference.is_none().then(|| {
                 let mut cfg = SystemConfig {
                     discipline: DisciplineConfig {
@@ -249,22 +278,22 @@ impl<'s, 't> Sim<'s, 't> {
                 }
                 let mut sys = SyncSystem::new(cfg, MonoTime(0), clock_at_start);
                 for (k, src) in spec.sources.iter().enumerate() {
-                    if is_active {
-                        sys.add_source(
-                            node_address(src.server),
-                            SourceConfig {
-                                minpoll: src.poll.0,
-                                maxpoll: src.poll.1,
-                                iburst: src.iburst,
-                            },
-                            MonoTime(0),
-                            &mut core_rng,
-                        );
-                    }
-                    let index = links.len() as u64;
+                    sys.add_source(
+                        node_address(src.server),
+                        SourceConfig {
+                            minpoll: src.poll.0,
+                            maxpoll: src.poll.1,
+                            iburst: src.iburst,
+                        },
+                        MonoTime(0),
+                        &mut core_rng,
+                    );
+                    let server = local[src.server];
+                    assert!(server != ABSENT, "a shard holds its clients' servers");
+                    let index = first_global_link + k as u64;
                     links.push(Link {
-                        client: i as u32,
-                        server: src.server as u32,
+                        client: local[i],
+                        server,
                         source: k as u32,
                         profile: src.profile as u16,
                         request_rng: stream(seed, StreamKind::Request, index),
@@ -273,20 +302,22 @@ impl<'s, 't> Sim<'s, 't> {
                 }
                 sys
             });
-            let first = links.len() - spec.sources.len();
             nodes.push(Node {
+                index: i as u32,
                 clock,
                 clock_rng,
                 core_rng,
                 sync,
                 responder: Responder::new(),
                 reference: spec.reference,
-                first_link: first as u32,
+                answers_at_once: spec.reference.is_some()
+                    && spec.wander == 0.0
+                    && spec.steps.is_empty(),
+                first_link,
                 timer: i64::MAX,
                 queued: [i64::MAX; 2],
                 steps: 0,
                 counters: NodeCounters::default(),
-                active: is_active,
             });
         }
         // Indexed by node only when some node is plotted: no memory per node otherwise.
@@ -299,7 +330,9 @@ impl<'s, 't> Sim<'s, 't> {
             }
         ];
         for (k, &n) in trace.plot_nodes.iter().enumerate() {
-            plot_index[n] = Some(k);
+            if local[n] != ABSENT {
+                plot_index[local[n] as usize] = Some(k);
+            }
         }
         let series = vec![Vec::new(); trace.plot_nodes.len()];
         let mut sim = Sim {
@@ -328,15 +361,13 @@ impl<'s, 't> Sim<'s, 't> {
                 "time_s,node,true_offset_s,frequency_error_ppm,measured_offset_s,delay_s"
             );
         }
-        for (i, spec) in sc.nodes.iter().enumerate() {
-            if !sim.nodes[i].active {
-                continue;
-            }
+        for n in 0..sim.nodes.len() {
+            let spec = &sc.nodes[sim.nodes[n].index as usize];
             for (k, &(at, _)) in spec.steps.iter().enumerate() {
-                sim.push(at, Kind::Step(i as u32, k as u32));
+                sim.push(at, Kind::Step(n as u32, k as u32));
             }
-            if sim.nodes[i].sync.is_some() {
-                sim.drain(i);
+            if sim.nodes[n].sync.is_some() {
+                sim.drain(n);
             }
         }
         sim.push(0, Kind::Sample);
@@ -368,8 +399,8 @@ impl<'s, 't> Sim<'s, 't> {
             self.events += 1;
             match kind {
                 Kind::Timer(n) => self.on_timer(n as usize),
-                Kind::Request(l, p) => self.on_request(l as usize, p),
-                Kind::Transmit(l, p) => self.on_transmit(l as usize, p),
+                Kind::Request(l, p) => self.serve(l as usize, p, time),
+                Kind::Transmit(l, p) => self.transmit_reply(l as usize, p, time),
                 Kind::Reply(l, p) => {
                     let packet = self.packets[p as usize];
                     self.free_packets.push(p);
@@ -383,7 +414,8 @@ impl<'s, 't> Sim<'s, 't> {
                     if self.nodes[n as usize].reference.is_some() {
                         self.shared_events += 1;
                     }
-                    let off = self.sc.nodes[n as usize].steps[k as usize].1;
+                    let index = self.nodes[n as usize].index as usize;
+                    let off = self.sc.nodes[index].steps[k as usize].1;
                     let node = &mut self.nodes[n as usize];
                     node.clock.disturb(self.now, off, &mut node.clock_rng);
                 }
@@ -418,6 +450,7 @@ impl<'s, 't> Sim<'s, 't> {
             })
             .collect();
         Outcome {
+            index: self.nodes.iter().map(|n| n.index).collect(),
             counters: self.nodes.into_iter().map(|n| n.counters).collect(),
             stratum,
             updates,
@@ -468,7 +501,7 @@ impl<'s, 't> Sim<'s, 't> {
                 steps: node.steps,
             };
             let slot = self.alloc_packet(packet);
-            self.send(link as usize, true, Kind::Request(link, slot));
+            self.send_request(link as usize, slot);
         }
         let node = &mut self.nodes[n];
         let sys = node.sync.as_mut().expect("checked above");
@@ -505,10 +538,9 @@ impl<'s, 't> Sim<'s, 't> {
         }
     }
 
-    /// Puts the packet in `kind` on a link direction: lost (its slot freed), or delivered
-    /// after the path's delay.
-    fn send(&mut self, l: usize, request: bool, kind: Kind) {
-        let t = self.now;
+    /// Puts a packet on a link direction at `t`: None if it is lost (on the link's random
+    /// stream of that direction), else its arrival time.
+    fn transit(&mut self, l: usize, request: bool, t: i64) -> Option<i64> {
         let link = &mut self.links[l];
         let profile = &self.sc.profiles[link.profile as usize];
         let (dir, rng): (&Direction, &mut Rng) = if request {
@@ -518,10 +550,7 @@ impl<'s, 't> Sim<'s, 't> {
         };
         if profile.is_down(t) || (dir.loss > 0.0 && uniform(rng) < dir.loss) {
             self.lost += 1;
-            if let Kind::Request(_, slot) | Kind::Reply(_, slot) = kind {
-                self.free_packets.push(slot);
-            }
-            return;
+            return None;
         }
         let jitter = match dir.jitter {
             None => 0.0,
@@ -534,12 +563,38 @@ impl<'s, 't> Sim<'s, 't> {
                 x * j.scale.nanos() as f64
             }
         };
-        let at = t + dir.delay + jitter.round() as i64;
-        self.push(at, kind);
+        Some(t + dir.delay + jitter.round() as i64)
     }
 
-    fn on_request(&mut self, l: usize, slot: u32) {
-        let t = self.now;
+    /// Sends the request in packet `slot` on link `l` now. A server whose clock is a pure
+    /// function of true time (a reference without wander or scheduled steps) is answered at
+    /// once, at the request's arrival time: nothing else can happen at that server in between
+    /// that would change its answer, and the reply's random draws are on the link's own
+    /// stream, in the order of the link's requests either way.
+    fn send_request(&mut self, l: usize, slot: u32) {
+        let Some(arrival) = self.transit(l, true, self.now) else {
+            self.free_packets.push(slot);
+            return;
+        };
+        if self.nodes[self.links[l].server as usize].answers_at_once {
+            if arrival <= self.duration {
+                self.serve(l, slot, arrival);
+            }
+        } else {
+            self.push(arrival, Kind::Request(l as u32, slot));
+        }
+    }
+
+    /// Sends the reply in packet `slot` back on link `l` at `t`.
+    fn send_reply(&mut self, l: usize, slot: u32, t: i64) {
+        match self.transit(l, false, t) {
+            Some(arrival) => self.push(arrival, Kind::Reply(l as u32, slot)),
+            None => self.free_packets.push(slot),
+        }
+    }
+
+    /// The request in packet `slot` arrives at link `l`'s server at `t`: answer it.
+    fn serve(&mut self, l: usize, slot: u32, t: i64) {
         let p = self.packets[slot as usize];
         let link = &self.links[l];
         let processing = self.sc.profiles[link.profile as usize].processing;
@@ -569,18 +624,23 @@ impl<'s, 't> Sim<'s, 't> {
         node.counters.served += 1;
         self.packets[slot as usize] = reply;
         if processing == 0 {
-            self.send(l, false, Kind::Reply(l as u32, slot));
+            self.send_reply(l, slot, t);
+        } else if node.answers_at_once {
+            let done = t + processing;
+            if done <= self.duration {
+                self.transmit_reply(l, slot, done);
+            }
         } else {
             self.push(t + processing, Kind::Transmit(l as u32, slot));
         }
     }
 
-    fn on_transmit(&mut self, l: usize, slot: u32) {
-        let t = self.now;
+    /// The server of link `l` stamps and sends the reply in packet `slot` at `t`.
+    fn transmit_reply(&mut self, l: usize, slot: u32, t: i64) {
         let node = &mut self.nodes[self.links[l].server as usize];
         let t3 = node.clock.read(t, &mut node.clock_rng);
         stamp_transmit(&mut self.packets[slot as usize].bytes, t3.to_ntp());
-        self.send(l, false, Kind::Reply(l as u32, slot));
+        self.send_reply(l, slot, t);
     }
 
     fn on_reply(&mut self, l: usize, p: Packet) {
@@ -608,7 +668,7 @@ impl<'s, 't> Sim<'s, 't> {
                 self.line,
                 "{:.9},{},{:.9e},{:.6},{:.9e},{:.9e}",
                 t as f64 * 1e-9,
-                self.sc.nodes[client].name,
+                self.sc.nodes[node.index as usize].name,
                 err * 1e-9,
                 freq,
                 offset,
@@ -626,9 +686,6 @@ impl<'s, 't> Sim<'s, 't> {
         let stats = t >= self.sc.stats_start;
         let threshold = self.sc.sync_threshold as f64;
         for (i, node) in self.nodes.iter_mut().enumerate() {
-            if !node.active {
-                continue;
-            }
             let (err_ns, freq) = node.clock.error(t, &mut node.clock_rng);
             let err = err_ns * 1e-9;
             let c = &mut node.counters;
@@ -656,7 +713,7 @@ impl<'s, 't> Sim<'s, 't> {
                     self.line,
                     "{:.9},{},{:.9e},{:.6},,",
                     t as f64 * 1e-9,
-                    self.sc.nodes[i].name,
+                    self.sc.nodes[node.index as usize].name,
                     err,
                     freq
                 );
@@ -673,17 +730,24 @@ impl<'s, 't> Sim<'s, 't> {
     }
 }
 
-/// Runs `scenario` split over up to `shards` threads when its clients are independent, and
-/// returns exactly the outcome of [`Sim::run`] on one thread.
+/// Clients per shard when a scenario is split (see [`simulate_sharded`]): small enough that a
+/// shard's nodes stay in one core's 1 MiB L2 cache (a node is about 2 KiB), large enough that
+/// the replicated reference servers and statistics samples cost nothing.
+const SHARD_CLIENTS: usize = 256;
+
+/// Runs `scenario` on up to `threads` threads when its clients are independent, and returns
+/// exactly the outcome of [`Sim::run`] on one thread.
 ///
 /// Clients of reference clocks without wander never affect each other: each client's events
 /// touch only its own state, its links' random streams and the pure clock of a reference. Such
-/// a scenario is cut into contiguous blocks of clients; every shard simulates its block plus a
-/// replica of every reference, with the same per-node and per-link streams as the whole run.
-/// A shard's events are then the whole run's events restricted to it, in the same order, so
-/// the merged statistics are identical (the determinism tests compare them). Any other
-/// scenario, or a trace, runs on one thread.
-pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, shards: usize) -> Outcome {
+/// a scenario is cut into contiguous blocks of [`SHARD_CLIENTS`] clients; every shard simulates
+/// its block plus a replica of every reference, with the same per-node and per-link streams as
+/// the whole run. A shard's events are then the whole run's events restricted to it, in the
+/// same order, so the merged statistics are identical (the determinism tests compare them).
+/// Shards are small so that each runs from cache: at 10,000 clients a single run spends more
+/// time waiting on memory than computing. The threads take shards in turn. Any other scenario
+/// runs on one thread, whole.
+pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, threads: usize) -> Outcome {
     let independent = sc.nodes.iter().all(|n| match n.reference {
         Some(_) => n.wander == 0.0,
         None => n
@@ -694,8 +758,11 @@ pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, shards: usize) 
     let clients: Vec<usize> = (0..sc.nodes.len())
         .filter(|&i| sc.nodes[i].reference.is_none())
         .collect();
-    let shards = shards.min(clients.len()).max(1);
-    if !independent || shards == 1 {
+    let shards = clients
+        .len()
+        .div_ceil(SHARD_CLIENTS)
+        .max(threads.min(clients.len()));
+    if !independent || shards <= 1 {
         return Sim::new(sc, seed, duration, Trace::default()).run();
     }
     let mut owner = vec![None; sc.nodes.len()];
@@ -703,44 +770,66 @@ pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, shards: usize) 
         owner[i] = Some(rank * shards / clients.len());
     }
     let owner = &owner;
-    let outs: Vec<Outcome> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..shards)
-            .map(|k| {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let next = &next;
+    let mut outs: Vec<(usize, Outcome)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.clamp(1, shards))
+            .map(|_| {
                 scope.spawn(move || {
-                    let active = |i: usize| owner[i].is_none_or(|o| o == k);
-                    Sim::new_shard(sc, seed, duration, Trace::default(), active).run()
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if k >= shards {
+                            break done;
+                        }
+                        let active = |i: usize| owner[i].is_none_or(|o| o == k);
+                        done.push((
+                            k,
+                            Sim::new_shard(sc, seed, duration, Trace::default(), active).run(),
+                        ));
+                    }
                 })
             })
             .collect();
-        handles
+        workers
             .into_iter()
-            .map(|h| h.join().expect("shard thread"))
+            .flat_map(|w| w.join().expect("shard thread"))
             .collect()
     });
-    let shared = outs[0].shared_events;
-    debug_assert!(outs.iter().all(|o| o.shared_events == shared));
-    let pick = |i: usize| owner[i].unwrap_or(0);
-    let counters = (0..sc.nodes.len())
-        .map(|i| {
-            let mut c = outs[pick(i)].counters[i].clone();
-            if owner[i].is_none() {
-                c.served = outs.iter().map(|o| o.counters[i].served).sum();
-            }
-            c
-        })
-        .collect();
-    Outcome {
-        counters,
-        stratum: (0..sc.nodes.len())
-            .map(|i| outs[pick(i)].stratum[i])
-            .collect(),
-        updates: (0..sc.nodes.len())
-            .map(|i| outs[pick(i)].updates[i])
-            .collect(),
-        exchanges: outs.iter().map(|o| o.exchanges).sum(),
-        events: outs.iter().map(|o| o.events).sum::<u64>() - (shards as u64 - 1) * shared,
+    outs.sort_by_key(|(k, _)| *k);
+    let shared = outs[0].1.shared_events;
+    debug_assert!(outs.iter().all(|(_, o)| o.shared_events == shared));
+    let n = sc.nodes.len();
+    let mut merged = Outcome {
+        index: (0..n as u32).collect(),
+        counters: vec![NodeCounters::default(); n],
+        stratum: vec![16; n],
+        updates: vec![0; n],
+        exchanges: 0,
+        events: 0,
         shared_events: shared,
-        lost: outs.iter().map(|o| o.lost).sum(),
+        lost: 0,
         series: Vec::new(),
+    };
+    for (_, out) in outs {
+        merged.exchanges += out.exchanges;
+        merged.events += out.events - shared;
+        merged.lost += out.lost;
+        for (k, &i) in out.index.iter().enumerate() {
+            let i = i as usize;
+            if owner[i].is_none() {
+                // A replicated reference: every shard's copy has the same state, and what it
+                // served adds up.
+                let served = merged.counters[i].served + out.counters[k].served;
+                merged.counters[i] = out.counters[k].clone();
+                merged.counters[i].served = served;
+            } else {
+                merged.counters[i] = out.counters[k].clone();
+            }
+            merged.stratum[i] = out.stratum[k];
+            merged.updates[i] = out.updates[k];
+        }
     }
+    merged.events += shared;
+    merged
 }
