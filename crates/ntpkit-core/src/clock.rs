@@ -1,10 +1,12 @@
 //! The clock model the algorithms reason about, and the commands they give it.
 //!
-//! The discipline corrects a clock with two commands only: a step of the phase, and a
-//! frequency correction (the total, in ppm). Phase errors below the step threshold are slewed by
-//! setting a frequency correction for a known time and then setting it back, so the core always
-//! knows exactly how much correction the clock has received: the sim, the daemon's virtual clock
-//! and the kernel (`ADJ_FREQUENCY`) all implement these two commands the same way.
+//! The discipline corrects a clock with three commands: a step of the phase, a frequency
+//! correction (the total, in ppm), and a slew: a frequency correction for a known time, after
+//! which the clock goes on at a second one by itself, as adjtime(2) ends a slew. The clock layer
+//! ends a slew on time without waiting for the core (a software clock does it exactly, the
+//! daemon's `system` backend with its own timer), so the core needs no deadline for it and
+//! always knows exactly how much correction the clock has received: the sim, the daemon's
+//! virtual clock and the kernel (`ADJ_FREQUENCY`) all implement these commands the same way.
 //!
 //! [`SoftClock`] is that model as a value: a clock derived from a free-running base timescale
 //! (the OS clock in the daemon's `virtual` backend, true time in the simulator) plus its own
@@ -27,6 +29,17 @@ pub enum ClockCommand {
         /// Correction in ppm (positive = faster).
         ppm: f64,
     },
+    /// Like `SetFrequency { ppm }` now, then `SetFrequency { ppm: then_ppm }` when
+    /// `duration_ns` nanoseconds have passed, unless another frequency command comes first: a
+    /// phase error slewed away at a known rate for a known time.
+    Slew {
+        /// Correction during the slew, ppm.
+        ppm: f64,
+        /// Length of the slew, nanoseconds (> 0).
+        duration_ns: i64,
+        /// Correction after it, ppm.
+        then_ppm: f64,
+    },
 }
 
 /// A software clock on top of a base timescale: `reading = base + offset`, where the offset
@@ -46,6 +59,10 @@ pub struct SoftClock {
     intrinsic_ppm: f64,
     /// Commanded correction, ppm.
     correction_ppm: f64,
+    /// Base time at which a slew in progress ends (`i64::MAX`: none)…
+    slew_end: i64,
+    /// …and the correction from then on, ppm.
+    after_slew_ppm: f64,
 }
 
 impl SoftClock {
@@ -57,20 +74,32 @@ impl SoftClock {
             offset_frac: 0.0,
             intrinsic_ppm,
             correction_ppm: 0.0,
+            slew_end: i64::MAX,
+            after_slew_ppm: 0.0,
         }
+    }
+
+    /// Phase gained from `base_ref` to `base_now` (≥ `base_ref`), nanoseconds: at the current
+    /// rate, and after a slew's end at the rate that follows it.
+    fn drift(&self, base_now: i64) -> f64 {
+        let dt = (base_now - self.base_ref) as f64;
+        if base_now <= self.slew_end {
+            return dt * self.rate_ppm() * 1e-6;
+        }
+        let during = (self.slew_end - self.base_ref) as f64;
+        during * self.rate_ppm() * 1e-6
+            + (dt - during) * (self.intrinsic_ppm + self.after_slew_ppm) * 1e-6
     }
 
     /// The offset (reading − base) at `base_now`, nanoseconds as f64 (for statistics).
     pub fn offset_at(&self, base_now: i64) -> f64 {
-        let dt = (base_now - self.base_ref) as f64;
-        self.offset_ns as f64 + self.offset_frac + dt * self.rate_ppm() * 1e-6
+        self.offset_ns as f64 + self.offset_frac + self.drift(base_now)
     }
 
     /// Reads the clock at `base_now`.
     pub fn read(&self, base_now: i64) -> ClockTime {
-        let dt = (base_now - self.base_ref) as f64;
-        let drift = self.offset_frac + dt * self.rate_ppm() * 1e-6;
-        ClockTime(base_now + self.offset_ns + drift.floor() as i64)
+        let drift = self.offset_frac + self.drift(base_now);
+        ClockTime(base_now + self.offset_ns + floor_i64(drift))
     }
 
     /// Applies a command at `base_now`.
@@ -78,7 +107,19 @@ impl SoftClock {
         self.rebase(base_now);
         match command {
             ClockCommand::Step { offset_ns } => self.offset_ns += offset_ns,
-            ClockCommand::SetFrequency { ppm } => self.correction_ppm = ppm,
+            ClockCommand::SetFrequency { ppm } => {
+                self.correction_ppm = ppm;
+                self.slew_end = i64::MAX;
+            }
+            ClockCommand::Slew {
+                ppm,
+                duration_ns,
+                then_ppm,
+            } => {
+                self.correction_ppm = ppm;
+                self.slew_end = base_now.saturating_add(duration_ns.max(0));
+                self.after_slew_ppm = then_ppm;
+            }
         }
     }
 
@@ -102,28 +143,47 @@ impl SoftClock {
         self.intrinsic_ppm
     }
 
-    /// The commanded correction, ppm.
-    pub fn correction_ppm(&self) -> f64 {
-        self.correction_ppm
+    /// The commanded correction at `base_now` (not before the last command), ppm.
+    pub fn correction_ppm_at(&self, base_now: i64) -> f64 {
+        if base_now < self.slew_end {
+            self.correction_ppm
+        } else {
+            self.after_slew_ppm
+        }
     }
 
-    /// The remaining frequency error (intrinsic + correction), ppm.
-    pub fn rate_ppm(&self) -> f64 {
+    /// The remaining frequency error (intrinsic + correction) at `base_now`, ppm.
+    pub fn rate_ppm_at(&self, base_now: i64) -> f64 {
+        self.intrinsic_ppm + self.correction_ppm_at(base_now)
+    }
+
+    /// The rate since the last rebase, ppm.
+    fn rate_ppm(&self) -> f64 {
         self.intrinsic_ppm + self.correction_ppm
     }
 
     fn rebase(&mut self, base_now: i64) {
-        let dt = (base_now - self.base_ref) as f64;
-        self.offset_frac += dt * self.rate_ppm() * 1e-6;
+        self.offset_frac += self.drift(base_now);
+        if base_now >= self.slew_end {
+            self.correction_ppm = self.after_slew_ppm;
+            self.slew_end = i64::MAX;
+        }
         self.base_ref = base_now;
         self.normalize();
     }
 
     fn normalize(&mut self) {
-        let whole = self.offset_frac.floor();
-        self.offset_ns += whole as i64;
-        self.offset_frac -= whole;
+        let whole = floor_i64(self.offset_frac);
+        self.offset_ns += whole;
+        self.offset_frac -= whole as f64;
     }
+}
+
+/// `x.floor() as i64` for |x| < 2^53 (drifts of nanoseconds), without a libm call: baseline
+/// x86-64 has no rounding instruction, and the clock is read several times per exchange.
+fn floor_i64(x: f64) -> i64 {
+    let t = x as i64; // toward zero
+    t - i64::from((t as f64) > x)
 }
 
 #[cfg(test)]
@@ -131,6 +191,24 @@ mod tests {
     use super::*;
 
     const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn floor_matches_the_library_floor() {
+        for x in [
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.0,
+            -1.0,
+            2.999,
+            -2.999,
+            1e15 + 0.5,
+            -1e15 - 0.5,
+        ] {
+            assert_eq!(floor_i64(x), x.floor() as i64, "{x}");
+        }
+    }
 
     #[test]
     fn runs_fast_at_its_intrinsic_rate() {
@@ -154,6 +232,33 @@ mod tests {
             },
         );
         assert_eq!(c.read(30 * S), ClockTime(30 * S));
+    }
+
+    #[test]
+    fn a_slew_ends_by_itself() {
+        // 500 ppm for 10 s (5 ms), then −20 ppm.
+        let slew = ClockCommand::Slew {
+            ppm: 500.0,
+            duration_ns: 10 * S,
+            then_ppm: -20.0,
+        };
+        let mut c = SoftClock::new(0, 0, 20.0);
+        c.apply(0, slew);
+        assert_eq!(c.read(5 * S), ClockTime(5 * S + 2_600_000));
+        assert_eq!(c.read(10 * S), ClockTime(10 * S + 5_200_000));
+        assert_eq!(c.read(1000 * S), ClockTime(1000 * S + 5_200_000));
+        assert_eq!(c.rate_ppm_at(9 * S), 520.0);
+        assert_eq!(c.rate_ppm_at(10 * S), 0.0);
+        // Read across the end or rebased across it: the same clock.
+        let mut d = c;
+        d.set_intrinsic_ppm(30 * S, 20.0);
+        assert_eq!(d.read(1000 * S), c.read(1000 * S));
+        assert_eq!(d.correction_ppm_at(30 * S), -20.0);
+        // A frequency command cancels a slew in progress.
+        let mut e = SoftClock::new(0, 0, 0.0);
+        e.apply(0, slew);
+        e.apply(S, ClockCommand::SetFrequency { ppm: 0.0 });
+        assert_eq!(e.read(100 * S), ClockTime(100 * S + 500_000));
     }
 
     #[test]

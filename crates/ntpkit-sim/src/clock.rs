@@ -75,7 +75,10 @@ impl SimClock {
     /// True error (clock − true time) at `t`, ns, and the remaining frequency error, ppm.
     pub fn error(&mut self, t: i64, rng: &mut Rng) -> (f64, f64) {
         self.advance(t, rng);
-        (self.soft.offset_at(EPOCH_NS + t), self.soft.rate_ppm())
+        (
+            self.soft.offset_at(EPOCH_NS + t),
+            self.soft.rate_ppm_at(EPOCH_NS + t),
+        )
     }
 }
 

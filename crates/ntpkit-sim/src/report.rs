@@ -105,17 +105,17 @@ impl Report {
                     name: spec.name.clone(),
                     role,
                     stratum: out.stratum[i],
-                    packets_sent: c.sent,
-                    packets_received: c.received,
-                    requests_served: c.served,
+                    packets_sent: c.sent.into(),
+                    packets_received: c.received.into(),
+                    requests_served: c.served.into(),
                     syncs: out.updates[i],
-                    steps: c.steps,
+                    steps: c.steps.into(),
                     sync_time_s: c.synced_since.map(|t| t as f64 * 1e-9),
                     final_offset_s: c.last.0,
                     average_correction_s: (c.corrections > 0)
                         .then(|| c.correction_sum / c.corrections as f64),
-                    offset_s: summary(c.n, c.err),
-                    frequency_ppm: summary(c.n, c.freq),
+                    offset_s: summary(c.n.into(), c.err),
+                    frequency_ppm: summary(c.n.into(), c.freq),
                 }
             })
             .collect();

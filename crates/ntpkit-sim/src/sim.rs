@@ -29,34 +29,40 @@ use std::net::{IpAddr, Ipv4Addr};
 /// Local index of a node absent from a shard.
 const ABSENT: u32 = u32::MAX;
 
+/// Packet slots kept when the slab empties (see `Sim::free_packet`).
+const KEPT_SLOTS: usize = 1024;
+
 /// Precision (log2 s) the simulated reference clocks advertise.
 const REFERENCE_PRECISION: i8 = -20;
 
 #[derive(Clone, Copy, Debug)]
 struct Packet {
     bytes: [u8; HEADER_LEN],
-    /// The client's clock reading when it sent the request (T1), Unix ns.
+    /// The client's clock reading when it sent the request (T1), Unix ns. The request carries
+    /// a random cookie instead, as the daemon's do.
     t1: i64,
     /// The client's count of clock steps at send time (a step in flight spoils the sample).
     steps: u32,
+    /// The link it travels on.
+    link: u32,
 }
 
 /// What happens at an event. Packets in flight live in a slab (`Sim::packets`) and events
-/// carry their slot, which keeps an event at 32 bytes: the heap moves less memory.
+/// carry their slot, which keeps a queued event at 24 bytes: the heap moves less memory.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     /// A node's `poll_timeout` deadline.
     Timer(u32),
-    /// A request arrives at the link's server (link, packet slot).
-    Request(u32, u32),
-    /// The link's server sends its reply after processing (link, packet slot).
-    Transmit(u32, u32),
-    /// A reply arrives at the link's client (link, packet slot).
-    Reply(u32, u32),
+    /// A request arrives at its link's server (packet slot).
+    Request(u32),
+    /// A link's server sends its reply after processing (packet slot).
+    Transmit(u32),
+    /// A reply arrives at its link's client (packet slot).
+    Reply(u32),
     /// Sample every node's true error.
     Sample,
-    /// A scheduled disturbance of a node's clock (node, index into its steps).
-    Step(u32, u32),
+    /// A scheduled disturbance of a node's clock (index into `Sim::disturbances`).
+    Step(u32),
 }
 
 /// One (client, source) path with its own random stream per direction.
@@ -70,23 +76,24 @@ struct Link {
     reply_rng: Rng,
 }
 
-/// Running statistics of one node.
+/// Running statistics of one node (counts are `u32`: a simulation holds one per client, and
+/// 4 billion exchanges is 8,000 years at 64 s).
 #[derive(Clone, Debug, Default)]
 pub struct NodeCounters {
     /// Requests sent.
-    pub sent: u64,
+    pub sent: u32,
     /// Replies received.
-    pub received: u64,
+    pub received: u32,
     /// Requests answered as a server.
-    pub served: u64,
+    pub served: u32,
     /// Clock steps commanded by the core.
-    pub steps: u64,
+    pub steps: u32,
     /// Sum of |measured offset| over replies used, seconds.
     pub correction_sum: f64,
     /// Replies whose offset was measured (no step in flight).
-    pub corrections: u64,
+    pub corrections: u32,
     /// Samples after the statistics start.
-    pub n: u64,
+    pub n: u32,
     /// Sums of the true error (s) and its square, and the max |error|.
     pub err: (f64, f64, f64),
     /// Same for the frequency error (ppm).
@@ -105,7 +112,6 @@ struct Node {
     clock_rng: Rng,
     core_rng: Rng,
     sync: Option<SyncSystem>,
-    responder: Responder,
     reference: Option<u8>,
     /// A reference whose clock is a pure function of true time (no wander, no scheduled
     /// steps): its requests are answered when sent (see [`Sim::send_request`]).
@@ -173,8 +179,13 @@ pub struct Sim<'s, 't> {
     now: i64,
     seq: u64,
     queue: EventQueue<Kind>,
+    /// Answers every server's requests (it holds nothing per server but counters, which the
+    /// nodes' own `served` counts replace).
+    responder: Responder,
     packets: Vec<Packet>,
     free_packets: Vec<u32>,
+    /// Scheduled clock disturbances: (node, index into its scenario steps).
+    disturbances: Vec<(u32, u32)>,
     nodes: Vec<Node>,
     links: Vec<Link>,
     trace: Trace<'t>,
@@ -230,7 +241,14 @@ impl<'s, 't> Sim<'s, 't> {
             }
         }
         let mut nodes = Vec::with_capacity(present as usize);
-        let mut links = Vec::new();
+        let link_count = sc
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, n)| local[i] != ABSENT && n.reference.is_none())
+            .map(|(_, n)| n.sources.len())
+            .sum();
+        let mut links = Vec::with_capacity(link_count);
         // Number of the next link in the whole run: it seeds the link's streams.
         let mut global_link = 0u64;
         for (i, spec) in sc.nodes.iter().enumerate() {
@@ -308,7 +326,6 @@ impl<'s, 't> Sim<'s, 't> {
                 clock_rng,
                 core_rng,
                 sync,
-                responder: Responder::new(),
                 reference: spec.reference,
                 answers_at_once: spec.reference.is_some()
                     && spec.wander == 0.0
@@ -342,8 +359,10 @@ impl<'s, 't> Sim<'s, 't> {
             now: 0,
             seq: 0,
             queue: EventQueue::new(),
+            responder: Responder::new(),
             packets: Vec::new(),
             free_packets: Vec::new(),
+            disturbances: Vec::new(),
             nodes,
             links,
             trace,
@@ -364,7 +383,9 @@ impl<'s, 't> Sim<'s, 't> {
         for n in 0..sim.nodes.len() {
             let spec = &sc.nodes[sim.nodes[n].index as usize];
             for (k, &(at, _)) in spec.steps.iter().enumerate() {
-                sim.push(at, Kind::Step(n as u32, k as u32));
+                let index = sim.disturbances.len() as u32;
+                sim.disturbances.push((n as u32, k as u32));
+                sim.push(at, Kind::Step(index));
             }
             if sim.nodes[n].sync.is_some() {
                 sim.drain(n);
@@ -399,18 +420,19 @@ impl<'s, 't> Sim<'s, 't> {
             self.events += 1;
             match kind {
                 Kind::Timer(n) => self.on_timer(n as usize),
-                Kind::Request(l, p) => self.serve(l as usize, p, time),
-                Kind::Transmit(l, p) => self.transmit_reply(l as usize, p, time),
-                Kind::Reply(l, p) => {
+                Kind::Request(p) => self.serve(p, time),
+                Kind::Transmit(p) => self.transmit_reply(p, time),
+                Kind::Reply(p) => {
                     let packet = self.packets[p as usize];
-                    self.free_packets.push(p);
-                    self.on_reply(l as usize, packet)
+                    self.free_packet(p);
+                    self.on_reply(packet)
                 }
                 Kind::Sample => {
                     self.shared_events += 1;
                     self.on_sample()
                 }
-                Kind::Step(n, k) => {
+                Kind::Step(d) => {
+                    let (n, k) = self.disturbances[d as usize];
                     if self.nodes[n as usize].reference.is_some() {
                         self.shared_events += 1;
                     }
@@ -499,9 +521,10 @@ impl<'s, 't> Sim<'s, 't> {
                 bytes: buf,
                 t1: clock.0,
                 steps: node.steps,
+                link,
             };
             let slot = self.alloc_packet(packet);
-            self.send_request(link as usize, slot);
+            self.send_request(slot);
         }
         let node = &mut self.nodes[n];
         let sys = node.sync.as_mut().expect("checked above");
@@ -522,6 +545,16 @@ impl<'s, 't> Sim<'s, 't> {
                 }
                 self.push(next, Kind::Timer(n as u32));
             }
+        }
+    }
+
+    /// Returns a packet's slot. When every slot is free, a slab grown by a burst (every
+    /// client's first request at t = 0) gives its memory back.
+    fn free_packet(&mut self, slot: u32) {
+        self.free_packets.push(slot);
+        if self.free_packets.len() == self.packets.len() && self.packets.capacity() > KEPT_SLOTS {
+            self.packets = Vec::with_capacity(KEPT_SLOTS);
+            self.free_packets = Vec::with_capacity(KEPT_SLOTS);
         }
     }
 
@@ -571,32 +604,34 @@ impl<'s, 't> Sim<'s, 't> {
     /// once, at the request's arrival time: nothing else can happen at that server in between
     /// that would change its answer, and the reply's random draws are on the link's own
     /// stream, in the order of the link's requests either way.
-    fn send_request(&mut self, l: usize, slot: u32) {
+    fn send_request(&mut self, slot: u32) {
+        let l = self.packets[slot as usize].link as usize;
         let Some(arrival) = self.transit(l, true, self.now) else {
-            self.free_packets.push(slot);
+            self.free_packet(slot);
             return;
         };
         if self.nodes[self.links[l].server as usize].answers_at_once {
             if arrival <= self.duration {
-                self.serve(l, slot, arrival);
+                self.serve(slot, arrival);
             }
         } else {
-            self.push(arrival, Kind::Request(l as u32, slot));
+            self.push(arrival, Kind::Request(slot));
         }
     }
 
-    /// Sends the reply in packet `slot` back on link `l` at `t`.
-    fn send_reply(&mut self, l: usize, slot: u32, t: i64) {
+    /// Sends the reply in packet `slot` back on its link at `t`.
+    fn send_reply(&mut self, slot: u32, t: i64) {
+        let l = self.packets[slot as usize].link as usize;
         match self.transit(l, false, t) {
-            Some(arrival) => self.push(arrival, Kind::Reply(l as u32, slot)),
-            None => self.free_packets.push(slot),
+            Some(arrival) => self.push(arrival, Kind::Reply(slot)),
+            None => self.free_packet(slot),
         }
     }
 
-    /// The request in packet `slot` arrives at link `l`'s server at `t`: answer it.
-    fn serve(&mut self, l: usize, slot: u32, t: i64) {
+    /// The request in packet `slot` arrives at its link's server at `t`: answer it.
+    fn serve(&mut self, slot: u32, t: i64) {
         let p = self.packets[slot as usize];
-        let link = &self.links[l];
+        let link = &self.links[p.link as usize];
         let processing = self.sc.profiles[link.profile as usize].processing;
         let node = &mut self.nodes[link.server as usize];
         let t2 = node.clock.read(t, &mut node.clock_rng);
@@ -611,40 +646,42 @@ impl<'s, 't> Sim<'s, 't> {
             bytes: [0; HEADER_LEN],
             ..p
         };
-        match node
+        match self
             .responder
             .respond(&p.bytes, t2, &state, &mut reply.bytes)
         {
             Response::Reply(HEADER_LEN) => {}
             _ => {
-                self.free_packets.push(slot);
+                self.free_packet(slot);
                 return;
             }
         }
         node.counters.served += 1;
         self.packets[slot as usize] = reply;
         if processing == 0 {
-            self.send_reply(l, slot, t);
+            self.send_reply(slot, t);
         } else if node.answers_at_once {
             let done = t + processing;
             if done <= self.duration {
-                self.transmit_reply(l, slot, done);
+                self.transmit_reply(slot, done);
             }
         } else {
-            self.push(t + processing, Kind::Transmit(l as u32, slot));
+            self.push(t + processing, Kind::Transmit(slot));
         }
     }
 
-    /// The server of link `l` stamps and sends the reply in packet `slot` at `t`.
-    fn transmit_reply(&mut self, l: usize, slot: u32, t: i64) {
+    /// The server of its link stamps and sends the reply in packet `slot` at `t`.
+    fn transmit_reply(&mut self, slot: u32, t: i64) {
+        let l = self.packets[slot as usize].link as usize;
         let node = &mut self.nodes[self.links[l].server as usize];
         let t3 = node.clock.read(t, &mut node.clock_rng);
         stamp_transmit(&mut self.packets[slot as usize].bytes, t3.to_ntp());
-        self.send_reply(l, slot, t);
+        self.send_reply(slot, t);
     }
 
-    fn on_reply(&mut self, l: usize, p: Packet) {
+    fn on_reply(&mut self, p: Packet) {
         let t = self.now;
+        let l = p.link as usize;
         let (client, source) = (self.links[l].client as usize, self.links[l].source);
         self.exchanges += 1;
         let node = &mut self.nodes[client];

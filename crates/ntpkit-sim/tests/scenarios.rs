@@ -67,6 +67,17 @@ fn seed_clients_converge_with_the_documents_statistics() {
         assert!(n.sync_time_s.is_some_and(|t| t < 10.0), "{n:?}");
         assert_eq!(n.stratum, 2);
     }
+    // The average correction is the initial offset's one big correction spread over the
+    // syncs (later ones correct almost nothing): e.g. client1, 2.5 s over 7 syncs.
+    for (n, initial) in r.nodes[1..].iter().zip([2.5, 1.8, 0.5]) {
+        let avg = n.average_correction_s.expect("corrections measured");
+        let want = initial / n.syncs as f64;
+        assert!(
+            (avg - want).abs() < 0.01,
+            "{}: {avg} s, want ≈ {want} s",
+            n.name
+        );
+    }
     let text = r.documents_statistics();
     for needle in [
         "requests served",

@@ -17,7 +17,7 @@
 //!
 //! Control: after each update the discipline sets the frequency correction to cancel ν̂ and
 //! to slew θ̂ away within [`slew_time`](Discipline::slew_time) (bounded by the maximum slew
-//! rate), then a deadline sets it back to −ν̂. Offsets beyond the step threshold are stepped at
+//! rate), as one [`ClockCommand::Slew`]: the clock itself goes back to −ν̂ at the slew's end. Offsets beyond the step threshold are stepped at
 //! start-up, or after they persist for the step-out time; offsets beyond the panic threshold are
 //! refused and reported.
 
@@ -121,55 +121,53 @@ pub struct DisciplineState {
     pub steps: u64,
 }
 
+/// One Kalman filter of the bank. Its wander intensity is its entry of [`WANDER_MODELS`] (by
+/// position in [`Models`]), and its covariance is symmetric, so only three terms are stored:
+/// a simulation holds one bank per client.
 #[derive(Clone, Copy, Debug)]
 struct Model {
-    q: f64,
     theta: f64,
     nu: f64,
-    p: [[f64; 2]; 2],
+    /// Covariance of (θ, ν): P₀₀, P₀₁ = P₁₀, P₁₁.
+    p00: f64,
+    p01: f64,
+    p11: f64,
     loglik: f64,
 }
 
 impl Model {
-    fn predict(&mut self, dt: f64, correction: f64) {
+    /// Propagates by `dt` seconds under wander intensity `q` and the commanded `correction`.
+    fn predict(&mut self, q: f64, dt: f64, correction: f64) {
         if dt <= 0.0 {
             return;
         }
         self.theta -= (self.nu + correction) * dt;
         // F = [[1, −dt], [0, 1]]; P = F P Fᵀ + Q.
-        let [[p00, p01], [_, p11]] = self.p;
+        let (p00, p01, p11) = (self.p00, self.p01, self.p11);
         let n00 = p00 - 2.0 * dt * p01 + dt * dt * p11;
         let n01 = p01 - dt * p11;
-        let q = self.q;
-        self.p = [
-            [
-                n00 + PHASE_NOISE * dt + q * dt.powi(3) / 3.0,
-                n01 - q * dt * dt / 2.0,
-            ],
-            [n01 - q * dt * dt / 2.0, p11 + q * dt],
-        ];
+        self.p00 = n00 + PHASE_NOISE * dt + q * dt.powi(3) / 3.0;
+        self.p01 = n01 - q * dt * dt / 2.0;
+        self.p11 = p11 + q * dt;
     }
 
     /// Innovation and its variance for a sample `z` of variance `r`.
     fn innovation(&self, z: f64, r: f64) -> (f64, f64) {
-        (z - self.theta, self.p[0][0] + r)
+        (z - self.theta, self.p00 + r)
     }
 
     fn update(&mut self, z: f64, r: f64) {
         let (y, s) = self.innovation(z, r);
-        let k0 = self.p[0][0] / s;
-        let k1 = self.p[1][0] / s;
+        let k0 = self.p00 / s;
+        let k1 = self.p01 / s;
         self.theta += k0 * y;
         self.nu += k1 * y;
-        let [[p00, p01], [p10, p11]] = self.p;
-        self.p = [
-            [(1.0 - k0) * p00, (1.0 - k0) * p01],
-            [p10 - k1 * p00, p11 - k1 * p01],
-        ];
-        // Keep P symmetric against rounding.
-        let off = 0.5 * (self.p[0][1] + self.p[1][0]);
-        self.p[0][1] = off;
-        self.p[1][0] = off;
+        let (p00, p01, p11) = (self.p00, self.p01, self.p11);
+        // (I − K H) P computed in full is symmetric only up to rounding: its two off-diagonal
+        // terms are averaged.
+        self.p00 = (1.0 - k0) * p00;
+        self.p01 = 0.5 * ((1.0 - k0) * p01 + (p01 - k1 * p00));
+        self.p11 = p11 - k1 * p01;
         self.loglik = LIKELIHOOD_MEMORY * self.loglik - 0.5 * (s.ln() + y * y / s);
     }
 }
@@ -187,6 +185,10 @@ impl Models {
         self.bank[..self.len].iter()
     }
 
+    fn iter_mut(&mut self) -> std::slice::IterMut<'_, Model> {
+        self.bank[..self.len].iter_mut()
+    }
+
     fn get(&self, i: usize) -> Option<&Model> {
         self.bank[..self.len].get(i)
     }
@@ -195,10 +197,11 @@ impl Models {
 impl Default for Models {
     fn default() -> Self {
         let empty = Model {
-            q: 0.0,
             theta: 0.0,
             nu: 0.0,
-            p: [[0.0; 2]; 2],
+            p00: 0.0,
+            p01: 0.0,
+            p11: 0.0,
             loglik: 0.0,
         };
         Models {
@@ -237,8 +240,8 @@ impl<'a> IntoIterator for &'a mut Models {
 }
 
 /// The clock discipline. Call contract: [`Discipline::sample`] for each combined sample; then
-/// drain [`Discipline::poll_command`]; call [`Discipline::handle_timeout`] when
-/// [`Discipline::poll_timeout`] is due. Every call takes the monotonic `now`.
+/// drain [`Discipline::poll_command`]. It has no deadlines of its own: slews end in the clock.
+/// Every call takes the monotonic `now`.
 #[derive(Clone, Debug)]
 pub struct Discipline {
     config: DisciplineConfig,
@@ -247,7 +250,10 @@ pub struct Discipline {
     last_time: MonoTime,
     /// Commanded correction, s/s.
     correction: f64,
+    /// End of the slew in progress, and the correction from then on (s/s): the clock
+    /// switches by itself (see [`ClockCommand::Slew`]).
     slew_end: Option<MonoTime>,
+    after_slew: f64,
     over_threshold_since: Option<MonoTime>,
     held_outliers: u32,
     /// Time of the last accepted sample.
@@ -258,7 +264,12 @@ pub struct Discipline {
     refusing: bool,
     commands: InlineVec<ClockCommand, 2>,
     events: InlineVec<DisciplineEvent, 2>,
-    state: DisciplineState,
+    /// Samples accepted.
+    updates: u64,
+    /// Steps made.
+    steps: u64,
+    /// Innovation of the last accepted sample, seconds.
+    last_offset: f64,
 }
 
 impl Discipline {
@@ -273,6 +284,7 @@ impl Discipline {
             last_time: now,
             correction: 0.0,
             slew_end: None,
+            after_slew: 0.0,
             over_threshold_since: None,
             held_outliers: 0,
             last_accepted: now,
@@ -280,10 +292,9 @@ impl Discipline {
             refusing: false,
             commands: InlineVec::new(ClockCommand::Step { offset_ns: 0 }),
             events: InlineVec::new(DisciplineEvent::Stepped(0.0)),
-            state: DisciplineState {
-                frequency_ppm: nu0 * 1e6,
-                ..Default::default()
-            },
+            updates: 0,
+            steps: 0,
+            last_offset: 0.0,
         };
         if nu0 != 0.0 {
             d.set_correction(now, -nu0);
@@ -297,13 +308,13 @@ impl Discipline {
         self.advance(now);
         if self.config.mode == DisciplineMode::Naive {
             self.started = true;
-            self.state.updates += 1;
-            self.state.last_offset = z;
+            self.updates += 1;
+            self.last_offset = z;
             if z != 0.0 {
                 self.commands.push(ClockCommand::Step {
                     offset_ns: (z * 1e9).round() as i64,
                 });
-                self.state.steps += 1;
+                self.steps += 1;
             }
             return;
         }
@@ -327,8 +338,8 @@ impl Discipline {
             // were overconfident. Widen phase and frequency uncertainty so they follow quickly.
             let dt = now.secs_since(self.last_accepted).max(1.0);
             for m in &mut self.models {
-                m.p[0][0] += y * y;
-                m.p[1][1] += (y / dt).powi(2);
+                m.p00 += y * y;
+                m.p11 += (y / dt).powi(2);
             }
         }
         self.held_outliers = 0;
@@ -345,23 +356,9 @@ impl Discipline {
         } else {
             0
         };
-        self.state.updates += 1;
-        self.state.last_offset = y;
+        self.updates += 1;
+        self.last_offset = y;
         self.steer(now, poll_interval);
-    }
-
-    /// The next deadline (end of a slew), if any.
-    pub fn poll_timeout(&self) -> Option<MonoTime> {
-        self.slew_end
-    }
-
-    /// Handles the deadline: the slew is complete, keep only the frequency correction.
-    pub fn handle_timeout(&mut self, now: MonoTime) {
-        if self.slew_end.is_some_and(|t| now >= t) {
-            self.slew_end = None;
-            let nu = self.models.get(self.best()).map_or(0.0, |m| m.nu);
-            self.set_correction(now, -nu);
-        }
     }
 
     /// Next clock command to apply, in order.
@@ -376,15 +373,28 @@ impl Discipline {
 
     /// The state at `now` (offset predicted to `now`).
     pub fn state(&self, now: MonoTime) -> DisciplineState {
-        let mut st = self.state;
+        if self.slew_end.is_some_and(|end| end <= now) {
+            // Predict across the end of the slew on a copy.
+            let mut d = self.clone();
+            d.advance(now);
+            return d.state(now);
+        }
+        let mut st = DisciplineState {
+            frequency_ppm: self.config.initial_frequency_ppm.unwrap_or(0.0),
+            last_offset: self.last_offset,
+            updates: self.updates,
+            steps: self.steps,
+            ..Default::default()
+        };
         if let Some(m) = self.models.get(self.best()) {
+            let q = WANDER_MODELS[self.best()];
             let mut m = *m;
-            m.predict(now.secs_since(self.last_time), self.correction);
+            m.predict(q, now.secs_since(self.last_time), self.correction);
             st.offset = m.theta;
             st.frequency_ppm = m.nu * 1e6;
-            st.offset_sd = m.p[0][0].max(0.0).sqrt();
-            st.frequency_sd_ppm = m.p[1][1].max(0.0).sqrt() * 1e6;
-            st.wander = m.q;
+            st.offset_sd = m.p00.max(0.0).sqrt();
+            st.frequency_sd_ppm = m.p11.max(0.0).sqrt() * 1e6;
+            st.wander = q;
         }
         st.correction_ppm = self.correction * 1e6;
         st
@@ -405,14 +415,15 @@ impl Discipline {
     /// uncertainty) stays below the offset estimate's own uncertainty; −1 after a badly
     /// predicted sample or when the drift over one interval exceeds twice that; else 0.
     pub fn poll_adjustment(&mut self, poll_interval: f64) -> i8 {
-        if !self.started || self.state.updates < 8 {
+        if !self.started || self.updates < 8 {
             return 0;
         }
-        let m = &self.models[self.best()];
+        let best = self.best();
+        let (m, q) = (&self.models[best], WANDER_MODELS[best]);
         // Compared with what the estimate already knows, not with one sample's noise: a longer
         // interval is taken only when the clock drifts less in it than the estimate's error.
-        let known = m.p[0][0].max(1e-14);
-        let wander_var = |dt: f64| m.q * dt.powi(3) / 3.0 + m.p[1][1] * dt * dt;
+        let known = m.p00.max(1e-14);
+        let wander_var = |dt: f64| q * dt.powi(3) / 3.0 + m.p11 * dt * dt;
         let adjust = if self.poll_trend < 0 || wander_var(poll_interval) > 4.0 * known {
             -1
         } else if self.poll_trend >= POLL_UP_AFTER && wander_var(2.0 * poll_interval) < known {
@@ -441,17 +452,18 @@ impl Discipline {
         };
         self.models = WANDER_MODELS
             .iter()
-            .map(|&q| Model {
-                q,
+            .map(|_| Model {
                 theta: z,
                 nu: nu0,
-                p: [[r, 0.0], [0.0, nu_var]],
+                p00: r,
+                p01: 0.0,
+                p11: nu_var,
                 loglik: 0.0,
             })
             .collect();
         self.started = true;
-        self.state.updates = 1;
-        self.state.last_offset = z;
+        self.updates = 1;
+        self.last_offset = z;
         if self.exceeds_panic(z) {
             return;
         }
@@ -477,7 +489,7 @@ impl Discipline {
             offset_ns: (offset * 1e9).round() as i64,
         });
         self.events.push(DisciplineEvent::Stepped(offset));
-        self.state.steps += 1;
+        self.steps += 1;
         self.over_threshold_since = None;
     }
 
@@ -488,14 +500,12 @@ impl Discipline {
         if theta.abs() > self.config.step_threshold {
             if self.exceeds_panic(theta) {
                 // Refuse: keep only the frequency correction.
-                self.slew_end = None;
                 self.set_correction(now, -m.nu);
                 return;
             }
             let since = *self.over_threshold_since.get_or_insert(now);
             if now.secs_since(since) >= self.config.stepout {
                 self.step(theta);
-                self.slew_end = None;
                 self.set_correction(now, -m.nu);
                 return;
             }
@@ -508,18 +518,32 @@ impl Discipline {
         let wanted_rate = theta / Self::slew_time(poll_interval);
         let rate = (base + wanted_rate).clamp(-max, max) - base;
         if rate == 0.0 || theta == 0.0 {
-            self.slew_end = None;
             self.set_correction(now, base);
             return;
         }
-        let duration = theta / rate;
-        self.set_correction(now, base + rate);
-        self.slew_end = Some(now.add_secs_f64(duration));
+        let end = now.add_secs_f64(theta / rate);
+        self.advance(now);
+        if end <= now {
+            // Too short to express: nothing to slew.
+            self.set_correction(now, base);
+            return;
+        }
+        // The clock ends the slew by itself and goes on at −ν̂.
+        self.correction = base + rate;
+        self.slew_end = Some(end);
+        self.after_slew = -m.nu;
+        self.commands.push(ClockCommand::Slew {
+            ppm: self.correction * 1e6,
+            duration_ns: end.nanos_since(now),
+            then_ppm: self.after_slew * 1e6,
+        });
     }
 
+    /// Sets the correction from `now` on, ending any slew in progress.
     fn set_correction(&mut self, now: MonoTime, correction: f64) {
         self.advance(now);
-        if correction != self.correction {
+        let slewing = self.slew_end.take().is_some();
+        if correction != self.correction || slewing {
             self.correction = correction;
             self.commands.push(ClockCommand::SetFrequency {
                 ppm: correction * 1e6,
@@ -527,12 +551,22 @@ impl Discipline {
         }
     }
 
-    /// Propagates every model to `now` under the correction in force since the last call.
+    /// Propagates every model to `now` under the corrections in force since the last call:
+    /// the slew's, then from its end the one that follows it.
     fn advance(&mut self, now: MonoTime) {
+        if let Some(end) = self.slew_end.filter(|&end| end <= now) {
+            self.predict_to(end);
+            self.correction = self.after_slew;
+            self.slew_end = None;
+        }
+        self.predict_to(now);
+    }
+
+    fn predict_to(&mut self, now: MonoTime) {
         let dt = now.secs_since(self.last_time);
         if dt > 0.0 {
-            for m in &mut self.models {
-                m.predict(dt, self.correction);
+            for (m, &q) in self.models.iter_mut().zip(&WANDER_MODELS) {
+                m.predict(q, dt, self.correction);
             }
             self.last_time = now;
         }
@@ -571,13 +605,6 @@ mod tests {
         let mut errors = Vec::new();
         let mut t = 0;
         for _ in 0..samples {
-            // Run the deadlines up to t.
-            while let Some(dl) = d.poll_timeout().filter(|dl| dl.0 <= t) {
-                d.handle_timeout(dl);
-                while let Some(c) = d.poll_command() {
-                    clock.apply(dl.0, c);
-                }
-            }
             let err = clock.offset_at(t) * 1e-9;
             let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
             let z = -err + noise * u * 3.46; // uniform with sd = noise
@@ -691,7 +718,6 @@ mod tests {
         let mut stepped_at = None;
         for i in 1..40 {
             let now = MonoTime(i * 16 * S);
-            d.handle_timeout(now);
             d.sample(now, 1.0, 1e-8, 16.0);
             while let Some(c) = d.poll_command() {
                 if matches!(c, ClockCommand::Step { .. }) && stepped_at.is_none() {

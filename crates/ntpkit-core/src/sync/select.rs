@@ -34,13 +34,123 @@ pub struct Candidate {
 #[derive(Clone, PartialEq, Debug, Default)]
 pub struct Selection {
     /// Indices of the falsetickers.
-    pub falsetickers: Vec<usize>,
+    pub falsetickers: SourceSet,
     /// Truechimers dropped by clustering.
-    pub outliers: Vec<usize>,
+    pub outliers: SourceSet,
     /// Truechimers kept: their samples are combined.
-    pub survivors: Vec<usize>,
+    pub survivors: SourceSet,
     /// The system peer, if a majority agreed.
     pub system_peer: Option<usize>,
+}
+
+/// A set of source indices. The first 64 are bits of one word held inline, so a node with a
+/// usual number of sources keeps its selection in 16 bytes without any allocation (a
+/// simulation holds one per client); more sources spill into further words on the heap.
+#[derive(Clone, Default)]
+pub struct SourceSet {
+    low: u64,
+    /// Words for indices 64 and up. Boxed so that the common case costs one pointer, not a
+    /// `Vec`'s three words.
+    #[allow(clippy::box_collection)]
+    high: Option<Box<Vec<u64>>>,
+}
+
+impl SourceSet {
+    /// Adds `index`.
+    pub fn push(&mut self, index: usize) {
+        if index < 64 {
+            self.low |= 1 << index;
+        } else {
+            let (word, bit) = (index / 64 - 1, index % 64);
+            let high = self.high.get_or_insert_with(Default::default);
+            if high.len() <= word {
+                high.resize(word + 1, 0);
+            }
+            high[word] |= 1 << bit;
+        }
+    }
+
+    /// True if `index` is in the set.
+    pub fn contains(&self, index: &usize) -> bool {
+        let index = *index;
+        if index < 64 {
+            self.low & (1 << index) != 0
+        } else {
+            self.high_words()
+                .get(index / 64 - 1)
+                .is_some_and(|w| w & (1 << (index % 64)) != 0)
+        }
+    }
+
+    /// Empties the set (keeping any spilled words' allocation).
+    pub fn clear(&mut self) {
+        self.low = 0;
+        if let Some(high) = &mut self.high {
+            high.iter_mut().for_each(|w| *w = 0);
+        }
+    }
+
+    /// Number of indices in the set.
+    pub fn len(&self) -> usize {
+        self.low.count_ones() as usize
+            + self
+                .high_words()
+                .iter()
+                .map(|w| w.count_ones() as usize)
+                .sum::<usize>()
+    }
+
+    /// True if the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The indices in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.low)
+            .chain(self.high_words().iter().copied())
+            .enumerate()
+            .flat_map(|(w, mut bits)| {
+                std::iter::from_fn(move || {
+                    (bits != 0).then(|| {
+                        let b = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        w * 64 + b
+                    })
+                })
+            })
+    }
+
+    fn high_words(&self) -> &[u64] {
+        self.high.as_deref().map_or(&[], |v| v.as_slice())
+    }
+
+    /// The indices in ascending order, as a vector.
+    pub fn to_vec(&self) -> Vec<usize> {
+        self.iter().collect()
+    }
+}
+
+impl PartialEq for SourceSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for SourceSet {}
+
+impl Extend<usize> for SourceSet {
+    fn extend<I: IntoIterator<Item = usize>>(&mut self, iter: I) {
+        for i in iter {
+            self.push(i);
+        }
+    }
+}
+
+impl std::fmt::Debug for SourceSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
 }
 
 /// Why nothing was selected.
@@ -250,7 +360,19 @@ mod tests {
     fn single_source_is_selected() {
         let s = select(&[c(0, 0.3)], 1, None).unwrap();
         assert_eq!(s.system_peer, Some(0));
-        assert_eq!(s.survivors, vec![0]);
+        assert_eq!(s.survivors.to_vec(), vec![0]);
+    }
+
+    #[test]
+    fn source_sets_hold_any_index_in_order() {
+        let mut set = SourceSet::default();
+        set.extend([130, 3, 64, 0, 63, 3]);
+        assert_eq!(set.to_vec(), vec![0, 3, 63, 64, 130]);
+        assert_eq!(set.len(), 5);
+        assert!(set.contains(&130) && !set.contains(&129) && !set.contains(&1000));
+        set.clear();
+        assert!(set.is_empty() && set.to_vec().is_empty());
+        assert_eq!(set, SourceSet::default());
     }
 
     #[test]
@@ -263,9 +385,9 @@ mod tests {
             c(4, 0.0003),
         ];
         let s = select(&cands, 1, None).unwrap();
-        assert_eq!(s.falsetickers, vec![1, 3]);
-        let mut kept = s.survivors.clone();
-        kept.extend(&s.outliers);
+        assert_eq!(s.falsetickers.to_vec(), vec![1, 3]);
+        let mut kept = s.survivors.to_vec();
+        kept.extend(s.outliers.iter());
         kept.sort();
         assert_eq!(kept, vec![0, 2, 4]);
         assert!(matches!(s.system_peer, Some(0 | 2 | 4)));
@@ -334,7 +456,7 @@ mod tests {
         cands.push(c(18, 5.0));
         cands.push(c(19, -5.0));
         let s = select(&cands, 1, None).unwrap();
-        assert_eq!(s.falsetickers, vec![18, 19]);
+        assert_eq!(s.falsetickers.to_vec(), vec![18, 19]);
         assert_eq!(s.survivors.len() + s.outliers.len(), 18);
         assert_eq!(s.survivors.len(), MIN_CLUSTER);
         let (why, sel) = select(&cands[..19], 19, None).unwrap_err();
@@ -345,7 +467,7 @@ mod tests {
                 required: 19
             }
         );
-        assert_eq!(sel.falsetickers, vec![18]);
-        assert_eq!(sel.survivors, (0..18).collect::<Vec<_>>());
+        assert_eq!(sel.falsetickers.to_vec(), vec![18]);
+        assert_eq!(sel.survivors.to_vec(), (0..18).collect::<Vec<_>>());
     }
 }

@@ -426,7 +426,7 @@ impl Source {
 
     /// The most recent sample.
     pub fn last_sample(&self) -> Option<Sample> {
-        self.filter.last().copied()
+        self.filter.last()
     }
 
     /// What the server said about itself.

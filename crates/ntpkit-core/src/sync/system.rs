@@ -262,17 +262,17 @@ impl SyncSystem {
         }
     }
 
-    /// Handles deadlines at `now` (slew end, start-up wait); `clock` is the local clock now.
+    /// Handles deadlines at `now` (requests due, the start-up wait); `clock` is the local clock
+    /// now. Calling it early does no harm.
     pub fn handle_timeout(&mut self, now: MonoTime, clock: ClockTime) {
         self.clock_seen = (now, clock);
-        self.discipline.handle_timeout(now);
-        self.drain_discipline();
         if self.startup_pending && now.secs_since(self.started_at) >= self.config.startup_wait {
             self.try_start(now, clock);
         }
     }
 
-    /// The earliest deadline: the next request due, the end of a slew, the start-up wait.
+    /// The earliest deadline: the next request due, the start-up wait. (Slews end in the
+    /// clock: see [`ClockCommand::Slew`].)
     pub fn poll_timeout(&self) -> Option<MonoTime> {
         let sources = self
             .sources
@@ -282,10 +282,7 @@ impl SyncSystem {
         let startup = self
             .startup_pending
             .then(|| self.started_at.add_secs_f64(self.config.startup_wait));
-        sources
-            .chain(self.discipline.poll_timeout())
-            .chain(startup)
-            .min()
+        sources.chain(startup).min()
     }
 
     /// The next clock command, to apply at once. Call until None.

@@ -48,6 +48,9 @@ pub struct ClockBackend {
     rng: Xoshiro256PlusPlus,
     /// Last time wander was applied (OS ns).
     wander_at: i64,
+    /// `system` backend: the end of a slew in progress (OS ns) and the frequency correction
+    /// (ppm) to set then. Software clocks end their slews by themselves.
+    slew_end: Option<(i64, f64)>,
 }
 
 /// Why a clock backend cannot run.
@@ -102,6 +105,7 @@ impl ClockBackend {
             wander_ppm: section.wander_ppm,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             wander_at: os_now,
+            slew_end: None,
         })
     }
 
@@ -123,18 +127,42 @@ impl ClockBackend {
 
     /// Applies a command of the core at OS time `os_now`.
     pub fn apply(&mut self, os_now: i64, command: ClockCommand) -> Result<(), ClockError> {
-        match &mut self.soft {
-            Some(c) => {
-                c.apply(os_now, command);
-                Ok(())
+        if let Some(c) = &mut self.soft {
+            c.apply(os_now, command);
+            return Ok(());
+        }
+        match command {
+            ClockCommand::Step { offset_ns } => ntpkit_os::adjust::step_realtime(offset_ns),
+            ClockCommand::SetFrequency { ppm } => {
+                self.slew_end = None;
+                ntpkit_os::adjust::set_realtime_frequency(ppm)
             }
-            None => match command {
-                ClockCommand::Step { offset_ns } => ntpkit_os::adjust::step_realtime(offset_ns),
-                ClockCommand::SetFrequency { ppm } => {
-                    ntpkit_os::adjust::set_realtime_frequency(ppm)
-                }
+            ClockCommand::Slew {
+                ppm,
+                duration_ns,
+                then_ppm,
+            } => {
+                self.slew_end = Some((os_now.saturating_add(duration_ns), then_ppm));
+                ntpkit_os::adjust::set_realtime_frequency(ppm)
             }
-            .map_err(ClockError::Adjust),
+        }
+        .map_err(ClockError::Adjust)
+    }
+
+    /// When (OS ns) [`handle_timeout`](Self::handle_timeout) must run next: the end of a slew
+    /// the `system` backend is timing.
+    pub fn poll_timeout(&self) -> Option<i64> {
+        self.slew_end.map(|(at, _)| at)
+    }
+
+    /// Ends a slew that is due at OS time `os_now` (a no-op otherwise).
+    pub fn handle_timeout(&mut self, os_now: i64) -> Result<(), ClockError> {
+        match self.slew_end {
+            Some((at, ppm)) if os_now >= at => {
+                self.slew_end = None;
+                ntpkit_os::adjust::set_realtime_frequency(ppm).map_err(ClockError::Adjust)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -163,7 +191,7 @@ impl ClockBackend {
         ClockReport {
             backend: name.to_string(),
             offset_from_os: self.soft.map(|c| c.offset_at(os_now) * 1e-9),
-            frequency_error_ppm: self.soft.map(|c| c.rate_ppm()),
+            frequency_error_ppm: self.soft.map(|c| c.rate_ppm_at(os_now)),
             intrinsic_ppm: self
                 .soft
                 .filter(|_| self.kind == ClockBackendKind::Virtual)

@@ -225,11 +225,18 @@ async fn run_async(config: DaemonConfig) -> Result<(), DaemonError> {
         }
         shared_clock.update(clock.served_view(), system.served_state(mono()));
 
-        let deadline = system.poll_timeout().map_or(Duration::from_secs(1), |d| {
-            Duration::from_nanos(d.nanos_since(mono()).clamp(0, 3_600_000_000_000) as u64)
-        });
+        let core_wait = system
+            .poll_timeout()
+            .map_or(1_000_000_000, |d| d.nanos_since(mono()));
+        // The system clock backend times the end of its slews itself.
+        let clock_wait = clock
+            .poll_timeout()
+            .map_or(i64::MAX, |at| at - realtime_nanos());
+        let deadline =
+            Duration::from_nanos(core_wait.min(clock_wait).clamp(0, 3_600_000_000_000) as u64);
         tokio::select! {
             _ = tokio::time::sleep(deadline) => {
+                clock.handle_timeout(realtime_nanos())?;
                 system.handle_timeout(mono(), clock.read_at(realtime_nanos()));
             }
             Some(input) = input_rx.recv() => match input {
