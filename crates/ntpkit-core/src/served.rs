@@ -70,7 +70,7 @@ impl ServedState {
     /// the time since, plus the clock's precision.
     pub fn root_dispersion_at(&self, now: ClockTime) -> NtpShort {
         let age = now.nanos_since(self.reference_time).max(0) as f64;
-        let precision = 2f64.powi(self.precision as i32) * NANOS_PER_SEC as f64;
+        let precision = crate::time::exp2(self.precision as i32) * NANOS_PER_SEC as f64;
         let total = self.root_dispersion as f64 + PHI * age + precision;
         NtpShort::from_nanos(total.min(i64::MAX as f64) as i64)
     }

@@ -64,3 +64,22 @@ impl ClockTime {
         self.0.saturating_sub(earlier.0)
     }
 }
+
+/// 2^`exp` (a log2 interval or precision as seconds), exactly, without a library call: poll
+/// intervals and precisions are converted on every exchange.
+pub fn exp2(exp: i32) -> f64 {
+    match exp {
+        -1022..=1023 => f64::from_bits(((exp + 1023) as u64) << 52),
+        _ => 2f64.powi(exp),
+    }
+}
+
+#[cfg(test)]
+mod exp2_tests {
+    #[test]
+    fn exp2_is_exact() {
+        for e in -1100..1100 {
+            assert_eq!(super::exp2(e), 2f64.powi(e), "{e}");
+        }
+    }
+}

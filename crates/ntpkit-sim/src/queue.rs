@@ -9,8 +9,14 @@
 //! (docs/benchmarks.md).
 
 /// A priority queue of `T` keyed by (time, sequence number), smallest first.
+///
+/// The earliest event is held apart from the heap when it was scheduled ahead of everything
+/// else, as a reply due in milliseconds usually is among timers due in seconds: it is then
+/// taken without a trip through the heap.
 #[derive(Debug)]
 pub struct EventQueue<T> {
+    /// Earlier than every entry of `heap`, when set.
+    front: Option<Entry<T>>,
     heap: std::collections::BinaryHeap<Entry<T>>,
 }
 
@@ -47,23 +53,39 @@ impl<T: Copy> EventQueue<T> {
     /// An empty queue.
     pub fn new() -> Self {
         EventQueue {
+            front: None,
             heap: Default::default(),
         }
     }
 
     /// Schedules `item` at `time` with the unique, increasing sequence number `seq`.
     pub fn push(&mut self, time: i64, seq: u64, item: T) {
-        self.heap.push(Entry { time, seq, item });
+        let e = Entry { time, seq, item };
+        match &self.front {
+            // Not earlier than the front: somewhere in the heap.
+            Some(f) if e <= *f => self.heap.push(e),
+            // Earlier than the front: it becomes the front.
+            Some(_) => {
+                let old = self.front.replace(e).expect("matched Some");
+                self.heap.push(old);
+            }
+            // Earlier than everything queued: the front.
+            None if self.heap.peek().is_none_or(|min| e > *min) => self.front = Some(e),
+            None => self.heap.push(e),
+        }
     }
 
     /// The time of the earliest event.
     pub fn peek_time(&self) -> Option<i64> {
-        self.heap.peek().map(|e| e.time)
+        self.front.as_ref().or(self.heap.peek()).map(|e| e.time)
     }
 
     /// Removes the earliest event: (time, item). A queue left mostly empty by a burst (every
     /// client's first exchange at t = 0) gives half its memory back.
     pub fn pop(&mut self) -> Option<(i64, T)> {
+        if let Some(e) = self.front.take() {
+            return Some((e.time, e.item));
+        }
         let e = self.heap.pop()?;
         let (len, capacity) = (self.heap.len(), self.heap.capacity());
         if capacity > 4096 && len < capacity / 4 {
@@ -74,12 +96,12 @@ impl<T: Copy> EventQueue<T> {
 
     /// Events scheduled.
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.heap.len() + usize::from(self.front.is_some())
     }
 
     /// True when nothing is scheduled.
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.front.is_none() && self.heap.is_empty()
     }
 }
 

@@ -47,12 +47,14 @@ impl NtpTimestamp {
     /// Converts Unix time in nanoseconds, rounding to the nearest 2^-32 s. Instants after
     /// 2036-02-07 land in era 1 (they wrap), as on the wire.
     pub fn from_unix_nanos(unix_nanos: i64) -> Self {
-        let ntp_nanos = unix_nanos as i128 + NTP_UNIX_OFFSET_SECS as i128 * NANOS_PER_SEC;
-        let secs = ntp_nanos.div_euclid(NANOS_PER_SEC);
-        let sub = ntp_nanos.rem_euclid(NANOS_PER_SEC);
-        let frac = (sub * FRAC_PER_SEC + NANOS_PER_SEC / 2) / NANOS_PER_SEC;
+        // 64-bit arithmetic throughout (a 128-bit division is a library call, and this runs
+        // for every timestamp): sub-second nanoseconds times 2^32 stay below 2^62.
+        const NS: i64 = NANOS_PER_SEC as i64;
+        let secs = unix_nanos.div_euclid(NS) + NTP_UNIX_OFFSET_SECS;
+        let sub = unix_nanos.rem_euclid(NS) as u64;
+        let frac = (sub * (FRAC_PER_SEC as u64) + NS as u64 / 2) / NS as u64;
         // Rounding can carry into the seconds; the wrapping add keeps the era arithmetic.
-        let bits = ((secs as u64) << 32).wrapping_add(frac as u64);
+        let bits = ((secs as u64) << 32).wrapping_add(frac);
         NtpTimestamp(bits)
     }
 
@@ -246,6 +248,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn from_unix_nanos_matches_exact_128_bit_arithmetic(n in any::<i64>()) {
+            let ntp = n as i128 + NTP_UNIX_OFFSET_SECS as i128 * NANOS_PER_SEC;
+            let frac = (ntp.rem_euclid(NANOS_PER_SEC) * FRAC_PER_SEC + NANOS_PER_SEC / 2)
+                / NANOS_PER_SEC;
+            let want = ((ntp.div_euclid(NANOS_PER_SEC) as u64) << 32).wrapping_add(frac as u64);
+            prop_assert_eq!(NtpTimestamp::from_unix_nanos(n).0, want);
+        }
+
         #[test]
         fn unix_nanos_round_trip(unix in -2_208_988_800i64 * NS..4_000_000_000i64 * NS) {
             let t = NtpTimestamp::from_unix_nanos(unix);

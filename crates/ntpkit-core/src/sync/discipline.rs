@@ -146,7 +146,7 @@ impl Model {
         let (p00, p01, p11) = (self.p00, self.p01, self.p11);
         let n00 = p00 - 2.0 * dt * p01 + dt * dt * p11;
         let n01 = p01 - dt * p11;
-        self.p00 = n00 + PHASE_NOISE * dt + q * dt.powi(3) / 3.0;
+        self.p00 = n00 + PHASE_NOISE * dt + q * dt * dt * dt / 3.0;
         self.p01 = n01 - q * dt * dt / 2.0;
         self.p11 = p11 + q * dt;
     }
@@ -373,12 +373,6 @@ impl Discipline {
 
     /// The state at `now` (offset predicted to `now`).
     pub fn state(&self, now: MonoTime) -> DisciplineState {
-        if self.slew_end.is_some_and(|end| end <= now) {
-            // Predict across the end of the slew on a copy.
-            let mut d = self.clone();
-            d.advance(now);
-            return d.state(now);
-        }
         let mut st = DisciplineState {
             frequency_ppm: self.config.initial_frequency_ppm.unwrap_or(0.0),
             last_offset: self.last_offset,
@@ -386,17 +380,27 @@ impl Discipline {
             steps: self.steps,
             ..Default::default()
         };
-        if let Some(m) = self.models.get(self.best()) {
-            let q = WANDER_MODELS[self.best()];
-            let mut m = *m;
-            m.predict(q, now.secs_since(self.last_time), self.correction);
+        // The correction in force at `now`, and the model predicted to `now` across the end
+        // of a slew if there is one in between.
+        let (mut from, mut correction) = (self.last_time, self.correction);
+        let best = self.best();
+        let mut model = self.models.get(best).copied();
+        if let Some(end) = self.slew_end.filter(|&end| end <= now) {
+            if let Some(m) = &mut model {
+                m.predict(WANDER_MODELS[best], end.secs_since(from), correction);
+            }
+            (from, correction) = (end, self.after_slew);
+        }
+        if let Some(mut m) = model {
+            let q = WANDER_MODELS[best];
+            m.predict(q, now.secs_since(from), correction);
             st.offset = m.theta;
             st.frequency_ppm = m.nu * 1e6;
             st.offset_sd = m.p00.max(0.0).sqrt();
             st.frequency_sd_ppm = m.p11.max(0.0).sqrt() * 1e6;
             st.wander = q;
         }
-        st.correction_ppm = self.correction * 1e6;
+        st.correction_ppm = correction * 1e6;
         st
     }
 
@@ -423,7 +427,7 @@ impl Discipline {
         // Compared with what the estimate already knows, not with one sample's noise: a longer
         // interval is taken only when the clock drifts less in it than the estimate's error.
         let known = m.p00.max(1e-14);
-        let wander_var = |dt: f64| q * dt.powi(3) / 3.0 + m.p11 * dt * dt;
+        let wander_var = |dt: f64| q * dt * dt * dt / 3.0 + m.p11 * dt * dt;
         let adjust = if self.poll_trend < 0 || wander_var(poll_interval) > 4.0 * known {
             -1
         } else if self.poll_trend >= POLL_UP_AFTER && wander_var(2.0 * poll_interval) < known {

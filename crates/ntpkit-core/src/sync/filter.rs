@@ -58,6 +58,8 @@ pub struct ClockFilter {
     stages: [Stage; FILTER_STAGES],
     /// The path's recent delays, for its minimum and median on every sample.
     delays: DelayWindow,
+    /// Slots of `stages` by increasing delay, most recent first among equal delays.
+    by_delay: [u8; FILTER_STAGES],
     head: u8,
     len: u8,
     estimate: Option<FilterEstimate>,
@@ -124,25 +126,35 @@ impl DelayWindow {
     }
 
     fn push(&mut self, delay: f64) {
-        let mut n = self.len();
-        if n == MIN_DELAY_WINDOW {
+        let delay = delay as f32;
+        let n = self.len();
+        // A hole where the oldest delay was (full window) or at the end; then the hole moves
+        // to where the new delay belongs, shifting the entries in between by one.
+        let (mut hole, n) = if n == MIN_DELAY_WINDOW {
             let oldest = self.next.wrapping_sub(MIN_DELAY_WINDOW as u8);
-            let at = self.arrival[..n]
+            let at = self
+                .arrival
                 .iter()
                 .position(|&a| a == oldest)
                 .expect("the oldest arrival is in a full window");
-            self.sorted.copy_within(at + 1..n, at);
-            self.arrival.copy_within(at + 1..n, at);
-            n -= 1;
+            (at, n)
+        } else {
+            (n, n + 1)
+        };
+        while hole > 0 && self.sorted[hole - 1] > delay {
+            self.sorted[hole] = self.sorted[hole - 1];
+            self.arrival[hole] = self.arrival[hole - 1];
+            hole -= 1;
         }
-        let delay = delay as f32;
-        let at = self.sorted[..n].partition_point(|d| d.total_cmp(&delay).is_le());
-        self.sorted.copy_within(at..n, at + 1);
-        self.arrival.copy_within(at..n, at + 1);
-        self.sorted[at] = delay;
-        self.arrival[at] = self.next;
+        while hole + 1 < n && self.sorted[hole + 1] < delay {
+            self.sorted[hole] = self.sorted[hole + 1];
+            self.arrival[hole] = self.arrival[hole + 1];
+            hole += 1;
+        }
+        self.sorted[hole] = delay;
+        self.arrival[hole] = self.next;
         self.next = self.next.wrapping_add(1);
-        self.len = (n + 1) as u8;
+        self.len = n as u8;
     }
 
     fn min(&self) -> Option<f64> {
@@ -173,6 +185,7 @@ impl ClockFilter {
         ClockFilter {
             stages: [EMPTY; FILTER_STAGES],
             delays: DelayWindow::new(),
+            by_delay: [0; FILTER_STAGES],
             head: 0,
             len: 0,
             estimate: None,
@@ -187,37 +200,45 @@ impl ClockFilter {
     /// Adds a sample at `now`. Returns the new estimate if the minimum-delay sample changed to
     /// one newer than the previous estimate (RFC 5905 never reuses an older sample).
     pub fn add(&mut self, sample: Sample, now: MonoTime) -> Option<FilterEstimate> {
-        // The ring runs backwards so that stage k is k places after the head.
+        // The ring runs backwards so that stage k is k places after the head; the new sample
+        // takes the slot of the oldest once the ring is full.
+        let held = usize::from(self.len);
         self.head = ((usize::from(self.head) + FILTER_STAGES - 1) % FILTER_STAGES) as u8;
-        self.stages[usize::from(self.head)] = Stage::from(sample);
-        self.len = (self.len + 1).min(FILTER_STAGES as u8);
+        let slot = self.head;
+        self.stages[usize::from(slot)] = Stage::from(sample);
         self.delays.push(sample.delay);
 
-        // Stages by delay, most recent first among equal delays: each stage's rank is the
-        // number of stages before it in that order (branch-free; delays are never NaN).
+        // Keep the slots ordered by delay, most recent first among equal delays: take the
+        // reused slot out, put it back before the first stage whose delay is not smaller.
         // Aged dispersion breaks nothing here because all samples are compared at the same
         // `now`.
-        let n = usize::from(self.len);
-        // Empty stages hold an infinite delay: they rank after every real one.
-        let mut delays = [f64::INFINITY; FILTER_STAGES];
-        for (k, d) in delays[..n].iter_mut().enumerate() {
-            *d = f64::from(self.stage(k).delay);
-        }
-        let mut order = [0u8; FILTER_STAGES];
-        for k in 0..n {
-            let d = delays[k];
-            let mut rank = 0;
-            for (j, &dj) in delays.iter().enumerate() {
-                rank += usize::from((dj < d) | ((dj == d) & (j < k)));
+        let mut n = held;
+        if held == FILTER_STAGES {
+            let at = self.by_delay[..n]
+                .iter()
+                .position(|&s| s == slot)
+                .expect("a full ring orders every slot");
+            for i in at..n - 1 {
+                self.by_delay[i] = self.by_delay[i + 1];
             }
-            order[rank] = k as u8;
+            n -= 1;
         }
-        let order = &order[..n];
-        let best = *self.stage(usize::from(order[0]));
+        let delay = self.stages[usize::from(slot)].delay;
+        let mut at = n;
+        while at > 0 && self.stages[usize::from(self.by_delay[at - 1])].delay >= delay {
+            self.by_delay[at] = self.by_delay[at - 1];
+            at -= 1;
+        }
+        self.by_delay[at] = slot;
+        n += 1;
+        self.len = n as u8;
+
+        let order = &self.by_delay[..n];
+        let best = self.stages[usize::from(order[0])];
         let mut dispersion = 0.0;
         let mut weight = 0.5;
         for &k in order {
-            let s = self.stage(usize::from(k));
+            let s = &self.stages[usize::from(k)];
             let aged = f64::from(s.dispersion) + PHI * now.secs_since(s.time).max(0.0);
             dispersion += aged * weight;
             weight *= 0.5;
@@ -226,7 +247,7 @@ impl ClockFilter {
             let ss: f64 = order[1..]
                 .iter()
                 .map(|&k| {
-                    let d = self.stage(usize::from(k)).offset - best.offset;
+                    let d = self.stages[usize::from(k)].offset - best.offset;
                     d * d
                 })
                 .sum();
@@ -375,6 +396,49 @@ mod tests {
         let best = f.asymmetry_variance(&s(0.0, 0.002, 4));
         assert!((best / (widen * widen / 12.0) - 1.0).abs() < 1e-5, "{best}");
         assert!(f.asymmetry_variance(&spike) > 1000.0 * best);
+    }
+
+    #[test]
+    fn estimate_matches_a_full_sort_of_the_last_eight() {
+        let mut f = ClockFilter::new();
+        let mut all: Vec<Sample> = Vec::new();
+        let mut x: u64 = 3;
+        for i in 0..300i64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Few distinct delays: many ties, which the most recent sample wins.
+            let delay = [0.001, 0.002, 0.0015, 0.004][(x >> 60) as usize % 4];
+            let sample = s((x >> 40) as f64 * 1e-12, delay, i);
+            let now = MonoTime(i * 1_000_000_000);
+            f.add(sample, now);
+            all.push(sample);
+            // Reference: the last eight, most recent first, stably sorted by (f32) delay.
+            let mut last: Vec<Sample> = all.iter().rev().take(FILTER_STAGES).copied().collect();
+            last.sort_by(|a, b| (a.delay as f32).total_cmp(&(b.delay as f32)));
+            let e = f.estimate().unwrap();
+            let best = last[0];
+            let mut dispersion = 0.0;
+            for (rank, t) in last.iter().enumerate() {
+                let aged = f64::from(t.dispersion as f32) + PHI * now.secs_since(t.time);
+                dispersion += aged / f64::from(1u32 << (rank + 1));
+            }
+            assert_eq!(e.dispersion, dispersion, "sample {i}");
+            if e.time == best.time {
+                assert_eq!(e.offset, best.offset, "sample {i}");
+            }
+            if last.len() > 1 {
+                let ss: f64 = last[1..]
+                    .iter()
+                    .map(|t| (t.offset - best.offset).powi(2))
+                    .sum();
+                assert_eq!(
+                    e.jitter,
+                    (ss / (last.len() - 1) as f64).sqrt(),
+                    "sample {i}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -222,6 +222,15 @@ pub fn select_into(
             required: minsources.max(1),
         });
     }
+    // One source: it is its own majority and the whole cluster (what the general path below
+    // concludes, without its working storage).
+    if let [c] = candidates {
+        if c.root_distance >= 0.0 && c.offset.is_finite() {
+            out.survivors.push(c.index);
+            out.system_peer = Some(c.index);
+            return Ok(());
+        }
+    }
     let Some((low, high)) = intersection(candidates) else {
         out.falsetickers.extend(candidates.iter().map(|c| c.index));
         return Err(NoSelection::NoMajority {
@@ -361,6 +370,20 @@ mod tests {
         let s = select(&[c(0, 0.3)], 1, None).unwrap();
         assert_eq!(s.system_peer, Some(0));
         assert_eq!(s.survivors.to_vec(), vec![0]);
+    }
+
+    #[test]
+    fn one_source_takes_the_same_decision_as_the_general_path() {
+        let one = [c(7, 0.25)];
+        let fast = select(&one, 1, None).unwrap();
+        assert_eq!(fast.survivors.to_vec(), vec![7]);
+        assert_eq!(fast.system_peer, Some(7));
+        assert!(fast.falsetickers.is_empty() && fast.outliers.is_empty());
+        // The general path on the same source, reached through a duplicate that it keeps.
+        let general = select(&[one[0], one[0]], 1, None).unwrap();
+        assert_eq!(general.system_peer, Some(7));
+        // Too few for minsources either way.
+        assert!(select(&one, 2, None).is_err());
     }
 
     #[test]

@@ -327,8 +327,8 @@ impl Source {
         };
         self.info = Some(info);
         let m = measure(pending.t1.to_ntp(), &reply, t4.to_ntp());
-        let precision = 2f64.powi(limits.local_precision as i32)
-            + 2f64.powi(reply.precision.clamp(-32, 0) as i32);
+        let precision = crate::time::exp2(limits.local_precision as i32)
+            + crate::time::exp2(reply.precision.clamp(-32, 0) as i32);
         let delay = m.delay_ns as f64 / NANOS_PER_SEC as f64;
         if delay < -precision || delay > limits.max_delay {
             return self.reject(Rejection::ImplausibleDelay(delay));
@@ -401,7 +401,7 @@ impl Source {
 
     /// Poll interval, seconds.
     pub fn interval(&self) -> f64 {
-        2f64.powi(self.poll as i32)
+        crate::time::exp2(self.poll as i32)
     }
 
     /// Reach register.

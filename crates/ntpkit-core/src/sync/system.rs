@@ -420,7 +420,7 @@ impl SyncSystem {
     fn interval(&self) -> f64 {
         self.system_peer
             .and_then(|i| self.sources.get(i)?.as_ref())
-            .map_or(2f64.powi(self.sys_poll as i32), |s| s.interval())
+            .map_or(crate::time::exp2(self.sys_poll as i32), |s| s.interval())
     }
 
     /// First selection: once every live source has a sample, or the start-up wait is over.
