@@ -42,6 +42,35 @@ pub enum ClockCommand {
     },
 }
 
+/// Clock commands waiting to be applied, merged as they arrive: steps add up, and a frequency
+/// command (`SetFrequency` or `Slew`, each the total correction from now on) replaces the one
+/// before it. Applied at one instant, the merged commands do what the sequence would, and the
+/// queue is a fixed 48 bytes: every node of a simulation holds two.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CommandQueue {
+    step_ns: Option<i64>,
+    frequency: Option<ClockCommand>,
+}
+
+impl CommandQueue {
+    pub(crate) fn push(&mut self, command: ClockCommand) {
+        match command {
+            ClockCommand::Step { offset_ns } => {
+                self.step_ns = Some(self.step_ns.unwrap_or(0).saturating_add(offset_ns));
+            }
+            frequency => self.frequency = Some(frequency),
+        }
+    }
+
+    /// The step first, then the frequency command.
+    pub(crate) fn pop(&mut self) -> Option<ClockCommand> {
+        match self.step_ns.take() {
+            Some(offset_ns) => Some(ClockCommand::Step { offset_ns }),
+            None => self.frequency.take(),
+        }
+    }
+}
+
 /// A software clock on top of a base timescale: `reading = base + offset`, where the offset
 /// grows at the intrinsic frequency error plus the commanded correction.
 ///
@@ -232,6 +261,37 @@ mod tests {
             },
         );
         assert_eq!(c.read(30 * S), ClockTime(30 * S));
+    }
+
+    #[test]
+    fn queued_commands_merge_into_what_they_do_together() {
+        let mut q = CommandQueue::default();
+        assert_eq!(q.pop(), None);
+        q.push(ClockCommand::SetFrequency { ppm: 5.0 });
+        q.push(ClockCommand::Step { offset_ns: 300 });
+        q.push(ClockCommand::Step { offset_ns: -100 });
+        let slew = ClockCommand::Slew {
+            ppm: 40.0,
+            duration_ns: S,
+            then_ppm: 4.0,
+        };
+        q.push(slew);
+        assert_eq!(q.pop(), Some(ClockCommand::Step { offset_ns: 200 }));
+        assert_eq!(q.pop(), Some(slew));
+        assert_eq!(q.pop(), None);
+        // Applied at one instant, the merged commands and the sequence agree.
+        let (mut a, mut b) = (SoftClock::new(0, 0, 10.0), SoftClock::new(0, 0, 10.0));
+        for c in [
+            ClockCommand::SetFrequency { ppm: 5.0 },
+            ClockCommand::Step { offset_ns: 300 },
+            ClockCommand::Step { offset_ns: -100 },
+            slew,
+        ] {
+            a.apply(S, c);
+        }
+        b.apply(S, ClockCommand::Step { offset_ns: 200 });
+        b.apply(S, slew);
+        assert_eq!(a.read(100 * S), b.read(100 * S));
     }
 
     #[test]

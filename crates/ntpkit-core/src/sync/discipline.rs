@@ -22,7 +22,7 @@
 //! refused and reported.
 
 use super::inline::InlineVec;
-use crate::clock::ClockCommand;
+use crate::clock::{ClockCommand, CommandQueue};
 use crate::time::MonoTime;
 use serde::Serialize;
 
@@ -262,12 +262,13 @@ pub struct Discipline {
     poll_trend: i32,
     /// The last offset exceeded the panic threshold: the clock is not being corrected.
     refusing: bool,
-    commands: InlineVec<ClockCommand, 2>,
+    commands: CommandQueue,
     events: InlineVec<DisciplineEvent, 2>,
-    /// Samples accepted.
-    updates: u64,
+    /// Samples accepted (u32 like the other counters here: the discipline is most of a
+    /// simulated node's memory).
+    updates: u32,
     /// Steps made.
-    steps: u64,
+    steps: u32,
     /// Innovation of the last accepted sample, seconds.
     last_offset: f64,
 }
@@ -290,7 +291,7 @@ impl Discipline {
             last_accepted: now,
             poll_trend: 0,
             refusing: false,
-            commands: InlineVec::new(ClockCommand::Step { offset_ns: 0 }),
+            commands: CommandQueue::default(),
             events: InlineVec::new(DisciplineEvent::Stepped(0.0)),
             updates: 0,
             steps: 0,
@@ -308,13 +309,13 @@ impl Discipline {
         self.advance(now);
         if self.config.mode == DisciplineMode::Naive {
             self.started = true;
-            self.updates += 1;
+            self.updates = self.updates.saturating_add(1);
             self.last_offset = z;
             if z != 0.0 {
                 self.commands.push(ClockCommand::Step {
                     offset_ns: (z * 1e9).round() as i64,
                 });
-                self.steps += 1;
+                self.steps = self.steps.saturating_add(1);
             }
             return;
         }
@@ -356,14 +357,14 @@ impl Discipline {
         } else {
             0
         };
-        self.updates += 1;
+        self.updates = self.updates.saturating_add(1);
         self.last_offset = y;
         self.steer(now, poll_interval);
     }
 
     /// Next clock command to apply, in order.
     pub fn poll_command(&mut self) -> Option<ClockCommand> {
-        (!self.commands.is_empty()).then(|| self.commands.remove(0))
+        self.commands.pop()
     }
 
     /// Next event to report, in order.
@@ -376,8 +377,8 @@ impl Discipline {
         let mut st = DisciplineState {
             frequency_ppm: self.config.initial_frequency_ppm.unwrap_or(0.0),
             last_offset: self.last_offset,
-            updates: self.updates,
-            steps: self.steps,
+            updates: self.updates.into(),
+            steps: self.steps.into(),
             ..Default::default()
         };
         // The correction in force at `now`, and the model predicted to `now` across the end
@@ -493,7 +494,7 @@ impl Discipline {
             offset_ns: (offset * 1e9).round() as i64,
         });
         self.events.push(DisciplineEvent::Stepped(offset));
-        self.steps += 1;
+        self.steps = self.steps.saturating_add(1);
         self.over_threshold_since = None;
     }
 

@@ -6,7 +6,7 @@ use super::inline::InlineVec;
 use super::select::{select_into, Candidate, NoSelection, Selection};
 use super::source::{Rejection, ReplyOutcome, SampleLimits, Source, SourceConfig};
 use super::status::{SourceState, SourceStatus, SystemStatus, Tracking};
-use crate::clock::ClockCommand;
+use crate::clock::{ClockCommand, CommandQueue};
 use crate::served::ServedState;
 use crate::time::{ClockTime, MonoTime};
 use ntpkit_wire::{KissCode, LeapIndicator, RefId};
@@ -668,38 +668,6 @@ impl std::ops::Index<usize> for Sources {
     }
 }
 
-/// Clock commands waiting for the driver: two inline (an update makes one or two, and the
-/// driver drains them at once), any more in order behind them on the heap.
-#[derive(Debug, Default)]
-struct CommandQueue {
-    inline: [Option<ClockCommand>; 2],
-    head: u8,
-    len: u8,
-    overflow: VecDeque<ClockCommand>,
-}
-
-impl CommandQueue {
-    fn push(&mut self, cmd: ClockCommand) {
-        let n = self.inline.len();
-        if self.overflow.is_empty() && usize::from(self.len) < n {
-            self.inline[(usize::from(self.head) + usize::from(self.len)) % n] = Some(cmd);
-            self.len += 1;
-        } else {
-            self.overflow.push_back(cmd);
-        }
-    }
-
-    fn pop(&mut self) -> Option<ClockCommand> {
-        if self.len == 0 {
-            return self.overflow.pop_front();
-        }
-        let cmd = self.inline[usize::from(self.head)].take();
-        self.head = ((usize::from(self.head) + 1) % self.inline.len()) as u8;
-        self.len -= 1;
-        cmd
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,24 +811,5 @@ mod tests {
             st.tracking.reason
         );
         assert_eq!(st.tracking.stratum, 16);
-    }
-
-    #[test]
-    fn command_queue_keeps_order_past_its_inline_slots() {
-        let mut q = CommandQueue::default();
-        let step = |n| ClockCommand::Step { offset_ns: n };
-        for n in 0..3 {
-            q.push(step(n));
-        }
-        assert_eq!(q.pop(), Some(step(0)));
-        for n in 3..9 {
-            q.push(step(n));
-        }
-        for n in 1..9 {
-            assert_eq!(q.pop(), Some(step(n)));
-        }
-        assert_eq!(q.pop(), None);
-        q.push(step(9));
-        assert_eq!(q.pop(), Some(step(9)));
     }
 }
