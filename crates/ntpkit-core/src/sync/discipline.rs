@@ -29,8 +29,9 @@ use serde::Serialize;
 /// Wander intensities (s⁻¹, variance of ν per second) of the filter bank: from an oven-stable
 /// oscillator to a clock whose frequency changes fast (e.g. a disciplined upstream that slews).
 const WANDER_MODELS: [f64; 6] = [1e-22, 1e-20, 1e-18, 1e-16, 1e-14, 1e-12];
-/// Per-update forgetting factor of the models' log-likelihoods (memory of ~30 updates).
-const LIKELIHOOD_MEMORY: f64 = 0.97;
+/// Per-update forgetting factor of the models' log-likelihoods (memory of ~100 updates: a
+/// shorter one lets noisy paths switch models on chance runs; docs/benchmarks.md).
+const LIKELIHOOD_MEMORY: f64 = 0.99;
 /// Phase random-walk intensity (s²/s): white frequency noise of the oscillator and timestamping.
 const PHASE_NOISE: f64 = 1e-20;
 /// A sample whose innovation exceeds this many standard deviations is held back as a possible
@@ -39,6 +40,11 @@ const OUTLIER_SIGMAS: f64 = 5.0;
 const MAX_HELD_OUTLIERS: u32 = 3;
 /// Well-predicted samples in a row before the poll interval may grow.
 const POLL_UP_AFTER: i32 = 4;
+/// Samples over which the samples' information is averaged.
+const SAMPLE_INFO_MEMORY: f64 = 16.0;
+/// The poll interval grows only while the estimate holds the information of at least this
+/// many typical samples at twice the interval (noisy paths keep polling).
+const POLL_TARGET: f64 = 8.0;
 
 /// How samples become clock corrections.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
@@ -271,6 +277,8 @@ pub struct Discipline {
     steps: u32,
     /// Innovation of the last accepted sample, seconds.
     last_offset: f64,
+    /// Recent average of the samples' information (1 / variance, s⁻²).
+    sample_info: f64,
 }
 
 impl Discipline {
@@ -296,6 +304,7 @@ impl Discipline {
             updates: 0,
             steps: 0,
             last_offset: 0.0,
+            sample_info: 0.0,
         };
         if nu0 != 0.0 {
             d.set_correction(now, -nu0);
@@ -348,6 +357,11 @@ impl Discipline {
         for m in &mut self.models {
             m.update(z, r);
         }
+        self.sample_info = if self.sample_info == 0.0 {
+            1.0 / r
+        } else {
+            self.sample_info + (1.0 / r - self.sample_info) / SAMPLE_INFO_MEMORY
+        };
         // A badly predicted sample (beyond 3σ) asks for a shorter poll at once; the interval
         // may grow only after several well-predicted ones.
         self.poll_trend = if ratio > 9.0 {
@@ -431,7 +445,10 @@ impl Discipline {
         let wander_var = |dt: f64| q * dt * dt * dt / 3.0 + m.p11 * dt * dt;
         let adjust = if self.poll_trend < 0 || wander_var(poll_interval) > 4.0 * known {
             -1
-        } else if self.poll_trend >= POLL_UP_AFTER && wander_var(2.0 * poll_interval) < known {
+        } else if self.poll_trend >= POLL_UP_AFTER
+            && wander_var(2.0 * poll_interval) < known
+            && known * self.sample_info * 2.0 * POLL_TARGET <= 1.0
+        {
             1
         } else {
             0
@@ -689,6 +706,31 @@ mod tests {
             "{}",
             st.frequency_ppm
         );
+    }
+
+    #[test]
+    fn poll_grows_only_once_the_estimate_outweighs_its_samples() {
+        // Perfectly predicted samples, each with 1 ms of noise: the interval may double only
+        // once the offset estimate's variance is below a sample's / (2 × POLL_TARGET).
+        let r = 1e-6;
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        let mut first_up = None;
+        for i in 0..200 {
+            let now = MonoTime(i * 64 * S);
+            d.sample(now, 0.0, r, 64.0);
+            while d.poll_command().is_some() {}
+            if d.poll_adjustment(64.0) > 0 {
+                first_up = Some((i + 1, d.state(now).offset_sd.powi(2)));
+                break;
+            }
+        }
+        let (n, var) = first_up.expect("the poll grows eventually");
+        assert!(
+            var * 2.0 * POLL_TARGET <= r * 1.0001,
+            "after {n} samples: {var}"
+        );
+        // A phase-and-frequency estimate holds about n / 4 samples' phase information.
+        assert!(n >= 2 * POLL_TARGET as i64, "grew after {n} samples");
     }
 
     #[test]
