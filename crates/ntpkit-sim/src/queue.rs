@@ -52,9 +52,14 @@ impl<T> Ord for Entry<T> {
 impl<T: Copy> EventQueue<T> {
     /// An empty queue.
     pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// An empty queue with room for `n` events.
+    pub fn with_capacity(n: usize) -> Self {
         EventQueue {
             front: None,
-            heap: Default::default(),
+            heap: std::collections::BinaryHeap::with_capacity(n),
         }
     }
 

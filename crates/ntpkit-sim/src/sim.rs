@@ -358,7 +358,8 @@ impl<'s, 't> Sim<'s, 't> {
             duration,
             now: 0,
             seq: 0,
-            queue: EventQueue::new(),
+            // A client has its timer and at most a packet or two in flight at a time.
+            queue: EventQueue::with_capacity(2 * links.len() + 16),
             responder: Responder::new(),
             packets: Vec::new(),
             free_packets: Vec::new(),

@@ -485,7 +485,7 @@ impl SyncSystem {
         let previous_reason = self.no_selection;
         match select_into(
             candidates.as_slice(),
-            self.config.minsources,
+            self.config.minsources as usize,
             self.system_peer,
             &mut self.selection,
         ) {
@@ -587,7 +587,7 @@ impl SyncSystem {
 /// per node.
 #[derive(Clone, Copy, Debug)]
 struct Settings {
-    minsources: usize,
+    minsources: u32,
     limits: SampleLimits,
     min_dispersion: f64,
     local_stratum: Option<u8>,
@@ -598,7 +598,7 @@ struct Settings {
 impl From<SystemConfig> for Settings {
     fn from(c: SystemConfig) -> Self {
         Settings {
-            minsources: c.minsources,
+            minsources: c.minsources.try_into().unwrap_or(u32::MAX),
             limits: c.limits,
             min_dispersion: c.min_dispersion,
             local_stratum: c.local_stratum,
