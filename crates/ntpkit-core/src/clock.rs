@@ -167,6 +167,16 @@ impl SoftClock {
         self.normalize();
     }
 
+    /// At `base_now`, adds `phase_ns` to the offset and makes the intrinsic frequency error
+    /// `intrinsic_ppm`: one step of the simulator's integrated wander, `disturb` and
+    /// `set_intrinsic_ppm` at once.
+    pub fn wander(&mut self, base_now: i64, phase_ns: f64, intrinsic_ppm: f64) {
+        self.rebase(base_now);
+        self.offset_frac += phase_ns;
+        self.normalize();
+        self.intrinsic_ppm = intrinsic_ppm;
+    }
+
     /// The intrinsic frequency error, ppm.
     pub fn intrinsic_ppm(&self) -> f64 {
         self.intrinsic_ppm

@@ -14,6 +14,9 @@
 use crate::rng::{normal, Rng};
 use ntpkit_core::{ClockCommand, ClockTime, SoftClock};
 
+/// 1/√12.
+const FRAC_1_SQRT_12: f64 = 0.288_675_134_594_812_9;
+
 /// Origin of the simulated clocks' readings: true time 0 is this Unix time (2026-01-01).
 pub const EPOCH_NS: i64 = 1_767_225_600 * 1_000_000_000;
 
@@ -43,14 +46,13 @@ impl SimClock {
             return;
         }
         let dt = (t - self.last) as f64 * 1e-9;
-        let sigma = self.wander;
+        let sigma_sqrt_dt = self.wander * dt.sqrt();
         let (z1, z2) = (normal(rng), normal(rng));
-        let dnu = sigma * dt.sqrt() * z1;
-        let phase = dnu * dt / 2.0 + sigma * (dt * dt * dt / 12.0).sqrt() * z2;
-        let base = EPOCH_NS + t;
-        self.soft.disturb(base, phase * 1e9);
+        let dnu = sigma_sqrt_dt * z1;
+        // σ·√(Δ³/12) = σ·√Δ·Δ/√12.
+        let phase = dnu * dt / 2.0 + sigma_sqrt_dt * dt * FRAC_1_SQRT_12 * z2;
         let ppm = self.soft.intrinsic_ppm() + dnu * 1e6;
-        self.soft.set_intrinsic_ppm(base, ppm);
+        self.soft.wander(EPOCH_NS + t, phase * 1e9, ppm);
         self.last = t;
     }
 
