@@ -48,9 +48,51 @@ pub struct ClockBackend {
     rng: Xoshiro256PlusPlus,
     /// Last time wander was applied (OS ns).
     wander_at: i64,
-    /// `system` backend: the end of a slew in progress (OS ns) and the frequency correction
-    /// (ppm) to set then. Software clocks end their slews by themselves.
-    slew_end: Option<(i64, f64)>,
+    /// `system` backend: when to end a slew in progress. Software clocks end their slews by
+    /// themselves.
+    slew: SlewTimer,
+}
+
+/// The end of a slew the `system` backend must time itself (the kernel's frequency has no
+/// end time): what frequency to set when. Kept apart from the OS calls so that it is tested
+/// without touching the clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct SlewTimer {
+    /// OS time (ns) at which to set the frequency, and the correction (ppm) to set.
+    end: Option<(i64, f64)>,
+}
+
+impl SlewTimer {
+    /// A frequency command at `os_now`: returns the correction (ppm) to set now, and
+    /// remembers when and what to set next for a slew.
+    fn command(&mut self, os_now: i64, command: ClockCommand) -> Option<f64> {
+        match command {
+            ClockCommand::Step { .. } => None,
+            ClockCommand::SetFrequency { ppm } => {
+                self.end = None;
+                Some(ppm)
+            }
+            ClockCommand::Slew {
+                ppm,
+                duration_ns,
+                then_ppm,
+            } => {
+                self.end = Some((os_now.saturating_add(duration_ns.max(0)), then_ppm));
+                Some(ppm)
+            }
+        }
+    }
+
+    /// The correction to set at `os_now`, once, if the slew has ended by then.
+    fn due(&mut self, os_now: i64) -> Option<f64> {
+        match self.end {
+            Some((at, ppm)) if os_now >= at => {
+                self.end = None;
+                Some(ppm)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Why a clock backend cannot run.
@@ -105,7 +147,7 @@ impl ClockBackend {
             wander_ppm: section.wander_ppm,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             wander_at: os_now,
-            slew_end: None,
+            slew: SlewTimer::default(),
         })
     }
 
@@ -131,20 +173,10 @@ impl ClockBackend {
             c.apply(os_now, command);
             return Ok(());
         }
-        match command {
-            ClockCommand::Step { offset_ns } => ntpkit_os::adjust::step_realtime(offset_ns),
-            ClockCommand::SetFrequency { ppm } => {
-                self.slew_end = None;
-                ntpkit_os::adjust::set_realtime_frequency(ppm)
-            }
-            ClockCommand::Slew {
-                ppm,
-                duration_ns,
-                then_ppm,
-            } => {
-                self.slew_end = Some((os_now.saturating_add(duration_ns), then_ppm));
-                ntpkit_os::adjust::set_realtime_frequency(ppm)
-            }
+        match (command, self.slew.command(os_now, command)) {
+            (ClockCommand::Step { offset_ns }, _) => ntpkit_os::adjust::step_realtime(offset_ns),
+            (_, Some(ppm)) => ntpkit_os::adjust::set_realtime_frequency(ppm),
+            (_, None) => Ok(()),
         }
         .map_err(ClockError::Adjust)
     }
@@ -152,17 +184,14 @@ impl ClockBackend {
     /// When (OS ns) [`handle_timeout`](Self::handle_timeout) must run next: the end of a slew
     /// the `system` backend is timing.
     pub fn poll_timeout(&self) -> Option<i64> {
-        self.slew_end.map(|(at, _)| at)
+        self.slew.end.map(|(at, _)| at)
     }
 
     /// Ends a slew that is due at OS time `os_now` (a no-op otherwise).
     pub fn handle_timeout(&mut self, os_now: i64) -> Result<(), ClockError> {
-        match self.slew_end {
-            Some((at, ppm)) if os_now >= at => {
-                self.slew_end = None;
-                ntpkit_os::adjust::set_realtime_frequency(ppm).map_err(ClockError::Adjust)
-            }
-            _ => Ok(()),
+        match self.slew.due(os_now) {
+            Some(ppm) => ntpkit_os::adjust::set_realtime_frequency(ppm).map_err(ClockError::Adjust),
+            None => Ok(()),
         }
     }
 
@@ -210,6 +239,30 @@ fn standard_normal(rng: &mut impl RngCore) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_system_backend_times_the_end_of_a_slew() {
+        let mut t = SlewTimer::default();
+        let slew = ClockCommand::Slew {
+            ppm: 500.0,
+            duration_ns: 10_000,
+            then_ppm: -3.0,
+        };
+        assert_eq!(t.command(1_000, slew), Some(500.0));
+        assert_eq!(t.end, Some((11_000, -3.0)));
+        assert_eq!(t.due(10_999), None);
+        assert_eq!(t.due(11_000), Some(-3.0));
+        assert_eq!(t.due(20_000), None, "set once");
+        // A step leaves a slew running; a frequency command ends it.
+        t.command(0, slew);
+        assert_eq!(t.command(5, ClockCommand::Step { offset_ns: 1 }), None);
+        assert_eq!(t.end, Some((10_000, -3.0)));
+        assert_eq!(
+            t.command(6, ClockCommand::SetFrequency { ppm: 1.0 }),
+            Some(1.0)
+        );
+        assert_eq!(t.due(i64::MAX), None);
+    }
 
     #[test]
     fn virtual_clock_offset_and_commands() {
