@@ -5,7 +5,7 @@
 //!                                                   │ estimates          │ weighted samples
 //!                                                   ▼                    ▼
 //!                                     select (intersection, cluster) ─▶ Discipline (Kalman bank)
-//!                                                   │ system peer        │ Step / SetFrequency
+//!                                                   │ system peer        │ Step / SetFrequency / Slew
 //!                                                   ▼                    ▼
 //!                                            ServedState            clock commands
 //! ```
@@ -24,7 +24,7 @@ pub use discipline::{
     Discipline, DisciplineConfig, DisciplineEvent, DisciplineMode, DisciplineState,
 };
 pub use filter::{ClockFilter, FilterEstimate, Sample};
-pub use select::{Candidate, NoSelection, Selection};
+pub use select::{Candidate, NoSelection, Selection, SourceSet};
 pub use source::{Rejection, SampleLimits, ServerInfo, Source, SourceConfig, SourceCounters};
 pub use status::{SourceState, SourceStatus, SystemStatus, Tracking};
 pub use system::{Event, SourceId, SyncSystem, SystemConfig, Transmit};
