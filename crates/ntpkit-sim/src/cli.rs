@@ -3,13 +3,12 @@
 use crate::plot::{plot, PlotInput};
 use crate::report::{Report, RunsReport};
 use crate::scenario::Scenario;
-use crate::sim::{simulate_sharded, Outcome, Trace};
+use crate::sim::{parallel_map, simulate_sharded, Outcome, Trace};
 use crate::units::Duration;
 use anyhow::Context;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Arguments of `ntpkit simulate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,29 +60,9 @@ fn untraced_runs(sc: &Scenario, seeds: &[u64], duration: i64, threads: usize) ->
     if let [seed] = seeds {
         return vec![simulate_sharded(sc, *seed, duration, threads)];
     }
-    let next = AtomicUsize::new(0);
-    let mut done: Vec<(usize, Outcome)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads.clamp(1, seeds.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&seed) = seeds.get(k) else {
-                            break mine;
-                        };
-                        mine.push((k, simulate_sharded(sc, seed, duration, 1)));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("simulation thread"))
-            .collect()
-    });
-    done.sort_by_key(|(k, _)| *k);
-    done.into_iter().map(|(_, out)| out).collect()
+    parallel_map(seeds.len(), threads, |k| {
+        simulate_sharded(sc, seeds[k], duration, 1)
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -107,7 +107,7 @@ impl Report {
                     stratum: out.stratum[i],
                     packets_sent: c.sent.into(),
                     packets_received: c.received.into(),
-                    requests_served: c.served.into(),
+                    requests_served: c.served,
                     syncs: out.updates[i],
                     steps: c.steps.into(),
                     sync_time_s: c.synced_since.map(|t| t as f64 * 1e-9),

@@ -76,8 +76,9 @@ struct Link {
     reply_rng: Rng,
 }
 
-/// Running statistics of one node (counts are `u32`: a simulation holds one per client, and
-/// 4 billion exchanges is 8,000 years at 64 s).
+/// Running statistics of one node. A client's own counts are `u32` (a simulation holds one per
+/// client, and 4 billion exchanges is 8,000 years at 64 s); what a server served is the sum
+/// over all its clients, so `u64`.
 #[derive(Clone, Debug, Default)]
 pub struct NodeCounters {
     /// Requests sent.
@@ -85,7 +86,7 @@ pub struct NodeCounters {
     /// Replies received.
     pub received: u32,
     /// Requests answered as a server.
-    pub served: u32,
+    pub served: u64,
     /// Clock steps commanded by the core.
     pub steps: u32,
     /// Sum of |measured offset| over replies used, seconds.
@@ -768,6 +769,38 @@ impl<'s, 't> Sim<'s, 't> {
     }
 }
 
+/// `job(0)` … `job(jobs − 1)` on up to `threads` threads, which take the jobs in turn; the
+/// results in job order.
+pub fn parallel_map<T: Send>(
+    jobs: usize,
+    threads: usize,
+    job: impl Fn(usize) -> T + Sync,
+) -> Vec<T> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.clamp(1, jobs.max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if k >= jobs {
+                            break mine;
+                        }
+                        mine.push((k, job(k)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker thread"))
+            .collect()
+    });
+    done.sort_by_key(|(k, _)| *k);
+    done.into_iter().map(|(_, t)| t).collect()
+}
+
 /// Clients per shard when a scenario is split (see [`simulate_sharded`]): small enough that a
 /// shard's nodes stay in one core's 1 MiB L2 cache (a node is about 2 KiB), large enough that
 /// the replicated reference servers and statistics samples cost nothing.
@@ -808,35 +841,12 @@ pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, threads: usize)
         owner[i] = Some(rank * shards / clients.len());
     }
     let owner = &owner;
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let next = &next;
-    let mut outs: Vec<(usize, Outcome)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads.clamp(1, shards))
-            .map(|_| {
-                scope.spawn(move || {
-                    let mut done = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if k >= shards {
-                            break done;
-                        }
-                        let active = |i: usize| owner[i].is_none_or(|o| o == k);
-                        done.push((
-                            k,
-                            Sim::new_shard(sc, seed, duration, Trace::default(), active).run(),
-                        ));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("shard thread"))
-            .collect()
+    let outs = parallel_map(shards, threads, |k| {
+        let active = |i: usize| owner[i].is_none_or(|o| o == k);
+        Sim::new_shard(sc, seed, duration, Trace::default(), active).run()
     });
-    outs.sort_by_key(|(k, _)| *k);
-    let shared = outs[0].1.shared_events;
-    debug_assert!(outs.iter().all(|(_, o)| o.shared_events == shared));
+    let shared = outs[0].shared_events;
+    debug_assert!(outs.iter().all(|o| o.shared_events == shared));
     let n = sc.nodes.len();
     let mut merged = Outcome {
         index: (0..n as u32).collect(),
@@ -849,7 +859,7 @@ pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, threads: usize)
         lost: 0,
         series: Vec::new(),
     };
-    for (_, out) in outs {
+    for out in outs {
         merged.exchanges += out.exchanges;
         merged.events += out.events - shared;
         merged.lost += out.lost;
@@ -870,4 +880,22 @@ pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, threads: usize)
     }
     merged.events += shared;
     merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parallel_map;
+
+    #[test]
+    fn parallel_map_runs_every_job_once_and_keeps_job_order() {
+        for (jobs, threads) in [(0, 2), (1, 4), (7, 1), (50, 3)] {
+            let runs = std::sync::atomic::AtomicUsize::new(0);
+            let out = parallel_map(jobs, threads, |k| {
+                runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                k * k
+            });
+            assert_eq!(out, (0..jobs).map(|k| k * k).collect::<Vec<_>>());
+            assert_eq!(runs.into_inner(), jobs);
+        }
+    }
 }

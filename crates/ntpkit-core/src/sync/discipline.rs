@@ -17,9 +17,9 @@
 //!
 //! Control: after each update the discipline sets the frequency correction to cancel ν̂ and
 //! to slew θ̂ away within [`slew_time`](Discipline::slew_time) (bounded by the maximum slew
-//! rate), as one [`ClockCommand::Slew`]: the clock itself goes back to −ν̂ at the slew's end. Offsets beyond the step threshold are stepped at
-//! start-up, or after they persist for the step-out time; offsets beyond the panic threshold are
-//! refused and reported.
+//! rate), as one [`ClockCommand::Slew`]: the clock itself goes back to −ν̂ at the slew's end.
+//! Offsets beyond the step threshold are stepped at start-up, or after they persist for the
+//! step-out time; offsets beyond the panic threshold are refused and reported.
 
 use super::inline::InlineVec;
 use crate::clock::{ClockCommand, CommandQueue};
