@@ -1,32 +1,34 @@
 #!/bin/bash
-# Install the system tools that ntpkit's interop tests need (Debian 12 / bookworm):
-#   chrony, ntpsec-ntpdate (ntpdig + `ntpdate` wrapper), iproute2, tcpdump, gcc, python3
-# and unpack (never install) NTPsec's ntpd into ${NTPSEC_ROOT:-/opt/ntpsec}.
+# Install the system tools that ntpkit's interop tests need (Debian 12 / bookworm), without
+# removing or replacing any installed package:
+#   ntpsec-ntpdate (ntpdig + `ntpdate` wrapper), iproute2, tcpdump, gcc, python3, make, g++
+#   (packages that conflict with nothing), and
+#   chrony (chronyd, chronyc) and NTPsec's ntpd, *unpacked* from their .debs into
+#   ${CHRONY_ROOT:-/opt/chrony} and ${NTPSEC_ROOT:-/opt/ntpsec}: both packages conflict with
+#   every other time daemon (a fresh machine ships systemd-timesyncd), so installing them would
+#   remove one. Their shared libraries are installed as ordinary packages (they conflict with
+#   nothing), and chronyd's system user `_chrony` is created if missing (as the package would).
 #
-# * Idempotent and non-interactive; runs as root. Only missing packages are
-#   installed, and `apt-get update` runs only when something is missing.
-# * The chrony package must never start its service: a running chronyd would
-#   discipline this machine's clock. If /usr/sbin/policy-rc.d is absent, a
-#   temporary one that exits 101 ("action forbidden") is put in place for the
-#   duration of the install and removed afterwards (invoke-rc.d and
-#   deb-systemd-invoke honour it). If this script installs chrony on a
-#   systemd host, it also disables chrony.service so that it does not start
-#   at the next boot.
-# * apt-get runs with --no-remove. Installing chrony would otherwise silently
-#   remove another time daemon (systemd-timesyncd, ntp, ntpsec: they all conflict
-#   on time-daemon). In that case this script fails instead; decide by hand.
-# * The ntpsec package conflicts with chrony, so it is only unpacked with
-#   `apt-get download ntpsec && dpkg -x`.
-# * Afterwards it warns loudly about any running chronyd. This script never
-#   starts one, so such a process was started by something else.
+# * Idempotent and non-interactive; runs as root. Only missing pieces are installed, and
+#   `apt-get update` runs only when something is missing.
+# * No service is ever started: if /usr/sbin/policy-rc.d is absent, a temporary one that exits
+#   101 ("action forbidden") is put in place for the duration of an install and removed
+#   afterwards. The unpacked chronyd and ntpd have no service at all.
+# * apt-get runs with --no-remove: if a package ever wanted to remove another, this script
+#   fails instead; it never removes anything.
+# * Afterwards it warns loudly about any running chronyd. This script never starts one, so such
+#   a process was started by something else.
 set -euo pipefail
 exec </dev/null
 export DEBIAN_FRONTEND=noninteractive
 export APT_LISTCHANGES_FRONTEND=none NEEDRESTART_MODE=l
 
-PACKAGES=(chrony ntpsec-ntpdate iproute2 tcpdump gcc python3)
+PACKAGES=(ntpsec-ntpdate iproute2 tcpdump gcc g++ make python3)
+CHRONY_ROOT=${CHRONY_ROOT:-/opt/chrony}
 NTPSEC_ROOT=${NTPSEC_ROOT:-/opt/ntpsec}
-NTPD_LIBS=(libbsd0 libcap2 libssl3)   # ntpd's shared-library dependencies (ntpsec Depends)
+# Shared libraries of the unpacked binaries (their packages' Depends); none conflicts.
+CHRONY_LIBS=(libcap2 libedit2 libgnutls30 libnettle8 libseccomp2)
+NTPD_LIBS=(libbsd0 libcap2 libssl3)
 POLICY=/usr/sbin/policy-rc.d
 POLICY_MARK="ntpkit install-test-deps.sh: temporary policy-rc.d"
 
@@ -72,7 +74,7 @@ trap remove_policy EXIT
 trap 'exit 130' INT TERM HUP   # runs the EXIT trap
 install_policy() {
   if [ -e "$POLICY" ]; then
-    log "present: $POLICY (not ours; left untouched). It must forbid starts (exit 101) or chrony's service may start."
+    log "present: $POLICY (not ours; left untouched). It must forbid service starts (exit 101)."
     return
   fi
   printf '#!/bin/sh\n# %s\n# Forbid all service starts while packages are installed.\nexit 101\n' "$POLICY_MARK" > "$POLICY"
@@ -91,19 +93,17 @@ for p in "${PACKAGES[@]}"; do
   fi
 done
 
-CHRONY_NEW=0
 if [ "${#MISSING[@]}" -gt 0 ]; then
-  for p in "${MISSING[@]}"; do [ "$p" = chrony ] && CHRONY_NEW=1; done
   install_policy
   apt_update_once
   log "installing: ${MISSING[*]}"
-  # --no-remove: abort rather than remove e.g. systemd-timesyncd (conflicts with chrony)
+  # --no-remove: abort rather than remove anything
   aptlog=$(mktemp)
   if ! apt-get -q -y --no-install-recommends --no-remove \
        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
        install "${MISSING[@]}" >"$aptlog" 2>&1; then
     tail -n 30 "$aptlog" >&2; rm -f "$aptlog"
-    die "apt-get install ${MISSING[*]} failed. If it wanted to remove a package (e.g. systemd-timesyncd, which conflicts with chrony), decide by hand; this script never removes anything."
+    die "apt-get install ${MISSING[*]} failed (see above). This script never removes a package; if one had to go, install by hand."
   fi
   rm -f "$aptlog"
   for p in "${MISSING[@]}"; do
@@ -111,54 +111,75 @@ if [ "${#MISSING[@]}" -gt 0 ]; then
     log "installed: $p $(pkg_version "$p")"
   done
   remove_policy
-  if [ "$CHRONY_NEW" = 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-    # A fresh chrony is enabled by default and would start (and discipline the clock) at next boot.
-    systemctl disable chrony.service >/dev/null 2>&1 || true
-    log "disabled chrony.service (installed for tests only; it must not start at boot)"
-  fi
 fi
 
-# --- NTPsec ntpd, unpacked only -----------------------------------------------
-NTPD="$NTPSEC_ROOT/usr/sbin/ntpd"
-if [ -x "$NTPD" ]; then
-  log "present: $NTPD"
-else
+# --- chrony and NTPsec's ntpd, unpacked only ------------------------------------
+# unpack PKG ROOT BINARY: `apt-get download PKG && dpkg -x` into ROOT unless ROOT/BINARY runs.
+unpack() {
+  local pkg=$1 root=$2 binary=$2/$3 tmp deb
+  if [ -x "$binary" ]; then
+    log "present: $binary"
+    return
+  fi
   tmp=$(mktemp -d)
   chmod 755 "$tmp"
   if id _apt >/dev/null 2>&1; then chown _apt "$tmp"; fi   # lets apt download without its "unsandboxed" warning
-  if ! (cd "$tmp" && apt-get -q download ntpsec >/dev/null 2>&1); then
+  if ! (cd "$tmp" && apt-get -q download "$pkg" >/dev/null 2>&1); then
     apt_update_once
-    (cd "$tmp" && apt-get -q download ntpsec >/dev/null) || { rm -rf "$tmp"; die "apt-get download ntpsec failed"; }
+    (cd "$tmp" && apt-get -q download "$pkg" >/dev/null) || { rm -rf "$tmp"; die "apt-get download $pkg failed"; }
   fi
-  deb=$(ls "$tmp"/ntpsec_*.deb)
-  mkdir -p "$NTPSEC_ROOT"
-  dpkg -x "$deb" "$NTPSEC_ROOT"
+  deb=$(ls "$tmp"/"${pkg}"_*.deb)
+  mkdir -p "$root"
+  dpkg -x "$deb" "$root"
   rm -rf "$tmp"
-  [ -x "$NTPD" ] || die "unpacked ${deb##*/} but $NTPD is missing"
-  log "installed: ${deb##*/} unpacked into $NTPSEC_ROOT (not installed as a package)"
-fi
-# ntpd needs a few shared libraries; install any that ldd cannot find.
-if ldd "$NTPD" 2>/dev/null | grep -q 'not found'; then
-  LIBS_MISSING=()
-  for p in "${NTPD_LIBS[@]}"; do is_installed "$p" || LIBS_MISSING+=("$p"); done
-  if [ "${#LIBS_MISSING[@]}" -gt 0 ]; then
-    install_policy
-    apt_update_once
-    apt-get -q -y --no-install-recommends --no-remove install "${LIBS_MISSING[@]}" >/dev/null
-    remove_policy
-    log "installed: ${LIBS_MISSING[*]} (ntpd libraries)"
+  [ -x "$binary" ] || die "unpacked ${deb##*/} but $binary is missing"
+  log "installed: ${deb##*/} unpacked into $root (not installed as a package)"
+}
+
+# needs_libs BINARY PKG...: installs those of the packages that are missing if BINARY does not link.
+needs_libs() {
+  local binary=$1; shift
+  if ldd "$binary" 2>/dev/null | grep -q 'not found'; then
+    local missing=() p
+    for p in "$@"; do is_installed "$p" || missing+=("$p"); done
+    if [ "${#missing[@]}" -gt 0 ]; then
+      install_policy
+      apt_update_once
+      apt-get -q -y --no-install-recommends --no-remove install "${missing[@]}" >/dev/null
+      remove_policy
+      log "installed: ${missing[*]} (libraries of $binary)"
+    fi
+    if ldd "$binary" | grep -q 'not found'; then
+      die "$binary still misses libraries: $(ldd "$binary" | grep 'not found' | tr -s ' \t\n' ' ')"
+    fi
   fi
-  if ldd "$NTPD" | grep -q 'not found'; then
-    die "$NTPD still misses libraries: $(ldd "$NTPD" | grep 'not found' | tr -s ' \t\n' ' ')"
-  fi
+  log "present: libraries of $binary"
+}
+
+unpack chrony "$CHRONY_ROOT" usr/sbin/chronyd
+needs_libs "$CHRONY_ROOT/usr/sbin/chronyd" "${CHRONY_LIBS[@]}"
+needs_libs "$CHRONY_ROOT/usr/bin/chronyc" "${CHRONY_LIBS[@]}"
+unpack ntpsec "$NTPSEC_ROOT" usr/sbin/ntpd
+needs_libs "$NTPSEC_ROOT/usr/sbin/ntpd" "${NTPD_LIBS[@]}"
+
+# chronyd started as root drops to its compiled-in user `_chrony`, as the package sets it up.
+if ! getent passwd _chrony >/dev/null; then
+  getent group _chrony >/dev/null || groupadd --system _chrony
+  useradd --system --gid _chrony --home-dir /var/lib/chrony --no-create-home \
+    --shell /usr/sbin/nologin --comment "Chrony daemon (ntpkit interop tests)" _chrony
+  log "created system user _chrony (chronyd drops root to it)"
+else
+  log "present: user _chrony"
 fi
-log "present: ntpd libraries ($NTPD links)"
 
 # --- sanity: the tools the tests call --------------------------------------------
-for t in chronyd chronyc ntpdig ntpdate ip tcpdump gcc setpriv /usr/bin/python3; do
+TOOLS=("$CHRONY_ROOT/usr/sbin/chronyd" "$CHRONY_ROOT/usr/bin/chronyc" "$NTPSEC_ROOT/usr/sbin/ntpd"
+       ntpdig ntpdate ip tcpdump gcc make setpriv /usr/bin/python3)
+for t in "${TOOLS[@]}"; do
   command -v "$t" >/dev/null || die "$t not found after install"
 done
-log "present: tools chronyd chronyc ntpdig ntpdate ip tcpdump gcc setpriv /usr/bin/python3"
+"$CHRONY_ROOT/usr/sbin/chronyd" -v >/dev/null || die "$CHRONY_ROOT/usr/sbin/chronyd does not run"
+log "present: ${TOOLS[*]}"
 
 # --- no chronyd may be running behind our back ------------------------------------
 # This script never starts chronyd, so any running chronyd was started by something else

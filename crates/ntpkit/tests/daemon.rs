@@ -9,7 +9,7 @@ mod support;
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use support::{chrony, Lab, Need, Proc, NTPKIT};
+use support::{chrony, Lab, Need, Proc, CHRONYD, NTPKIT};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 /// The true error every synchronized daemon must reach.
@@ -359,7 +359,7 @@ fn three_wrong_of_five_means_no_majority() {
 #[test]
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn daemon_syncs_to_chronyd() {
-    support::require("daemon_syncs_to_chronyd", &[Need::Tool("chronyd")]);
+    support::require("daemon_syncs_to_chronyd", &[Need::Tool(CHRONYD)]);
     let lab = Lab::new("tochrony");
     let conf = chrony::server_conf(&lab, "chrony", &["127.0.0.1"], 11123, 1);
     let _chronyd = chrony::start(&lab, &lab.ns, "chrony", &conf);
@@ -382,7 +382,7 @@ fn daemon_syncs_to_chronyd() {
 #[test]
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn chronyd_syncs_to_daemon() {
-    support::require("chronyd_syncs_to_daemon", &[Need::Tool("chronyd")]);
+    support::require("chronyd_syncs_to_daemon", &[Need::Tool(CHRONYD)]);
     let lab = Lab::new("fromchrony");
     let _s1 = daemon(
         &lab,

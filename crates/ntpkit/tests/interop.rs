@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
-use support::{chrony, ntp, Lab, Need, Run, NTPKIT, NTPSEC_NTPD};
+use support::{chrony, ntp, Lab, Need, Run, CHRONYC, CHRONYD, NTPKIT, NTPSEC_NTPD};
 
 /// The accuracy every client must see: client and server read the same kernel clock, so only
 /// timestamping and scheduling noise separate them.
@@ -60,14 +60,14 @@ fn refid_hex(v: &Value) -> String {
 #[test]
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn chronyd_q_measures_ntpkit_serve() {
-    support::require("chronyd_q_measures_ntpkit_serve", &[Need::Tool("chronyd")]);
+    support::require("chronyd_q_measures_ntpkit_serve", &[Need::Tool(CHRONYD)]);
     let _quiet = support::measuring();
     let lab = Lab::new("chronyq");
     let server = ntp::serve(&lab, &["--listen", "127.0.0.1:11123", "--stratum", "2"]);
     let pid = lab.path("q.pid").to_string_lossy().to_string();
     let r = lab.run(
         &[
-            "chronyd",
+            CHRONYD,
             "-Q",
             "-t",
             "20",
@@ -104,7 +104,7 @@ fn chronyd_q_measures_ntpkit_serve() {
 fn chronyd_client_syncs_to_ntpkit_serve() {
     support::require(
         "chronyd_client_syncs_to_ntpkit_serve",
-        &[Need::Tool("chronyd"), Need::Tool("chronyc")],
+        &[Need::Tool(CHRONYD), Need::Tool(CHRONYC)],
     );
     let _quiet = support::measuring();
     let mut lab = Lab::new("chronyx");
@@ -277,7 +277,7 @@ fn ntpdig_and_ntpdate_accept_ntpkit_serve() {
 fn ntpkit_query_agrees_with_chronyd_server() {
     support::require(
         "ntpkit_query_agrees_with_chronyd_server",
-        &[Need::Tool("chronyd"), Need::Tool("chronyc")],
+        &[Need::Tool(CHRONYD), Need::Tool(CHRONYC)],
     );
     let _quiet = support::measuring();
     let lab = Lab::new("qchrony");

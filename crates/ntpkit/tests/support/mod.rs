@@ -28,6 +28,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const NTPKIT: &str = env!("CARGO_BIN_EXE_ntpkit");
 /// NTPsec's ntpd, unpacked (not installed) by scripts/install-test-deps.sh.
 pub const NTPSEC_NTPD: &str = "/opt/ntpsec/usr/sbin/ntpd";
+/// chronyd, unpacked (not installed: the package would remove systemd-timesyncd) by
+/// scripts/install-test-deps.sh.
+pub const CHRONYD: &str = "/opt/chrony/usr/sbin/chronyd";
+/// chronyc, unpacked beside [`CHRONYD`].
+pub const CHRONYC: &str = "/opt/chrony/usr/bin/chronyc";
 /// Drops CAP_SYS_TIME from the bounding and inheritable sets before exec.
 pub const NO_SYS_TIME: [&str; 3] = [
     "setpriv",
@@ -653,7 +658,7 @@ pub mod chrony {
         let mut p = lab.spawn_in(
             ns,
             name,
-            &["chronyd", "-x", "-d", "-f", &conf],
+            &[CHRONYD, "-x", "-d", "-f", &conf],
             Duration::from_secs(120),
         );
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -679,7 +684,7 @@ pub mod chrony {
             .path(&format!("{name}.sock"))
             .to_string_lossy()
             .to_string();
-        let mut a = vec!["chronyc", "-n", "-h", &sock];
+        let mut a = vec![CHRONYC, "-n", "-h", &sock];
         a.extend_from_slice(args);
         lab.run(&a, Duration::from_secs(60))
     }
