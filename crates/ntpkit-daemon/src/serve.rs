@@ -1,16 +1,21 @@
 //! `ntpkit serve`: answer NTP clients with this host's clock, over UDP and ntpkit's TCP framing.
 //!
 //! Layout: one dedicated blocking OS thread per UDP socket ([`crate::udp`]: `recvmmsg` →
-//! [`Responder`] → `sendmmsg`, kernel receive timestamps, no allocation per datagram); a tokio
-//! runtime for the TCP listeners ([`crate::tcp`]) and the signals. SIGINT and SIGTERM stop the
-//! server and print the counters; SIGUSR1 prints them and goes on.
+//! [`Responder`] → `sendmmsg`, kernel receive timestamps, no allocation per datagram); the main
+//! thread runs an event loop (`poll`) over the TCP listeners and connections
+//! ([`crate::tcp`]) and a wake-up descriptor for signals. SIGINT and SIGTERM stop the server
+//! and print the counters; SIGUSR1 prints them and goes on; SIGHUP is logged (nothing to
+//! reload).
 //!
 //! [`Responder`]: ntpkit_core::Responder
 
 use crate::served_clock::ServedClock;
+use crate::tcp::{TcpLimits, TcpServer};
+use ntpkit_os::{Interest, PollSet, Signal, Waker};
 use ntpkit_wire::RefId;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,12 +47,8 @@ pub struct ServeConfig {
     pub batch: usize,
     /// `SO_RCVBUF` for UDP sockets, bytes.
     pub recv_buffer: usize,
-    /// Close a TCP connection idle this long.
-    pub tcp_idle_timeout: Duration,
-    /// Most TCP connections open at once; more are refused (accepted and closed).
-    pub tcp_max_connections: usize,
-    /// Largest NTP packet accepted in a TCP frame.
-    pub tcp_max_frame: usize,
+    /// Limits of the TCP listeners: connections in all and per address, timeouts.
+    pub tcp_limits: TcpLimits,
     /// Log every request and response.
     pub verbose: bool,
 }
@@ -67,9 +68,7 @@ impl Default for ServeConfig {
             udp_threads: 1,
             batch: 64,
             recv_buffer: 4 << 20,
-            tcp_idle_timeout: Duration::from_secs(30),
-            tcp_max_connections: 16_384,
-            tcp_max_frame: crate::framing::DEFAULT_MAX_FRAME_LEN,
+            tcp_limits: TcpLimits::default(),
             verbose: false,
         }
     }
@@ -273,11 +272,11 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         .precision
         .unwrap_or_else(ntpkit_os::clock_precision_log2);
     let shared = Arc::new(Shared::default());
-    let clock = ServedClock::local(config.stratum, config.refid, precision);
+    let mut clock = ServedClock::local(config.stratum, config.refid, precision);
 
     let mut udp_sockets = Vec::new();
     for &addr in &config.udp {
-        match crate::udp::bind(addr, &config) {
+        match crate::udp::bind(addr, &config, config.udp_threads, false) {
             Ok(socks) => udp_sockets.push(socks),
             Err(e) => {
                 let unavailable_v6 = addr.is_ipv6()
@@ -294,29 +293,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             }
         }
     }
-
-    if !config.tcp.is_empty() {
-        match ntpkit_os::raise_nofile_limit() {
-            Ok(n) => tracing::debug!("open file limit {n}"),
-            Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
-        }
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(if config.tcp.is_empty() { 1 } else { 2 })
-        .enable_all()
-        .build()
-        .map_err(ServeError::Io)?;
-    let mut tcp_listeners = Vec::new();
-    for &addr in &config.tcp {
-        let l = runtime
-            .block_on(crate::tcp::bind(addr))
-            .map_err(|source| ServeError::Bind {
-                addr,
-                transport: Transport::Tcp,
-                source,
-            })?;
-        tcp_listeners.push(l);
-    }
+    let mut tcp = bind_tcp(&config.tcp, config.tcp_limits, config.verbose)?;
 
     let mut out = io::stdout().lock();
     for socks in &udp_sockets {
@@ -326,10 +303,8 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             socks[0].local_addr()
         );
     }
-    for l in &tcp_listeners {
-        if let Ok(a) = l.local_addr() {
-            let _ = writeln!(out, "NTP server listening on {a} (tcp)");
-        }
+    for a in tcp.iter().flat_map(|t| t.local_addrs()) {
+        let _ = writeln!(out, "NTP server listening on {a} (tcp)");
     }
     let _ = writeln!(
         out,
@@ -351,6 +326,18 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
     }
 
+    let waker = Waker::new().map_err(ServeError::Io)?;
+    ntpkit_os::handle_signals(
+        &[
+            Signal::Interrupt,
+            Signal::Terminate,
+            Signal::Hangup,
+            Signal::User1,
+        ],
+        &waker,
+    )
+    .map_err(ServeError::Io)?;
+
     let mut threads = Vec::new();
     for socks in udp_sockets {
         for sock in socks {
@@ -364,47 +351,74 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
     }
 
-    let result = runtime.block_on(async {
-        for l in tcp_listeners {
-            tokio::spawn(crate::tcp::serve(
-                l,
-                clock.clone(),
-                shared.clone(),
-                config.clone(),
-            ));
+    // The event loop: signals, and the TCP listeners and connections.
+    let mut set = PollSet::new();
+    'serve: loop {
+        set.clear();
+        let wake = set.push(waker.as_raw_fd(), Interest::Read);
+        if let Some(t) = &mut tcp {
+            t.register(&mut set);
         }
-        wait_for_stop(&shared).await
-    });
-    shared.stop.store(true, Ordering::SeqCst);
-    runtime.shutdown_timeout(Duration::from_millis(500));
-    for h in threads {
-        let _ = h.join();
-    }
-    let mut out = io::stdout().lock();
-    let _ = out.write_all(shared.report().as_bytes());
-    let _ = out.flush();
-    result
-}
-
-/// Waits for SIGINT or SIGTERM; prints the counters on SIGUSR1.
-async fn wait_for_stop(shared: &Shared) -> Result<(), ServeError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Io)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Io)?;
-    let mut usr1 = signal(SignalKind::user_defined1()).map_err(ServeError::Io)?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = usr1.recv() => {
-                let mut out = io::stdout().lock();
-                let _ = out.write_all(shared.report().as_bytes());
-                let _ = out.flush();
+        let timeout = tcp
+            .as_ref()
+            .and_then(|t| t.next_deadline())
+            .map(|at| Duration::from_nanos((at - ntpkit_os::monotonic_nanos()).max(0) as u64));
+        set.wait(timeout).map_err(ServeError::Io)?;
+        for signal in ntpkit_os::take_signals() {
+            match signal {
+                Signal::Interrupt | Signal::Terminate => break 'serve,
+                Signal::User1 => print_report(&shared),
+                Signal::Hangup => tracing::info!("SIGHUP: nothing to reload"),
             }
+        }
+        if set.readable(wake) {
+            waker.drain();
+        }
+        if let Some(t) = &mut tcp {
+            let now = ntpkit_os::monotonic_nanos();
+            t.handle_ready(&set, now, &mut clock, &shared.tcp);
+            t.handle_timeout(ntpkit_os::monotonic_nanos());
         }
     }
     tracing::info!("stopping");
+    shared.stop.store(true, Ordering::SeqCst);
+    for h in threads {
+        let _ = h.join();
+    }
+    print_report(&shared);
     Ok(())
+}
+
+/// Binds every TCP address into one server (None if there are none).
+pub(crate) fn bind_tcp(
+    addrs: &[SocketAddr],
+    limits: TcpLimits,
+    verbose: bool,
+) -> Result<Option<TcpServer>, ServeError> {
+    if addrs.is_empty() {
+        return Ok(None);
+    }
+    match ntpkit_os::raise_nofile_limit() {
+        Ok(n) => tracing::debug!("open file limit {n}"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
+    let mut listeners = Vec::new();
+    for &addr in addrs {
+        let l = ntpkit_os::TcpListener::bind(addr, 1024).map_err(|source| ServeError::Bind {
+            addr,
+            transport: Transport::Tcp,
+            source,
+        })?;
+        listeners.push(l);
+    }
+    Ok(Some(TcpServer::new(listeners, limits, verbose)))
+}
+
+/// Prints the counters to stdout, as at exit.
+pub(crate) fn print_report(shared: &Shared) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(shared.report().as_bytes());
+    let _ = out.flush();
 }
 
 #[cfg(test)]

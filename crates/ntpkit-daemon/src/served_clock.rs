@@ -61,7 +61,17 @@ impl ServedClock {
         }
     }
 
-    /// The daemon's clock, as published in `shared`.
+    /// The daemon's clock as it is now, for serving from the thread that disciplines it.
+    pub fn fixed(view: ClockView, state: ServedState) -> Self {
+        ServedClock {
+            view,
+            state,
+            local: false,
+            shared: None,
+        }
+    }
+
+    /// The daemon's clock, as published in `shared` (for serving threads).
     pub fn shared(shared: Arc<SharedClock>) -> Self {
         let (view, state) = *shared.inner.lock().expect("not poisoned");
         let version = shared.version.load(Ordering::Acquire);

@@ -1,12 +1,16 @@
-//! The UDP server: one blocking OS thread per socket, `recvmmsg` → respond → `sendmmsg`.
+//! The UDP server: `recvmmsg` → respond → send, on one socket.
 //!
-//! Per batch: one `recvmmsg` (blocks for the first datagram, takes what else is queued), one
-//! [`Responder::respond`] per datagram with its kernel receive timestamp, one clock read to
-//! stamp every reply's transmit timestamp, one `sendmmsg`. No allocation, no lock, no wakeup
-//! per datagram; the counters are published once per batch. A read timeout of a few hundred
-//! milliseconds lets an idle thread notice the stop flag.
+//! [`UdpServer`] answers one batch at a time: one `recvmmsg` (whatever is queued, up to the
+//! batch size), one [`Responder::respond`] per datagram with its kernel receive timestamp, one
+//! clock read to stamp every reply's transmit timestamp, then the replies go out. No
+//! allocation, no lock, no wake-up per datagram; the counters are published once per batch.
+//!
+//! Two drivers use it: [`Worker`], a dedicated blocking thread per socket sending with
+//! `sendmmsg` (`ntpkit serve`, and the daemon's optional serving threads), and the daemon's
+//! event loop, which calls [`UdpServer::serve_ready`] when its non-blocking socket is readable
+//! and sends one `sendmsg` per reply.
 
-use crate::serve::{ServeConfig, Shared};
+use crate::serve::{Counters, ServeConfig, Shared};
 use crate::served_clock::ServedClock;
 use ntpkit_core::{Responder, ResponderStats, Response};
 use ntpkit_os::{RecvBatch, SendBatch, UdpSocket, UdpSocketOptions};
@@ -18,19 +22,26 @@ use std::time::Duration;
 
 /// Largest datagram read whole; longer ones are truncated by the kernel and counted malformed.
 const DATAGRAM_BUF: usize = 2048;
-/// How often an idle worker checks the stop flag.
+/// How often an idle worker thread checks the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(200);
 
-/// Binds `config.udp_threads` sockets to `addr` (sharing it with `SO_REUSEPORT` when more than
-/// one; port 0 resolves to one port for all).
-pub fn bind(addr: SocketAddr, config: &ServeConfig) -> io::Result<Vec<UdpSocket>> {
-    let threads = config.udp_threads.max(1);
+/// Binds `threads` sockets to `addr` (sharing it with `SO_REUSEPORT` when more than one; port 0
+/// resolves to one port for all). `nonblocking` sockets suit an event loop, blocking ones a
+/// [`Worker`].
+pub fn bind(
+    addr: SocketAddr,
+    config: &ServeConfig,
+    threads: usize,
+    nonblocking: bool,
+) -> io::Result<Vec<UdpSocket>> {
+    let threads = threads.max(1);
     let opts = UdpSocketOptions {
         timestamps: true,
         recv_buffer: Some(config.recv_buffer),
         send_buffer: Some(config.recv_buffer),
-        read_timeout: Some(STOP_POLL),
+        read_timeout: (!nonblocking).then_some(STOP_POLL),
         reuse_port: threads > 1,
+        nonblocking,
     };
     let first = UdpSocket::bind(addr, &opts)?;
     let bound = first.local_addr();
@@ -41,38 +52,49 @@ pub fn bind(addr: SocketAddr, config: &ServeConfig) -> io::Result<Vec<UdpSocket>
     Ok(socks)
 }
 
-/// One socket's server loop and its buffers.
+/// How replies leave.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SendMode {
+    /// One `sendmmsg` per batch (serving threads).
+    Batched,
+    /// One `sendmsg` per reply (the event loop).
+    EachAlone,
+}
+
+/// One socket's answering state and buffers.
 #[derive(Debug)]
-pub struct Worker {
+pub struct UdpServer {
     sock: UdpSocket,
-    clock: ServedClock,
-    shared: Arc<Shared>,
     responder: Responder,
+    published: ResponderStats,
     recv: RecvBatch,
     send: SendBatch,
+    mode: SendMode,
     verbose: bool,
     /// Indices of the datagrams answered in this batch, kept only to log them (`-v`).
     replied: Vec<usize>,
+    last_error: Option<io::ErrorKind>,
 }
 
-impl Worker {
-    /// A worker for `sock`, with buffers for `config.batch` datagrams.
-    pub fn new(
-        sock: UdpSocket,
-        clock: ServedClock,
-        shared: Arc<Shared>,
-        cfg: &ServeConfig,
-    ) -> Self {
-        Worker {
+impl UdpServer {
+    /// A server on `sock` with buffers for `batch` datagrams.
+    pub fn new(sock: UdpSocket, batch: usize, mode: SendMode, verbose: bool) -> Self {
+        UdpServer {
             sock,
-            clock,
-            shared,
             responder: Responder::new(),
-            recv: RecvBatch::new(cfg.batch, DATAGRAM_BUF),
-            send: SendBatch::new(cfg.batch, DATAGRAM_BUF),
-            verbose: cfg.verbose,
-            replied: Vec::with_capacity(if cfg.verbose { cfg.batch } else { 0 }),
+            published: ResponderStats::default(),
+            recv: RecvBatch::new(batch, DATAGRAM_BUF),
+            send: SendBatch::new(batch, DATAGRAM_BUF),
+            mode,
+            verbose,
+            replied: Vec::with_capacity(if verbose { batch } else { 0 }),
+            last_error: None,
         }
+    }
+
+    /// The socket (to poll it).
+    pub fn socket(&self) -> &UdpSocket {
+        &self.sock
     }
 
     /// The socket's address.
@@ -80,62 +102,64 @@ impl Worker {
         self.sock.local_addr()
     }
 
-    /// Serves until the shared stop flag is set.
-    pub fn run(mut self) {
-        let mut published = ResponderStats::default();
-        let mut last_error: Option<io::ErrorKind> = None;
-        while !self.shared.stop.load(Ordering::Relaxed) {
-            let n = match self.sock.recv_batch(&mut self.recv) {
-                Ok(n) => n,
-                Err(e) => {
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted => {}
-                        kind => {
-                            if last_error != Some(kind) {
-                                tracing::warn!("receive on {}: {e}", self.sock.local_addr());
-                                last_error = Some(kind);
-                            }
-                            // Do not spin on a persistent error.
-                            std::thread::sleep(Duration::from_millis(10));
+    /// Receives one batch (blocking or not, as the socket is) and answers it with `clock`;
+    /// returns how many datagrams came (0: nothing waiting, or a timeout). A receive error
+    /// other than those is logged (once per kind in a row) and returned.
+    pub fn serve_ready(
+        &mut self,
+        clock: &mut ServedClock,
+        counters: &Counters,
+    ) -> io::Result<usize> {
+        let n = match self.sock.recv_batch(&mut self.recv) {
+            Ok(n) => n,
+            Err(e) => {
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::Interrupted => Ok(0),
+                    kind => {
+                        if self.last_error != Some(kind) {
+                            tracing::warn!("receive on {}: {e}", self.sock.local_addr());
+                            self.last_error = Some(kind);
                         }
+                        Err(e)
                     }
-                    continue;
-                }
+                };
+            }
+        };
+        self.last_error = None;
+        let truncated = self.answer(n, clock);
+        if !self.send.is_empty() {
+            // T3 as late as possible: one clock read for the batch, right before sending.
+            let tx = clock.read_at(ntpkit_os::realtime_nanos()).to_ntp();
+            self.send
+                .for_each_mut(|p| ntpkit_wire::stamp_transmit(p, tx));
+            let queued = self.send.len();
+            let result = match self.mode {
+                SendMode::Batched => self.sock.send_batch(&mut self.send),
+                SendMode::EachAlone => self.sock.send_batch_each(&mut self.send),
             };
-            let truncated = self.answer(n);
-            if !self.send.is_empty() {
-                // T3 as late as possible: one clock read for the batch, right before sendmmsg.
-                let tx = self.clock.read_at(ntpkit_os::realtime_nanos()).to_ntp();
-                self.send
-                    .for_each_mut(|p| ntpkit_wire::stamp_transmit(p, tx));
-                let queued = self.send.len();
-                match self.sock.send_batch(&mut self.send) {
-                    Ok(sent) if sent < queued => {
-                        tracing::debug!("sent {sent} of {queued} replies");
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!("send on {}: {e}", self.sock.local_addr()),
-                }
-                for &i in &self.replied {
-                    if let Some(src) = self.recv.source(i) {
-                        tracing::info!("Sent NTP response to {src}");
-                    }
+            match result {
+                Ok(sent) if sent < queued => tracing::debug!("sent {sent} of {queued} replies"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!("send on {}: {e}", self.sock.local_addr()),
+            }
+            for &i in &self.replied {
+                if let Some(src) = self.recv.source(i) {
+                    tracing::info!("Sent NTP response to {src}");
                 }
             }
-            self.shared
-                .udp
-                .publish(self.responder.stats(), &mut published, truncated);
         }
+        counters.publish(self.responder.stats(), &mut self.published, truncated);
+        Ok(n)
     }
 
     /// Answers the `n` datagrams of the receive batch into the send batch; returns how many
     /// were truncated (too long to be read whole), which count as malformed.
-    fn answer(&mut self, n: usize) -> u64 {
+    fn answer(&mut self, n: usize, clock: &mut ServedClock) -> u64 {
         let mut truncated = 0;
         self.replied.clear();
-        self.clock.refresh();
+        clock.refresh();
         for i in 0..n {
             let d = self.recv.get(i);
             if self.verbose {
@@ -147,8 +171,8 @@ impl Worker {
                 truncated += 1;
                 continue;
             }
-            let now = self.clock.read_at(d.rx_nanos);
-            let state = self.clock.state_at(now);
+            let now = clock.read_at(d.rx_nanos);
+            let state = clock.state_at(now);
             let Some(buf) = self.send.next_buf() else {
                 break; // the send batch is as large as the receive batch: not reached
             };
@@ -171,5 +195,49 @@ impl Worker {
             }
         }
         truncated
+    }
+}
+
+/// A dedicated serving thread: one blocking socket, batches in and out with `sendmmsg`.
+#[derive(Debug)]
+pub struct Worker {
+    server: UdpServer,
+    clock: ServedClock,
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// A worker for a blocking `sock` (see [`bind`]), with buffers for `config.batch`
+    /// datagrams.
+    pub fn new(
+        sock: UdpSocket,
+        clock: ServedClock,
+        shared: Arc<Shared>,
+        cfg: &ServeConfig,
+    ) -> Self {
+        Worker {
+            server: UdpServer::new(sock, cfg.batch, SendMode::Batched, cfg.verbose),
+            clock,
+            shared,
+        }
+    }
+
+    /// The socket's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until the shared stop flag is set.
+    pub fn run(mut self) {
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            if self
+                .server
+                .serve_ready(&mut self.clock, &self.shared.udp)
+                .is_err()
+            {
+                // Do not spin on a persistent error.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }

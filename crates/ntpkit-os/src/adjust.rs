@@ -1,16 +1,31 @@
 //! Adjusting the OS clock with `clock_adjtime`: the `system` clock backend, and nothing else.
 //!
 //! Never called by tests or CI: they run every daemon without CAP_SYS_TIME and use the
-//! `observe` or `virtual` backends. [`has_cap_sys_time`] lets the daemon refuse the `system`
-//! backend with a clear message instead of failing on the first adjustment.
+//! `observe` or `virtual` backends. [`probe_adjust`] lets the daemon refuse the `system`
+//! backend with a clear message at start instead of failing on the first adjustment; it asks
+//! the clock call itself (as chronyd does), so it gives the right answer wherever the call is
+//! provided by something else than the kernel (a simulator that preloads it, say).
 
 use std::io;
 
 /// Bit of CAP_SYS_TIME in the capability sets (linux/capability.h).
 const CAP_SYS_TIME: u32 = 25;
 
+/// Checks that this process may adjust CLOCK_REALTIME without changing it: writes the kernel's
+/// maximum-error estimate back unchanged (`ADJ_MAXERROR`), which needs the same privilege as any
+/// adjustment (CAP_SYS_TIME) and moves neither the time nor its frequency. Fails with
+/// `PermissionDenied` without the privilege.
+pub fn probe_adjust() -> io::Result<()> {
+    // SAFETY: an all-zero timex is a valid value for every field; modes = 0 only reads.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    adjtime(&mut tx)?;
+    tx.modes = libc::ADJ_MAXERROR;
+    adjtime(&mut tx)
+}
+
 /// True if this process's effective capabilities include CAP_SYS_TIME (read from
-/// /proc/self/status).
+/// /proc/self/status). For tests that must not even try an adjustment when they could succeed;
+/// the daemon asks the clock call instead ([`probe_adjust`]).
 pub fn has_cap_sys_time() -> bool {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return false;

@@ -2,9 +2,15 @@
 //!
 //! What it does: the operating-system calls the safe crates cannot make through `std` —
 //! UDP sockets with kernel receive timestamps (`SO_TIMESTAMPNS`) and batched
-//! `recvmmsg`/`sendmmsg` ([`udp`]); reading the realtime and monotonic clocks, measuring their
-//! precision and reading the kernel's clock status with a read-only `adjtimex` ([`clock`]);
-//! raising the open-file limit ([`raise_nofile_limit`]).
+//! `recvmmsg`/`sendmmsg` ([`udp`]); non-blocking TCP for an event loop ([`tcp`]); `poll`, a
+//! wake-up descriptor and signal handlers ([`poll`]); descriptor flags and peer credentials
+//! ([`fd`]); reading the realtime and monotonic clocks, measuring their precision and reading
+//! the kernel's clock status with a read-only `adjtimex` ([`clock`]); raising the open-file
+//! limit ([`raise_nofile_limit`]).
+//!
+//! Every socket is made with plain calls (no flags in the socket type, no `accept4`, no
+//! `epoll`), so that the daemon also runs unmodified under clknetsim, the simulator that
+//! replaces these calls through `LD_PRELOAD`.
 //!
 //! Adjusting the clock lives only in [`adjust`], for the daemon's `system` backend, which a
 //! person must ask for and which needs CAP_SYS_TIME; tests never use it. Everything else here is
@@ -18,11 +24,16 @@
 
 pub mod adjust;
 pub mod clock;
+pub mod fd;
+pub mod poll;
+pub mod tcp;
 pub mod udp;
 
 pub use clock::{
     clock_precision_log2, kernel_clock_status, monotonic_nanos, realtime_nanos, KernelClockStatus,
 };
+pub use poll::{handle_signals, take_signals, Interest, PollSet, Signal, Waker};
+pub use tcp::{TcpListener, TcpStream};
 pub use udp::{Received, RecvBatch, SendBatch, UdpSocket, UdpSocketOptions};
 
 /// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit; returns the new soft

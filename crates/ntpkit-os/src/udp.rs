@@ -35,6 +35,8 @@ pub struct UdpSocketOptions {
     pub read_timeout: Option<Duration>,
     /// `SO_REUSEPORT`, so several sockets (threads) can share one address.
     pub reuse_port: bool,
+    /// Receives fail with `WouldBlock` at once when nothing is queued (for event loops).
+    pub nonblocking: bool,
 }
 
 /// A UDP socket, IPv4 or IPv6. An IPv6 socket is always `IPV6_V6ONLY`: listen on `0.0.0.0` and
@@ -48,7 +50,8 @@ pub struct UdpSocket {
 impl UdpSocket {
     /// Creates a socket with `opts` and binds it to `addr` (port 0: the kernel picks one).
     pub fn bind(addr: SocketAddr, opts: &UdpSocketOptions) -> io::Result<UdpSocket> {
-        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        let sock = new_socket(Domain::for_address(addr), Type::DGRAM, Protocol::UDP)?;
+        crate::fd::set_nonblocking(sock.as_raw_fd(), opts.nonblocking)?;
         if addr.is_ipv6() {
             sock.set_only_v6(true)?;
         }
@@ -208,10 +211,44 @@ impl UdpSocket {
     }
 }
 
+impl UdpSocket {
+    /// Sends the datagrams queued in `batch` one `sendmsg` each (for event loops that may run
+    /// where `sendmmsg` is not available, e.g. under a preloaded simulator), then clears it.
+    /// A datagram the kernel refuses is skipped. Returns how many were sent.
+    pub fn send_batch_each(&self, batch: &mut SendBatch) -> io::Result<usize> {
+        let total = batch.count;
+        let mut sent = 0;
+        let mut first_err = None;
+        for i in 0..total {
+            batch.iovs[i].iov_len = batch.lens[i];
+            batch.hdrs[i].msg_hdr.msg_namelen = batch.addr_lens[i];
+            // SAFETY: entry i is a valid msghdr pointing into `batch`'s own buffers.
+            let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &batch.hdrs[i].msg_hdr, 0) };
+            if n < 0 {
+                first_err.get_or_insert(io::Error::last_os_error());
+            } else {
+                sent += 1;
+            }
+        }
+        batch.count = 0;
+        match first_err {
+            Some(e) if sent == 0 => Err(e),
+            _ => Ok(sent),
+        }
+    }
+}
+
 impl AsRawFd for UdpSocket {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.sock.as_raw_fd()
     }
+}
+
+/// A socket without flags in its type (see [`crate::fd`]), then close-on-exec.
+pub(crate) fn new_socket(domain: Domain, ty: Type, protocol: Protocol) -> io::Result<Socket> {
+    let sock = Socket::new_raw(domain, ty, Some(protocol))?;
+    crate::fd::set_cloexec(sock.as_raw_fd())?;
+    Ok(sock)
 }
 
 fn set_timestampns(sock: &Socket) -> io::Result<()> {
@@ -259,7 +296,10 @@ unsafe fn rx_timestamp(msg: &libc::msghdr) -> Option<i64> {
 }
 
 /// Reads an IPv4 or IPv6 socket address out of a `sockaddr_storage`.
-fn raw_to_socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+pub(crate) fn raw_to_socket_addr(
+    s: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<SocketAddr> {
     match s.ss_family as libc::c_int {
         libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
             // SAFETY: the family says this storage holds a sockaddr_in, which it is large enough

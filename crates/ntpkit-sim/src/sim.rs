@@ -298,7 +298,7 @@ impl<'s, 't> Sim<'s, 't> {
                 let mut sys = SyncSystem::new(cfg, MonoTime(0), clock_at_start);
                 for (k, src) in spec.sources.iter().enumerate() {
                     sys.add_source(
-                        node_address(src.server),
+                        std::net::SocketAddr::new(node_address(src.server), 123),
                         SourceConfig {
                             minpoll: src.poll.0,
                             maxpoll: src.poll.1,

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ntpkit_daemon::query::{self, QueryConfig, SampleOutcome};
 use ntpkit_daemon::serve::{self, ServeConfig, DEFAULT_STRATUM};
+use ntpkit_daemon::tcp::TcpLimits;
 use ntpkit_wire::RefId;
 use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -71,12 +72,23 @@ struct ServeArgs {
     /// Threads (sockets sharing the address with SO_REUSEPORT) per UDP address.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     udp_threads: u16,
-    /// Close TCP connections idle for this many seconds.
+    /// Close TCP connections without a request for this many seconds.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     tcp_idle_timeout: f64,
-    /// Most TCP connections open at once.
-    #[arg(long, default_value_t = 16_384)]
-    tcp_max_connections: usize,
+    /// Close a TCP connection whose request frame is not whole this many seconds after its
+    /// first byte (slow or trickling clients).
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    tcp_frame_timeout: f64,
+    /// Close a TCP connection whose replies wait this many seconds unread.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    tcp_write_timeout: f64,
+    /// Most TCP connections open at once; when full, a new one replaces the connection that
+    /// has gone longest without a request.
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
+    tcp_max_connections: u32,
+    /// Most TCP connections open at once from one IP address.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    tcp_per_address: u32,
     /// Log every request and response (and dropped packets) to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -123,6 +135,12 @@ fn parse_refid(s: &str) -> Result<RefId, String> {
     RefId::from_ascii(s).ok_or_else(|| {
         format!("{s:?} is neither 1–4 printable ASCII characters nor an IPv4 address")
     })
+}
+
+fn positive_secs(value: f64, what: &str) -> anyhow::Result<Duration> {
+    let d = secs(value, what)?;
+    anyhow::ensure!(!d.is_zero(), "{what} must be more than 0 seconds");
+    Ok(d)
 }
 
 fn secs(value: f64, what: &str) -> anyhow::Result<Duration> {
@@ -250,8 +268,14 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
         refid: a.refid,
         precision: a.precision,
         udp_threads: a.udp_threads as usize,
-        tcp_idle_timeout: secs(a.tcp_idle_timeout, "--tcp-idle-timeout")?,
-        tcp_max_connections: a.tcp_max_connections.max(1),
+        tcp_limits: TcpLimits {
+            max_connections: a.tcp_max_connections as usize,
+            per_address: a.tcp_per_address as usize,
+            idle_timeout: positive_secs(a.tcp_idle_timeout, "--tcp-idle-timeout")?,
+            frame_timeout: positive_secs(a.tcp_frame_timeout, "--tcp-frame-timeout")?,
+            write_timeout: positive_secs(a.tcp_write_timeout, "--tcp-write-timeout")?,
+            ..defaults.tcp_limits
+        },
         verbose: a.verbose,
         ..defaults
     };

@@ -374,10 +374,12 @@ fn tcp_read_packet(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// One TCP client: connect, wait for all, 10 exchanges, hold the connection until released.
+/// One TCP client from `local`: connect, wait for all, 10 exchanges, hold the connection
+/// until released.
 fn tcp_client(
     ns_fd: Arc<std::fs::File>,
-    addr: std::net::SocketAddr,
+    local: std::net::Ipv4Addr,
+    addr: std::net::SocketAddrV4,
     start: &Barrier,
     hold: &Barrier,
     release: &Barrier,
@@ -386,7 +388,7 @@ fn tcp_client(
     // SAFETY: setns on a valid namespace fd only changes this thread's network namespace.
     let rc = unsafe { libc::setns(ns_fd.as_raw_fd(), libc::CLONE_NEWNET) };
     let conn = if rc == 0 {
-        TcpStream::connect_timeout(&addr, SECS(10)).map_err(|e| format!("connect: {e}"))
+        support::tcp_connect_from(local, addr).map_err(|e| format!("connect: {e}"))
     } else {
         Err(format!("setns: {}", std::io::Error::last_os_error()))
     };
@@ -415,7 +417,8 @@ fn tcp_client(
     result.map(|_| ok)
 }
 
-/// 500 TCP clients connected at once, 10 queries each: every query answered.
+/// 500 TCP clients connected at once (from 500 addresses: the server lets each address hold
+/// only a few connections), 10 queries each: every query answered.
 #[test]
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn tcp_500_concurrent_clients() {
@@ -440,14 +443,15 @@ fn tcp_500_concurrent_clients() {
     );
     let ns_fd =
         Arc::new(std::fs::File::open(format!("/run/netns/{}", lab.ns)).expect("open netns"));
-    let addr: std::net::SocketAddr = "127.0.0.1:123".parse().expect("addr");
+    let addr: std::net::SocketAddrV4 = "127.0.0.1:123".parse().expect("addr");
     let start = Arc::new(Barrier::new(CLIENTS));
     let hold = Arc::new(Barrier::new(CLIENTS + 1));
     let release = Arc::new(Barrier::new(CLIENTS + 1));
     let results = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
     let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
+        .map(|k| {
+            let local = std::net::Ipv4Addr::new(127, 1, (k / 250) as u8, (k % 250 + 1) as u8);
             let (ns_fd, start, hold, release, results) = (
                 ns_fd.clone(),
                 start.clone(),
@@ -458,7 +462,7 @@ fn tcp_500_concurrent_clients() {
             std::thread::Builder::new()
                 .stack_size(256 * 1024)
                 .spawn(move || {
-                    let r = tcp_client(ns_fd, addr, &start, &hold, &release);
+                    let r = tcp_client(ns_fd, local, addr, &start, &hold, &release);
                     results.lock().expect("lock").push(r);
                 })
                 .expect("spawn client thread")

@@ -98,8 +98,11 @@ impl Default for DisciplineConfig {
 pub enum DisciplineEvent {
     /// The clock was stepped by this many seconds.
     Stepped(f64),
-    /// An offset beyond the panic threshold was refused (seconds).
+    /// An offset beyond the panic threshold is refused (seconds): reported once when the
+    /// discipline starts refusing, not at every sample.
     PanicRefused(f64),
+    /// The offset is back within the panic threshold: corrections resume (seconds).
+    PanicCleared(f64),
     /// A sample was held back as an outlier (innovation in seconds).
     OutlierHeld(f64),
 }
@@ -268,6 +271,11 @@ pub struct Discipline {
     poll_trend: i32,
     /// The last offset exceeded the panic threshold: the clock is not being corrected.
     refusing: bool,
+    /// Phase (seconds) the commanded corrections — steps, and frequency corrections
+    /// integrated over time — have added to the clock from the start to `last_time`. The
+    /// system subtracts its change since a sample to judge the sample against the clock as it
+    /// is now.
+    phase: f64,
     commands: CommandQueue,
     events: InlineVec<DisciplineEvent, 2>,
     /// Samples accepted (u32 like the other counters here: the discipline is most of a
@@ -299,6 +307,7 @@ impl Discipline {
             last_accepted: now,
             poll_trend: 0,
             refusing: false,
+            phase: 0.0,
             commands: CommandQueue::default(),
             events: InlineVec::new(DisciplineEvent::Stepped(0.0)),
             updates: 0,
@@ -321,9 +330,9 @@ impl Discipline {
             self.updates = self.updates.saturating_add(1);
             self.last_offset = z;
             if z != 0.0 {
-                self.commands.push(ClockCommand::Step {
-                    offset_ns: (z * 1e9).round() as i64,
-                });
+                let offset_ns = (z * 1e9).round() as i64;
+                self.commands.push(ClockCommand::Step { offset_ns });
+                self.phase += offset_ns as f64 * 1e-9;
                 self.steps = self.steps.saturating_add(1);
             }
             return;
@@ -424,6 +433,20 @@ impl Discipline {
         self.refusing
     }
 
+    /// The phase (seconds) the corrections commanded so far have added to the clock by `now`:
+    /// every step, plus every frequency correction integrated over the time it was in force
+    /// (a slew's, then the one after its end). Its change between two instants is how far the
+    /// discipline itself moved the clock in between, so an offset measured at `t` is
+    /// `offset − (phase_at(now) − phase_at(t))` against the clock as it is at `now`.
+    pub fn phase_at(&self, now: MonoTime) -> f64 {
+        let (mut phase, mut from, mut correction) = (self.phase, self.last_time, self.correction);
+        if let Some(end) = self.slew_end.filter(|&end| end <= now) {
+            phase += correction * end.secs_since(from).max(0.0);
+            (from, correction) = (end, self.after_slew);
+        }
+        phase + correction * now.secs_since(from).max(0.0)
+    }
+
     /// True once the first sample has been applied.
     pub fn is_started(&self) -> bool {
         self.started
@@ -494,22 +517,28 @@ impl Discipline {
         }
     }
 
+    /// Whether `offset` is beyond the panic threshold; reports a change of that state.
     fn exceeds_panic(&mut self, offset: f64) -> bool {
         let p = self.config.panic_threshold;
-        self.refusing = p > 0.0 && offset.abs() > p;
-        if self.refusing {
-            self.events.push(DisciplineEvent::PanicRefused(offset));
+        let refusing = p > 0.0 && offset.abs() > p;
+        if refusing != self.refusing {
+            self.events.push(if refusing {
+                DisciplineEvent::PanicRefused(offset)
+            } else {
+                DisciplineEvent::PanicCleared(offset)
+            });
         }
-        self.refusing
+        self.refusing = refusing;
+        refusing
     }
 
     fn step(&mut self, offset: f64) {
         for m in &mut self.models {
             m.theta -= offset;
         }
-        self.commands.push(ClockCommand::Step {
-            offset_ns: (offset * 1e9).round() as i64,
-        });
+        let offset_ns = (offset * 1e9).round() as i64;
+        self.commands.push(ClockCommand::Step { offset_ns });
+        self.phase += offset_ns as f64 * 1e-9;
         self.events.push(DisciplineEvent::Stepped(offset));
         self.steps = self.steps.saturating_add(1);
         self.over_threshold_since = None;
@@ -533,7 +562,7 @@ impl Discipline {
             }
         } else {
             self.over_threshold_since = None;
-            self.refusing = false;
+            self.exceeds_panic(theta);
         }
         let max = self.config.max_slew_ppm * 1e-6;
         let base = (-m.nu).clamp(-max, max);
@@ -590,6 +619,7 @@ impl Discipline {
             for (m, &q) in self.models.iter_mut().zip(&WANDER_MODELS) {
                 m.predict(q, dt, self.correction);
             }
+            self.phase += self.correction * dt;
             self.last_time = now;
         }
     }

@@ -1,5 +1,11 @@
 //! The per-source clock filter.
 //!
+//! Offsets are held on the caller's reference: a source stores each sample's offset plus the
+//! phase its clock's own corrections had reached when it was taken, and subtracts the phase of
+//! "now" when it reads them (see [`Source`](super::Source)), so that samples taken before a
+//! step or a slew are judged against the clock as it is now. The filter itself only compares
+//! offsets with each other, which that shift leaves unchanged.
+//!
 //! Two jobs, one sample stream:
 //!
 //! * RFC 5905's minimum-delay filter (§10) over the last [`FILTER_STAGES`] samples: the sample
@@ -311,16 +317,6 @@ impl ClockFilter {
         }
     }
 
-    /// The clock was stepped by `step` seconds: stored offsets shift by −step.
-    pub fn apply_step(&mut self, step: f64) {
-        for k in 0..usize::from(self.len) {
-            self.stages[(usize::from(self.head) + k) % FILTER_STAGES].offset -= step;
-        }
-        if let Some(e) = &mut self.estimate {
-            e.offset -= step;
-        }
-    }
-
     /// Forgets all samples (e.g. after the source's address changed).
     pub fn clear(&mut self) {
         *self = ClockFilter::new();
@@ -464,14 +460,5 @@ mod tests {
             assert_eq!(w.min(), Some(f64::from(last[0])));
             assert_eq!(w.median(), Some(f64::from(last[last.len() / 2])));
         }
-    }
-
-    #[test]
-    fn step_shifts_offsets() {
-        let mut f = ClockFilter::new();
-        f.add(s(2.5, 0.2, 0), MonoTime(0));
-        f.apply_step(2.5);
-        assert_eq!(f.estimate().unwrap().offset, 0.0);
-        assert_eq!(f.last().unwrap().offset, 0.0);
     }
 }

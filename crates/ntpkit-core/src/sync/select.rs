@@ -156,10 +156,18 @@ impl std::fmt::Debug for SourceSet {
 /// Why nothing was selected.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum NoSelection {
-    /// Fewer usable sources than `minsources`.
+    /// Fewer usable sources than `minsources` (none reachable, synchronized and close enough):
+    /// nothing says the clock is wrong, there is only nothing to follow.
     TooFewSources {
         /// Usable sources.
         usable: usize,
+        /// Required.
+        required: usize,
+    },
+    /// A majority agrees, but fewer sources than `minsources` are in it.
+    TooFewAgree {
+        /// Sources in the majority.
+        agreeing: usize,
         /// Required.
         required: usize,
     },
@@ -172,12 +180,26 @@ pub enum NoSelection {
     },
 }
 
+impl NoSelection {
+    /// True if the sources disagree (no majority, or too few in it): then the clock's time
+    /// cannot be vouched for, and a server stops serving it as synchronized at once. Otherwise
+    /// (nothing usable) it may hold over on its last update.
+    pub fn is_disagreement(&self) -> bool {
+        !matches!(self, NoSelection::TooFewSources { .. })
+    }
+}
+
 impl core::fmt::Display for NoSelection {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
+            NoSelection::TooFewSources { usable: 0, .. } => f.write_str("no selectable sources"),
             NoSelection::TooFewSources { usable, required } => {
                 write!(f, "{usable} usable source(s), minsources is {required}")
             }
+            NoSelection::TooFewAgree { agreeing, required } => write!(
+                f,
+                "only {agreeing} source(s) agree on the time, minsources is {required}"
+            ),
             NoSelection::NoMajority {
                 largest_agreeing,
                 usable,
@@ -249,8 +271,8 @@ pub fn select_into(
     if truechimers.len() < minsources {
         out.survivors
             .extend(truechimers.as_slice().iter().map(|c| c.index));
-        return Err(NoSelection::TooFewSources {
-            usable: truechimers.len(),
+        return Err(NoSelection::TooFewAgree {
+            agreeing: truechimers.len(),
             required: minsources,
         });
     }
@@ -447,6 +469,9 @@ mod tests {
                 required: 3
             }
         );
+        assert!(!why.is_disagreement());
+        let (why, _) = select(&[], 1, None).unwrap_err();
+        assert_eq!(why.to_string(), "no selectable sources");
     }
 
     #[test]
@@ -485,11 +510,12 @@ mod tests {
         let (why, sel) = select(&cands[..19], 19, None).unwrap_err();
         assert_eq!(
             why,
-            NoSelection::TooFewSources {
-                usable: 18,
+            NoSelection::TooFewAgree {
+                agreeing: 18,
                 required: 19
             }
         );
+        assert!(why.is_disagreement());
         assert_eq!(sel.falsetickers.to_vec(), vec![18]);
         assert_eq!(sel.survivors.to_vec(), (0..18).collect::<Vec<_>>());
     }

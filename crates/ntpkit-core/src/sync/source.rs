@@ -7,6 +7,14 @@
 //! is unreachable and is polled less often. Each request's transmit timestamp is random (the
 //! request's identity; RFC 9109): a reply whose origin timestamp does not match is not ours.
 //! Kiss-o'-death: `RATE` doubles the poll interval, `DENY` and `RSTR` stop the source.
+//!
+//! Offsets are judged against the clock as it is now: every reply comes with the phase the
+//! clock's own corrections had reached (see [`Discipline::phase_at`]), the filter keeps each
+//! offset on that reference, and every reader passes the phase of "now" to take it off again.
+//! A sample taken before the clock was slewed or stepped thus shows what the server's time is
+//! against the corrected clock, not against the clock as it was.
+//!
+//! [`Discipline::phase_at`]: super::Discipline::phase_at
 
 use super::filter::{ClockFilter, FilterEstimate, Sample};
 use crate::exchange::{measure, validate_reply, ReplyError};
@@ -15,8 +23,11 @@ use crate::time::{ClockTime, MonoTime, NANOS_PER_SEC};
 use ntpkit_wire::{Header, KissCode, LeapIndicator, Mode, NtpTimestamp, Packet, RefId};
 use rand_core::RngCore;
 use serde::Serialize;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+/// Polls in a row without a reply after which a source is unreachable (the reach register's
+/// width, as RFC 5905 and chrony count).
+pub const UNREACHABLE_AFTER: u32 = 8;
 /// Requests sent at start-up by `iburst`.
 pub const BURST_LEN: u8 = 4;
 /// Spacing of burst requests, seconds (shorter if the poll interval is shorter).
@@ -162,7 +173,7 @@ pub struct SourceCounters {
 /// The poll state machine and clock filter of one source.
 #[derive(Clone, Debug)]
 pub struct Source {
-    address: IpAddr,
+    address: SocketAddr,
     config: SourceConfig,
     poll: i8,
     kod_min_poll: i8,
@@ -176,12 +187,26 @@ pub struct Source {
     info: Option<ServerInfo>,
     last_rejection: Option<Rejection>,
     counters: SourceCounters,
+    /// Reported as unreachable, and not yet as reachable again.
+    reported_unreachable: bool,
+    /// A change of reachability not yet taken by the system: Some(false) when the source just
+    /// became unreachable, Some(true) when it answered again.
+    reachability_change: Option<bool>,
+}
+
+/// What [`Source::take_reachability_change`] reports.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Reachability {
+    /// No reply to the last [`UNREACHABLE_AFTER`] requests.
+    Lost,
+    /// A reply came again after the source was unreachable.
+    Regained,
 }
 
 impl Source {
     /// A source whose first request is due at once (iburst) or within a second.
     pub fn new(
-        address: IpAddr,
+        address: SocketAddr,
         config: SourceConfig,
         now: MonoTime,
         rng: &mut dyn RngCore,
@@ -213,12 +238,19 @@ impl Source {
             info: None,
             last_rejection: None,
             counters: SourceCounters::default(),
+            reported_unreachable: false,
+            reachability_change: None,
         }
     }
 
-    /// The server's address (its reference ID when selected).
-    pub fn address(&self) -> IpAddr {
+    /// The server's address and port.
+    pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The server's IP address (its reference ID when selected).
+    pub fn ip(&self) -> IpAddr {
+        self.address.ip()
     }
 
     /// When the next request is due; None once the server denied us.
@@ -243,9 +275,17 @@ impl Source {
         if self.pending.is_some() {
             self.polls_unanswered += 1;
         }
-        if self.reach == 0 && self.polls_unanswered >= 8 {
+        if self.reach == 0 && self.polls_unanswered >= UNREACHABLE_AFTER {
             // Unreachable: back off.
             self.poll = (self.poll + 1).min(self.config.maxpoll);
+        }
+        // The last reply's bit just left the register, or a source that never answered has
+        // missed as many polls.
+        let lost = self.reach == 0
+            && (self.counters.received > 0 || self.polls_unanswered >= UNREACHABLE_AFTER);
+        if lost && !self.reported_unreachable {
+            self.reported_unreachable = true;
+            self.reachability_change = Some(false);
         }
         let cookie = NtpTimestamp::from_bits(rng.next_u64() | 1);
         let request = Header {
@@ -276,7 +316,9 @@ impl Source {
         Some(48)
     }
 
-    /// Handles a datagram from this source's address, received at local clock time `t4`.
+    /// Handles a datagram from this source's address, received at local clock time `t4`, when
+    /// the clock's own corrections have reached `phase` seconds (the sample is stored against
+    /// it; the returned sample's offset is the measured one).
     pub fn handle_reply(
         &mut self,
         now: MonoTime,
@@ -284,6 +326,7 @@ impl Source {
         bytes: &[u8],
         limits: &SampleLimits,
         step_generation: u64,
+        phase: f64,
     ) -> ReplyOutcome {
         let Ok(packet) = Packet::parse(bytes) else {
             self.counters.malformed += 1;
@@ -307,6 +350,10 @@ impl Source {
         if !matches!(rejection, Some(Rejection::Kiss(_) | Rejection::Invalid)) {
             self.reach |= 1;
             self.polls_unanswered = 0;
+            if self.reported_unreachable {
+                self.reported_unreachable = false;
+                self.reachability_change = Some(true);
+            }
         }
         if let Some(r) = rejection {
             if let Rejection::Kiss(code) = r {
@@ -344,7 +391,13 @@ impl Source {
         if distance > limits.max_distance {
             return self.reject(Rejection::TooDistant(distance));
         }
-        self.filter.add(sample, now);
+        self.filter.add(
+            Sample {
+                offset: sample.offset + phase,
+                ..sample
+            },
+            now,
+        );
         let floor = precision.max(TIMESTAMP_NOISE);
         let variance = floor * floor + self.filter.asymmetry_variance(&sample);
         self.counters.accepted += 1;
@@ -379,14 +432,9 @@ impl Source {
             self.kod_min_poll.max(self.config.minpoll),
             self.config.maxpoll,
         );
-        if self.reach != 0 || self.polls_unanswered < 8 {
+        if self.reach != 0 || self.polls_unanswered < UNREACHABLE_AFTER {
             self.poll = poll;
         }
-    }
-
-    /// The clock was stepped by `step` seconds.
-    pub fn apply_step(&mut self, step: f64) {
-        self.filter.apply_step(step);
     }
 
     /// Current poll exponent.
@@ -414,19 +462,56 @@ impl Source {
         self.reach == 0 && self.polls_unanswered >= 1
     }
 
+    /// Why the source is unreachable, if it is (for status).
+    pub fn unreachable_reason(&self) -> Option<String> {
+        if !self.is_unreachable() {
+            return None;
+        }
+        Some(if self.counters.received == 0 {
+            format!("no reply to any of {} requests", self.counters.sent)
+        } else {
+            format!("no reply to the last {UNREACHABLE_AFTER} or more requests")
+        })
+    }
+
+    /// The change of reachability since the last call, if any: the system re-runs selection
+    /// on it and logs it.
+    pub fn take_reachability_change(&mut self) -> Option<Reachability> {
+        self.reachability_change.take().map(|regained| {
+            if regained {
+                Reachability::Regained
+            } else {
+                Reachability::Lost
+            }
+        })
+    }
+
     /// The kiss code that stopped this source, if any.
     pub fn denied(&self) -> Option<KissCode> {
         self.denied
     }
 
-    /// The filter's estimate.
-    pub fn estimate(&self) -> Option<FilterEstimate> {
-        self.filter.estimate()
+    /// The filter's estimate, its offset against the clock as it is when the clock's
+    /// corrections have reached `phase_now` seconds.
+    pub fn estimate(&self, phase_now: f64) -> Option<FilterEstimate> {
+        self.filter.estimate().map(|e| FilterEstimate {
+            offset: e.offset - phase_now,
+            ..e
+        })
     }
 
-    /// The most recent sample.
-    pub fn last_sample(&self) -> Option<Sample> {
-        self.filter.last()
+    /// The most recent sample, its offset against the clock as it is when the clock's
+    /// corrections have reached `phase_now` seconds.
+    pub fn last_sample(&self, phase_now: f64) -> Option<Sample> {
+        self.filter.last().map(|s| Sample {
+            offset: s.offset - phase_now,
+            ..s
+        })
+    }
+
+    /// True once the filter holds a sample.
+    pub fn has_estimate(&self) -> bool {
+        self.filter.estimate().is_some()
     }
 
     /// What the server said about itself.
@@ -511,12 +596,12 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = src.transmit(now, T0, &mut rng(), &mut buf, 0).expect("due");
         let (reply, t4) = answer(&buf[..n], T0, ahead, d, edit);
-        src.handle_reply(now, t4, &reply, &SampleLimits::default(), 0)
+        src.handle_reply(now, t4, &reply, &SampleLimits::default(), 0, 0.0)
     }
 
     fn src() -> Source {
         Source::new(
-            "192.0.2.1".parse().unwrap(),
+            "192.0.2.1:123".parse().unwrap(),
             SourceConfig::default(),
             MonoTime(0),
             &mut rng(),
@@ -548,7 +633,14 @@ mod tests {
         assert_ne!(req.transmit_ts, T0.to_ntp());
         let (mut reply, t4) = answer(&buf, T0, 0.0, 0.001, |_| {});
         assert_eq!(
-            s.handle_reply(MonoTime(0), t4, &reply[..47], &SampleLimits::default(), 0),
+            s.handle_reply(
+                MonoTime(0),
+                t4,
+                &reply[..47],
+                &SampleLimits::default(),
+                0,
+                0.0
+            ),
             ReplyOutcome::NotOurs
         );
         assert_eq!(
@@ -558,7 +650,7 @@ mod tests {
         );
         reply[24] ^= 1; // corrupt origin
         assert_eq!(
-            s.handle_reply(MonoTime(0), t4, &reply, &SampleLimits::default(), 0),
+            s.handle_reply(MonoTime(0), t4, &reply, &SampleLimits::default(), 0, 0.0),
             ReplyOutcome::NotOurs
         );
         assert_eq!(s.reach(), 0);
@@ -636,7 +728,12 @@ mod tests {
             maxpoll: 8,
             iburst: false,
         };
-        let mut s = Source::new("192.0.2.1".parse().unwrap(), cfg, MonoTime(0), &mut rng());
+        let mut s = Source::new(
+            "192.0.2.1:123".parse().unwrap(),
+            cfg,
+            MonoTime(0),
+            &mut rng(),
+        );
         let mut buf = [0u8; 48];
         for _ in 0..12 {
             let now = s.next_deadline().unwrap();
@@ -647,6 +744,25 @@ mod tests {
     }
 
     #[test]
+    fn samples_are_read_against_the_corrected_clock() {
+        // Measured 50 ms behind the server when the corrections had reached 0.01 s; since
+        // then the clock was slewed forward by another 0.05 s: the server is now level.
+        let mut s = src();
+        let mut buf = [0u8; 48];
+        s.transmit(MonoTime(0), T0, &mut rng(), &mut buf, 0)
+            .unwrap();
+        let (reply, t4) = answer(&buf, T0, 0.05, 0.001, |_| {});
+        let out = s.handle_reply(MonoTime(0), t4, &reply, &SampleLimits::default(), 0, 0.01);
+        let ReplyOutcome::Sample(sample, _) = out else {
+            panic!("{out:?}")
+        };
+        assert!((sample.offset - 0.05).abs() < 1e-6, "as measured");
+        assert!((s.estimate(0.01).unwrap().offset - 0.05).abs() < 1e-6);
+        assert!(s.estimate(0.06).unwrap().offset.abs() < 1e-6);
+        assert!(s.last_sample(0.06).unwrap().offset.abs() < 1e-6);
+    }
+
+    #[test]
     fn step_during_exchange_discards_sample() {
         let mut s = src();
         let mut buf = [0u8; 48];
@@ -654,7 +770,7 @@ mod tests {
             .unwrap();
         let (reply, t4) = answer(&buf, T0, 0.0, 0.001, |_| {});
         assert_eq!(
-            s.handle_reply(MonoTime(0), t4, &reply, &SampleLimits::default(), 1),
+            s.handle_reply(MonoTime(0), t4, &reply, &SampleLimits::default(), 1, 0.0),
             ReplyOutcome::Rejected(Rejection::ClockStepped)
         );
     }

@@ -40,15 +40,51 @@ impl SourceState {
     }
 }
 
+/// Where the time a node serves comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncState {
+    /// Waiting for the first samples of the sources.
+    Starting,
+    /// Following the selected sources.
+    Synchronized,
+    /// No source is selectable (unreachable, unusable): the clock runs on its last update,
+    /// served with a root dispersion that grows with the time since, until the holdover limit.
+    Holdover,
+    /// No sources configured: the local clock is the reference, served at the local stratum.
+    Local,
+    /// Not synchronized: the sources disagree, the offset is beyond the panic threshold, or
+    /// the holdover ran out. Served as unsynchronized (or at the local stratum, if set).
+    Unsynchronized,
+}
+
+impl SyncState {
+    /// True if the served time is vouched for: following sources, holding over, or a local
+    /// reference by configuration.
+    pub fn is_synchronized(self) -> bool {
+        matches!(
+            self,
+            SyncState::Synchronized | SyncState::Holdover | SyncState::Local
+        )
+    }
+}
+
 /// One source.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct SourceStatus {
     /// Identifier within the system.
     pub id: SourceId,
-    /// Address.
+    /// Address and port.
     pub address: String,
+    /// The name it was configured with, if any (filled in by the daemon).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Selection state.
     pub state: SourceState,
+    /// Why it is in that state, when that needs saying (unreachable, unusable, denied,
+    /// falseticker).
+    #[serde(default)]
+    pub reason: Option<String>,
     /// Stratum the source advertises.
     pub stratum: Option<u8>,
     /// Its reference ID.
@@ -80,25 +116,28 @@ impl SourceStatus {
         id: SourceId,
         s: &Source,
         state: SourceState,
-        now: MonoTime,
+        reason: Option<String>,
+        (now, phase_now): (MonoTime, f64),
         min_disp: f64,
     ) -> Self {
-        let e = s.estimate();
+        let e = s.estimate(phase_now);
         let info = s.info();
         SourceStatus {
             id,
             address: s.address().to_string(),
+            name: None,
             state,
+            reason,
             stratum: info.map(|i| i.stratum),
             reference_id: info.map(|i| i.reference_id.display_for_stratum(i.stratum)),
             poll: s.poll(),
             reach: s.reach(),
-            last_offset: s.last_sample().map(|x| x.offset),
+            last_offset: s.last_sample(phase_now).map(|x| x.offset),
             offset: e.map(|e| e.offset),
             delay: e.map(|e| e.delay),
             jitter: e.map(|e| e.jitter),
             root_distance: s.root_distance(now, min_disp),
-            last_sample_age: s.last_sample().map(|x| now.secs_since(x.time)),
+            last_sample_age: s.last_sample(phase_now).map(|x| now.secs_since(x.time)),
             last_rejection: s.last_rejection().map(|r| r.to_string()),
             counters: s.counters(),
         }
@@ -114,10 +153,15 @@ pub struct Tracking {
     pub stratum: u8,
     /// Leap indicator served.
     pub leap: String,
-    /// True while following a selected source.
+    /// True while the served time is vouched for (see [`SyncState::is_synchronized`]).
     pub synchronized: bool,
-    /// Why not synchronized, if not.
+    /// Where the served time comes from.
+    pub state: SyncState,
+    /// What the state means now (why not synchronized, how long in holdover), if anything.
     pub reason: Option<String>,
+    /// Seconds since the last clock update, if there was one.
+    #[serde(default)]
+    pub last_update_age: Option<f64>,
     /// Estimated offset of true time from the local clock now (server − local), seconds.
     pub offset: f64,
     /// Innovation of the last sample, seconds.
@@ -134,8 +178,8 @@ pub struct Tracking {
     pub root_delay: f64,
     /// Root dispersion served, seconds.
     pub root_dispersion: f64,
-    /// Poll exponent suggested to sources.
-    pub poll: i8,
+    /// Poll exponent suggested to sources (None without sources).
+    pub poll: Option<i8>,
     /// Clock updates.
     pub updates: u64,
     /// Steps.

@@ -4,16 +4,19 @@
 use super::discipline::{Discipline, DisciplineConfig, DisciplineEvent};
 use super::inline::InlineVec;
 use super::select::{select_into, Candidate, NoSelection, Selection};
-use super::source::{Rejection, ReplyOutcome, SampleLimits, Source, SourceConfig};
-use super::status::{SourceState, SourceStatus, SystemStatus, Tracking};
+use super::source::{
+    Reachability, Rejection, ReplyOutcome, SampleLimits, Source, SourceConfig, TIMESTAMP_NOISE,
+    UNREACHABLE_AFTER,
+};
+use super::status::{SourceState, SourceStatus, SyncState, SystemStatus, Tracking};
 use crate::clock::{ClockCommand, CommandQueue};
-use crate::served::ServedState;
+use crate::served::{ServedState, PHI};
 use crate::time::{ClockTime, MonoTime};
 use ntpkit_wire::{KissCode, LeapIndicator, RefId};
 use rand_core::RngCore;
 use serde::Serialize;
 use std::collections::VecDeque;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 /// Identifies a source within one [`SyncSystem`].
 #[derive(
@@ -36,8 +39,9 @@ pub struct SystemConfig {
     pub local_stratum: Option<u8>,
     /// At start-up, how long to wait for every source's first sample before selecting, seconds.
     pub startup_wait: f64,
-    /// After this long without a clock update (seconds), the served state becomes
-    /// unsynchronized (or the local stratum).
+    /// While no source is selectable, the last update is served (its root dispersion growing
+    /// at PHI) for this long (seconds) after it; then the served state becomes unsynchronized
+    /// (or the local stratum). Sources that disagree end it at once.
     pub holdover: f64,
 }
 
@@ -55,7 +59,9 @@ impl Default for SystemConfig {
     }
 }
 
-/// Something worth logging.
+/// Something worth logging. Each says what happened to whom; drivers name the source (the
+/// core knows its address, a driver may know the name it was configured with) and choose the
+/// log level with [`Event::is_warning`].
 #[derive(Clone, PartialEq, Debug, Serialize)]
 pub enum Event {
     /// A new system peer was selected.
@@ -63,20 +69,46 @@ pub enum Event {
         /// The source.
         source: SourceId,
         /// Its address.
-        address: IpAddr,
+        address: SocketAddr,
     },
     /// No source can be followed.
     NoSelection {
         /// Why, in words.
         reason: String,
+        /// What is served meanwhile, in words (unsynchronized, holdover).
+        serving: String,
+    },
+    /// A source stopped answering.
+    Unreachable {
+        /// The source.
+        source: SourceId,
+        /// Its address.
+        address: SocketAddr,
+    },
+    /// A source that was unreachable answered again.
+    Reachable {
+        /// The source.
+        source: SourceId,
+        /// Its address.
+        address: SocketAddr,
+    },
+    /// The holdover ran out: the last update is too old to serve as synchronized.
+    HoldoverExpired {
+        /// Seconds since the last update.
+        age: f64,
     },
     /// The clock was stepped by this many seconds.
     Stepped {
         /// Step, seconds.
         offset: f64,
     },
-    /// A step beyond the panic threshold was refused.
+    /// An offset beyond the panic threshold is refused (reported once, when refusing starts).
     PanicRefused {
+        /// The offset, seconds.
+        offset: f64,
+    },
+    /// The offset is back within the panic threshold.
+    PanicCleared {
         /// The offset, seconds.
         offset: f64,
     },
@@ -84,23 +116,64 @@ pub enum Event {
     Kiss {
         /// The source.
         source: SourceId,
+        /// Its address.
+        address: SocketAddr,
         /// The code.
         code: String,
     },
+}
+
+impl Event {
+    /// True for events an operator should act on or know about at once (lost sources, no
+    /// selection, refused offsets, kisses of death); false for routine ones.
+    pub fn is_warning(&self) -> bool {
+        !matches!(
+            self,
+            Event::Selected { .. } | Event::Reachable { .. } | Event::PanicCleared { .. }
+        )
+    }
+
+    /// The source the event is about, if one.
+    pub fn source(&self) -> Option<SourceId> {
+        match self {
+            Event::Selected { source, .. }
+            | Event::Unreachable { source, .. }
+            | Event::Reachable { source, .. }
+            | Event::Kiss { source, .. } => Some(*source),
+            _ => None,
+        }
+    }
 }
 
 impl core::fmt::Display for Event {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Event::Selected { address, .. } => write!(f, "selected source {address}"),
-            Event::NoSelection { reason } => write!(f, "no source selected: {reason}"),
+            Event::NoSelection { reason, serving } => {
+                write!(f, "no source selected: {reason}; {serving}")
+            }
+            Event::Unreachable { address, .. } => write!(
+                f,
+                "source {address} unreachable: no reply to the last {UNREACHABLE_AFTER} requests"
+            ),
+            Event::Reachable { address, .. } => write!(f, "source {address} reachable again"),
+            Event::HoldoverExpired { age } => write!(
+                f,
+                "holdover ended: no clock update for {age:.0} s; serving as unsynchronized"
+            ),
             Event::Stepped { offset } => write!(f, "clock stepped by {offset:+.6} s"),
             Event::PanicRefused { offset } => write!(
                 f,
                 "offset {offset:+.3} s exceeds the panic threshold: clock left alone; \
                  set it by hand or raise panic-threshold"
             ),
-            Event::Kiss { code, .. } => write!(f, "kiss-o'-death {code} received"),
+            Event::PanicCleared { offset } => write!(
+                f,
+                "offset {offset:+.3} s is within the panic threshold again: correcting the clock"
+            ),
+            Event::Kiss { address, code, .. } => {
+                write!(f, "kiss-o'-death {code} received from {address}")
+            }
         }
     }
 }
@@ -139,6 +212,11 @@ pub struct SyncSystem {
     no_selection: Option<NoSelection>,
     system_peer: Option<usize>,
     last_update: Option<(MonoTime, ClockTime)>,
+    /// A source's reachability changed since the last selection: select again without waiting
+    /// for a sample.
+    reselect_pending: bool,
+    /// The end of the holdover was reported.
+    holdover_expired: bool,
     /// The latest (monotonic, clock) pair an input brought: the clock "now" is extrapolated
     /// from it (e.g. the reference time of the local clock when it serves itself).
     clock_seen: (MonoTime, ClockTime),
@@ -163,6 +241,8 @@ impl SyncSystem {
             no_selection: None,
             system_peer: None,
             last_update: None,
+            reselect_pending: false,
+            holdover_expired: false,
             clock_seen: (now, clock),
             served: None,
             sys_poll: i8::MIN,
@@ -176,7 +256,7 @@ impl SyncSystem {
     /// Adds a source; its first request is due at once with iburst.
     pub fn add_source(
         &mut self,
-        address: IpAddr,
+        address: SocketAddr,
         config: SourceConfig,
         now: MonoTime,
         rng: &mut dyn RngCore,
@@ -215,12 +295,23 @@ impl SyncSystem {
         for (i, slot) in self.sources.iter_mut().enumerate() {
             if let Some(src) = slot {
                 if let Some(len) = src.transmit(now, clock, rng, buf, generation) {
+                    if let Some(change) = src.take_reachability_change() {
+                        self.reselect_pending = true;
+                        let (source, address) = (SourceId(i as u32), src.address());
+                        self.events.push_back(match change {
+                            Reachability::Lost => Event::Unreachable { source, address },
+                            Reachability::Regained => Event::Reachable { source, address },
+                        });
+                    }
                     return Some(Transmit {
                         source: SourceId(i as u32),
                         len,
                     });
                 }
             }
+        }
+        if std::mem::take(&mut self.reselect_pending) && !self.startup_pending {
+            self.reselect(now);
         }
         None
     }
@@ -233,17 +324,34 @@ impl SyncSystem {
             ..self.config.limits
         };
         let generation = self.step_generation;
+        let phase = self.discipline.phase_at(now);
         let Some(Some(src)) = self.sources.get_mut(idx) else {
             return;
         };
-        match src.handle_reply(now, received, bytes, &limits, generation) {
+        let outcome = src.handle_reply(now, received, bytes, &limits, generation, phase);
+        let address = src.address();
+        if let Some(Reachability::Regained) = src.take_reachability_change() {
+            self.events.push_back(Event::Reachable {
+                source: id,
+                address,
+            });
+        }
+        match outcome {
             ReplyOutcome::NotOurs => {}
             ReplyOutcome::Rejected(Rejection::Kiss(code)) => {
                 let code = match code {
                     KissCode::Other(r) => r.as_ascii().unwrap_or("????").to_string(),
                     k => k.to_string(),
                 };
-                self.events.push_back(Event::Kiss { source: id, code });
+                self.events.push_back(Event::Kiss {
+                    source: id,
+                    address,
+                    code,
+                });
+                // A denied source leaves the selection at once.
+                if !self.startup_pending {
+                    self.reselect(now);
+                }
             }
             ReplyOutcome::Rejected(_) => {}
             ReplyOutcome::Sample(sample, variance) => {
@@ -262,17 +370,24 @@ impl SyncSystem {
         }
     }
 
-    /// Handles deadlines at `now` (requests due, the start-up wait); `clock` is the local clock
-    /// now. Calling it early does no harm.
+    /// Handles deadlines at `now` (requests due, the start-up wait, the end of a holdover);
+    /// `clock` is the local clock now. Calling it early does no harm.
     pub fn handle_timeout(&mut self, now: MonoTime, clock: ClockTime) {
         self.clock_seen = (now, clock);
         if self.startup_pending && now.secs_since(self.started_at) >= self.config.startup_wait {
             self.try_start(now, clock);
         }
+        if let Some(end) = self.holdover_end() {
+            if now >= end && !self.holdover_expired {
+                self.holdover_expired = true;
+                let age = self.last_update.map_or(0.0, |(t, _)| now.secs_since(t));
+                self.events.push_back(Event::HoldoverExpired { age });
+            }
+        }
     }
 
-    /// The earliest deadline: the next request due, the start-up wait. (Slews end in the
-    /// clock: see [`ClockCommand::Slew`].)
+    /// The earliest deadline: the next request due, the start-up wait, the end of a holdover.
+    /// (Slews end in the clock: see [`ClockCommand::Slew`].)
     pub fn poll_timeout(&self) -> Option<MonoTime> {
         let sources = self
             .sources
@@ -282,7 +397,16 @@ impl SyncSystem {
         let startup = self
             .startup_pending
             .then(|| self.started_at.add_secs_f64(self.config.startup_wait));
-        sources.chain(startup).min()
+        let holdover = self.holdover_end().filter(|_| !self.holdover_expired);
+        sources.chain(startup).chain(holdover).min()
+    }
+
+    /// When the current holdover (no selectable source, an update to serve) runs out.
+    fn holdover_end(&self) -> Option<MonoTime> {
+        let holding =
+            self.served.is_some() && self.no_selection.is_some_and(|n| !n.is_disagreement());
+        let (t, _) = self.last_update?;
+        holding.then(|| t.add_secs_f64(self.config.holdover))
     }
 
     /// The next clock command, to apply at once. Call until None.
@@ -300,13 +424,34 @@ impl SyncSystem {
         ev
     }
 
+    /// Where the served time comes from at `now` (monotonic).
+    pub fn sync_state(&self, now: MonoTime) -> SyncState {
+        if self.sources.iter().flatten().next().is_none() && self.config.local_stratum.is_some() {
+            return SyncState::Local;
+        }
+        if self.discipline.is_refusing() {
+            return SyncState::Unsynchronized;
+        }
+        let Some((updated, _)) = self.last_update.filter(|_| self.served.is_some()) else {
+            return if self.startup_pending {
+                SyncState::Starting
+            } else {
+                SyncState::Unsynchronized
+            };
+        };
+        if now.secs_since(updated) > self.config.holdover {
+            return SyncState::Unsynchronized;
+        }
+        match self.no_selection {
+            None => SyncState::Synchronized,
+            Some(_) => SyncState::Holdover,
+        }
+    }
+
     /// What to tell downstream clients at `now` (monotonic).
     pub fn served_state(&self, now: MonoTime) -> ServedState {
-        let fresh = self
-            .last_update
-            .is_some_and(|(t, _)| now.secs_since(t) <= self.config.holdover);
-        match (self.served, fresh) {
-            (Some(s), true) => s,
+        match (self.served, self.sync_state(now)) {
+            (Some(s), SyncState::Synchronized | SyncState::Holdover) => s,
             _ => match self.config.local_stratum {
                 // The local clock is its own reference: its reference time is now.
                 Some(stratum) => ServedState::local(
@@ -326,9 +471,12 @@ impl SyncSystem {
         c.add_nanos(now.nanos_since(t))
     }
 
-    /// True while the clock follows a selected source.
+    /// True while the clock follows a selected source (or holds over on its last update).
     pub fn is_synchronized(&self, now: MonoTime) -> bool {
-        self.served_state(now).is_synchronized() && self.served.is_some()
+        matches!(
+            self.sync_state(now),
+            SyncState::Synchronized | SyncState::Holdover
+        )
     }
 
     /// The discipline's current frequency estimate, ppm (for the drift file).
@@ -336,69 +484,79 @@ impl SyncSystem {
         self.discipline.state(now).frequency_ppm
     }
 
-    /// The current poll exponent suggested to sources.
-    pub fn poll(&self) -> i8 {
-        self.sys_poll
+    /// The current poll exponent suggested to sources (None without sources).
+    pub fn poll(&self) -> Option<i8> {
+        (self.sys_poll != i8::MIN).then_some(self.sys_poll)
     }
 
     /// The sources' and the system's state, in `chronyc sources` / `tracking` terms.
     pub fn status(&self, now: MonoTime) -> SystemStatus {
         let d = self.discipline.state(now);
         let served = self.served_state(now);
+        let phase = self.discipline.phase_at(now);
         let sources = self
             .sources
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
             .map(|(i, s)| {
-                let state = if s.denied().is_some() {
-                    SourceState::Denied
-                } else if self.system_peer == Some(i) && self.no_selection.is_none() {
-                    SourceState::Selected
-                } else if self.selection.falsetickers.contains(&i) {
-                    SourceState::Falseticker
-                } else if self.selection.outliers.contains(&i) {
-                    SourceState::Outlier
-                } else if self.selection.survivors.contains(&i) {
-                    SourceState::Candidate
-                } else if s.is_unreachable() {
-                    SourceState::Unreachable
-                } else {
-                    SourceState::Unusable
-                };
+                let (state, reason) = self.source_state(i, s);
                 SourceStatus::new(
                     SourceId(i as u32),
                     s,
                     state,
-                    now,
+                    reason,
+                    (now, phase),
                     self.config.min_dispersion,
                 )
             })
             .collect();
-        let synchronized = self.is_synchronized(now);
-        let reason = if synchronized {
-            None
-        } else if let Some(n) = self.no_selection {
-            Some(n.to_string())
-        } else if self.discipline.is_refusing() {
-            Some(format!(
-                "offset {:+.3} s beyond the panic threshold: not corrected",
-                d.offset
-            ))
-        } else if self.startup_pending {
-            Some("starting: waiting for samples".to_string())
-        } else if self.served.is_none() {
-            Some("no usable source yet".to_string())
-        } else {
-            Some("no clock update within the holdover time".to_string())
+        let state = self.sync_state(now);
+        let age = self.last_update.map(|(t, _)| now.secs_since(t));
+        let why = self.no_selection.map(|n| n.to_string());
+        let reason = match state {
+            SyncState::Synchronized => None,
+            SyncState::Local => Some(format!(
+                "the local clock is the reference (no sources; local stratum {})",
+                served.stratum
+            )),
+            SyncState::Starting => Some("starting: waiting for the sources' samples".into()),
+            SyncState::Holdover => Some(format!(
+                "holdover: {} for {:.0} s; serving the last update, root dispersion growing \
+                 {:.0} µs/s, until {:.0} s after it",
+                why.as_deref().unwrap_or("no selection"),
+                age.unwrap_or(0.0),
+                PHI * 1e6,
+                self.config.holdover
+            )),
+            SyncState::Unsynchronized => Some(if self.discipline.is_refusing() {
+                format!(
+                    "offset {:+.3} s beyond the panic threshold: not corrected",
+                    d.offset
+                )
+            } else if let Some(why) = why.as_ref().filter(|_| {
+                self.no_selection.is_some_and(|n| n.is_disagreement()) || self.served.is_none()
+            }) {
+                why.clone()
+            } else if let Some(age) = age.filter(|&a| a > self.config.holdover) {
+                format!(
+                    "no clock update for {age:.0} s, beyond the holdover of {:.0} s{}",
+                    self.config.holdover,
+                    why.map_or(String::new(), |w| format!(" ({w})"))
+                )
+            } else {
+                "no usable source yet".into()
+            }),
         };
         SystemStatus {
             tracking: Tracking {
                 reference_id: served.reference_id.display_for_stratum(served.stratum),
                 stratum: served.stratum,
                 leap: format!("{:?}", served.leap),
-                synchronized,
+                synchronized: state.is_synchronized(),
+                state,
                 reason,
+                last_update_age: age,
                 offset: d.offset,
                 last_offset: d.last_offset,
                 offset_sd: d.offset_sd,
@@ -409,11 +567,43 @@ impl SyncSystem {
                 root_dispersion: served
                     .root_dispersion_at(self.clock_at(now))
                     .to_seconds_f64(),
-                poll: self.sys_poll,
+                poll: self.poll(),
                 updates: d.updates,
                 steps: d.steps,
             },
             sources,
+        }
+    }
+
+    /// What selection made of source `i`, and why when that needs saying.
+    fn source_state(&self, i: usize, s: &Source) -> (SourceState, Option<String>) {
+        if let Some(code) = s.denied() {
+            return (
+                SourceState::Denied,
+                Some(format!("kiss-o'-death {code}: no more requests")),
+            );
+        }
+        if let Some(why) = s.unreachable_reason() {
+            return (SourceState::Unreachable, Some(why));
+        }
+        if self.system_peer == Some(i) && self.no_selection.is_none() {
+            (SourceState::Selected, None)
+        } else if self.selection.falsetickers.contains(&i) {
+            let why = match self.no_selection {
+                Some(n) if n.is_disagreement() => n.to_string(),
+                _ => "outside the interval the majority agrees on".into(),
+            };
+            (SourceState::Falseticker, Some(why))
+        } else if self.selection.outliers.contains(&i) {
+            (SourceState::Outlier, None)
+        } else if self.selection.survivors.contains(&i) {
+            (SourceState::Candidate, None)
+        } else {
+            let why = s
+                .last_rejection()
+                .map(|r| r.to_string())
+                .or_else(|| (!s.has_estimate()).then(|| "no sample yet".into()));
+            (SourceState::Unusable, why)
         }
     }
 
@@ -429,7 +619,7 @@ impl SyncSystem {
             .sources
             .iter()
             .flatten()
-            .any(|s| s.denied().is_none() && s.estimate().is_none() && !s.is_unreachable());
+            .any(|s| s.denied().is_none() && !s.has_estimate() && !s.is_unreachable());
         if waiting && now.secs_since(self.started_at) < self.config.startup_wait {
             return;
         }
@@ -442,7 +632,9 @@ impl SyncSystem {
         };
         self.startup_pending = false;
         let src = self.sources[peer].as_ref().expect("peer exists");
-        let e = src.estimate().expect("candidates have estimates");
+        let e = src
+            .estimate(self.discipline.phase_at(now))
+            .expect("candidates have estimates");
         let interval = src.interval();
         // Start from the best (minimum-delay) sample of the burst.
         self.discipline
@@ -450,9 +642,11 @@ impl SyncSystem {
         self.after_update(now, clock);
     }
 
-    /// Runs selection over the current candidates.
+    /// Runs selection over the current candidates, their offsets judged against the clock as
+    /// it is now.
     fn reselect(&mut self, now: MonoTime) {
         let max_distance = self.config.limits.max_distance;
+        let phase = self.discipline.phase_at(now);
         let mut candidates = InlineVec::<Candidate, 16>::new(Candidate {
             index: 0,
             offset: 0.0,
@@ -468,7 +662,7 @@ impl SyncSystem {
             if info.stratum >= 16 || info.leap == LeapIndicator::Unsynchronized {
                 continue;
             }
-            let Some(e) = s.estimate() else { continue };
+            let Some(e) = s.estimate(phase) else { continue };
             let Some(root_distance) = s.root_distance(now, self.config.min_dispersion) else {
                 continue;
             };
@@ -477,7 +671,10 @@ impl SyncSystem {
                     index: i,
                     offset: e.offset,
                     root_distance,
-                    jitter: e.jitter,
+                    // A source with one sample has no measured jitter yet; no offset is known
+                    // better than timestamping allows, so clustering never splits sources on
+                    // differences below that.
+                    jitter: e.jitter.max(TIMESTAMP_NOISE),
                 });
             }
         }
@@ -504,12 +701,28 @@ impl SyncSystem {
             }
             Err(why) => {
                 self.system_peer = None;
+                self.no_selection = Some(why);
+                if why.is_disagreement() {
+                    // The time can no longer be vouched for: stop serving it as synchronized
+                    // now, not after the holdover.
+                    self.served = None;
+                }
                 if previous_reason != Some(why) {
+                    let serving = match (self.sync_state(now), self.config.local_stratum) {
+                        (SyncState::Holdover, _) => format!(
+                            "holding over on the last update for up to {:.0} s",
+                            self.config.holdover
+                        ),
+                        (_, Some(stratum)) => {
+                            format!("serving the local clock at stratum {stratum}")
+                        }
+                        _ => "serving as unsynchronized (leap 3, stratum 16)".into(),
+                    };
                     self.events.push_back(Event::NoSelection {
                         reason: why.to_string(),
+                        serving,
                     });
                 }
-                self.no_selection = Some(why);
             }
         }
     }
@@ -522,8 +735,9 @@ impl SyncSystem {
             return;
         }
         let Some(peer) = self.system_peer else { return };
+        let phase = self.discipline.phase_at(now);
         let src = self.sources[peer].as_ref().expect("peer exists");
-        let (Some(info), Some(e)) = (src.info(), src.estimate()) else {
+        let (Some(info), Some(e)) = (src.info(), src.estimate(phase)) else {
             return;
         };
         let d = self.discipline.state(now);
@@ -537,10 +751,11 @@ impl SyncSystem {
             poll: self.sys_poll,
             root_delay: (root_delay * 1e9) as i64,
             root_dispersion: (root_dispersion * 1e9) as i64,
-            reference_id: RefId::from_ip(src.address()),
+            reference_id: RefId::from_ip(src.ip()),
             reference_time: clock,
         });
         self.last_update = Some((now, clock));
+        self.holdover_expired = false;
         let adjust = self.discipline.poll_adjustment(src.interval());
         if adjust != 0 {
             let (lo, hi) = self
@@ -560,12 +775,10 @@ impl SyncSystem {
 
     fn drain_discipline(&mut self) {
         while let Some(cmd) = self.discipline.poll_command() {
-            if let ClockCommand::Step { offset_ns } = cmd {
+            if let ClockCommand::Step { .. } = cmd {
+                // Exchanges in flight across a step are discarded; stored samples follow the
+                // step through the discipline's phase.
                 self.step_generation += 1;
-                let step = offset_ns as f64 * 1e-9;
-                for s in self.sources.iter_mut().flatten() {
-                    s.apply_step(step);
-                }
             }
             self.commands.push(cmd);
         }
@@ -576,6 +789,9 @@ impl SyncSystem {
                 }
                 DisciplineEvent::PanicRefused(offset) => {
                     self.events.push_back(Event::PanicRefused { offset })
+                }
+                DisciplineEvent::PanicCleared(offset) => {
+                    self.events.push_back(Event::PanicCleared { offset })
                 }
                 DisciplineEvent::OutlierHeld(_) => {}
             }
@@ -672,81 +888,154 @@ impl std::ops::Index<usize> for Sources {
 mod tests {
     use super::*;
     use crate::clock::SoftClock;
-    use crate::{Responder, ServedState};
+    use crate::{Responder, Response, ServedState};
     use rand_core::SeedableRng;
     use rand_xoshiro::Xoshiro256PlusPlus;
 
     const S: i64 = 1_000_000_000;
     const EPOCH: i64 = 1_790_000_000 * S;
 
-    /// A node with a SoftClock polling perfect servers whose clocks are offset by `offsets`
-    /// (seconds), over a 1 ms one-way path, for `secs` seconds of true time. Returns the node's
-    /// true error at the end and its status.
-    fn run(offsets: &[f64], local: (f64, f64), secs: i64) -> (f64, SystemStatus) {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
-        let cfg = SourceConfig {
-            minpoll: 0,
-            maxpoll: 2,
-            iburst: true,
-        };
-        let mut sys = SyncSystem::new(SystemConfig::default(), MonoTime(0), ClockTime(EPOCH));
-        let mut clock = SoftClock::new(EPOCH, (local.0 * 1e9) as i64, local.1);
-        let ids: Vec<SourceId> = (0..offsets.len())
-            .map(|i| {
-                sys.add_source(
-                    IpAddr::from([192, 0, 2, i as u8 + 1]),
-                    cfg,
-                    MonoTime(0),
-                    &mut rng,
-                )
-            })
-            .collect();
-        let mut responder = Responder::new();
-        let mut t = 0i64;
-        let mut buf = [0u8; 64];
-        let mut reply = [0u8; 64];
-        let one_way = S / 1000;
-        while t < secs * S {
-            let truth = EPOCH + t;
-            while let Some(tx) =
-                sys.poll_transmit(MonoTime(t), clock.read(truth), &mut rng, &mut buf)
-            {
-                let i = ids.iter().position(|&id| id == tx.source).unwrap();
-                let server_now = ClockTime(truth + one_way + (offsets[i] * 1e9) as i64);
-                let state = ServedState::local(1, RefId::LOCL, -20, server_now);
-                let Response::Reply(n) =
-                    responder.respond(&buf[..tx.len], server_now, &state, &mut reply)
-                else {
-                    panic!("no reply")
-                };
-                let arrival = truth + 2 * one_way;
-                sys.handle_reply(
-                    MonoTime(t + 2 * one_way),
-                    clock.read(arrival),
-                    tx.source,
-                    &reply[..n],
-                );
-                while let Some(c) = sys.poll_clock_command() {
-                    clock.apply(arrival, c);
-                }
-            }
-            let next = sys.poll_timeout().map_or(t + S, |d| d.0.max(t + 1));
-            t = next;
-            sys.handle_timeout(MonoTime(t), clock.read(EPOCH + t));
-            while let Some(c) = sys.poll_clock_command() {
-                clock.apply(EPOCH + t, c);
-            }
-        }
-        (clock.offset_at(EPOCH + t) * 1e-9, sys.status(MonoTime(t)))
+    /// A node with a SoftClock polling perfect servers over a 1 ms one-way path. Each server's
+    /// clock is `offsets[i]` seconds off true time and answers only while `alive[i]`; both may
+    /// change between calls to [`Bench::run_for`].
+    struct Bench {
+        sys: SyncSystem,
+        clock: SoftClock,
+        rng: Xoshiro256PlusPlus,
+        responder: Responder,
+        ids: Vec<SourceId>,
+        offsets: Vec<f64>,
+        alive: Vec<bool>,
+        events: Vec<Event>,
+        /// True time since the start, ns.
+        t: i64,
     }
 
-    use crate::Response;
+    impl Bench {
+        fn new(
+            offsets: &[f64],
+            local: (f64, f64),
+            config: SystemConfig,
+            src: SourceConfig,
+        ) -> Self {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+            let mut sys = SyncSystem::new(config, MonoTime(0), ClockTime(EPOCH));
+            let clock = SoftClock::new(EPOCH, (local.0 * 1e9) as i64, local.1);
+            let ids = (0..offsets.len())
+                .map(|i| {
+                    let address = SocketAddr::from(([192, 0, 2, i as u8 + 1], 123));
+                    sys.add_source(address, src, MonoTime(0), &mut rng)
+                })
+                .collect();
+            Bench {
+                sys,
+                clock,
+                rng,
+                responder: Responder::new(),
+                ids,
+                offsets: offsets.to_vec(),
+                alive: vec![true; offsets.len()],
+                events: Vec::new(),
+                t: 0,
+            }
+        }
+
+        fn fast(offsets: &[f64], local: (f64, f64)) -> Self {
+            let src = SourceConfig {
+                minpoll: 0,
+                maxpoll: 2,
+                iburst: true,
+            };
+            Bench::new(offsets, local, SystemConfig::default(), src)
+        }
+
+        /// Runs for `secs` seconds of true time, calling `each` after every input.
+        fn run_for(&mut self, secs: i64, mut each: impl FnMut(&SyncSystem, MonoTime)) {
+            let end = self.t + secs * S;
+            let mut buf = [0u8; 64];
+            let mut reply = [0u8; 64];
+            let one_way = S / 1000;
+            while self.t < end {
+                let truth = EPOCH + self.t;
+                while let Some(tx) = self.sys.poll_transmit(
+                    MonoTime(self.t),
+                    self.clock.read(truth),
+                    &mut self.rng,
+                    &mut buf,
+                ) {
+                    let i = self.ids.iter().position(|&id| id == tx.source).unwrap();
+                    if !self.alive[i] {
+                        continue;
+                    }
+                    let server_now = ClockTime(truth + one_way + (self.offsets[i] * 1e9) as i64);
+                    let state = ServedState::local(1, RefId::LOCL, -20, server_now);
+                    let Response::Reply(n) =
+                        self.responder
+                            .respond(&buf[..tx.len], server_now, &state, &mut reply)
+                    else {
+                        panic!("no reply")
+                    };
+                    let arrival = truth + 2 * one_way;
+                    self.sys.handle_reply(
+                        MonoTime(self.t + 2 * one_way),
+                        self.clock.read(arrival),
+                        tx.source,
+                        &reply[..n],
+                    );
+                    while let Some(c) = self.sys.poll_clock_command() {
+                        self.clock.apply(arrival, c);
+                    }
+                    each(&self.sys, MonoTime(self.t + 2 * one_way));
+                }
+                self.events
+                    .extend(std::iter::from_fn(|| self.sys.poll_event()));
+                let next = self
+                    .sys
+                    .poll_timeout()
+                    .map_or(self.t + S, |d| d.0.max(self.t + 1));
+                self.t = next.min(end);
+                self.sys
+                    .handle_timeout(MonoTime(self.t), self.clock.read(EPOCH + self.t));
+                while let Some(c) = self.sys.poll_clock_command() {
+                    self.clock.apply(EPOCH + self.t, c);
+                }
+                self.events
+                    .extend(std::iter::from_fn(|| self.sys.poll_event()));
+                each(&self.sys, MonoTime(self.t));
+            }
+        }
+
+        /// True error of the clock now, seconds.
+        fn error(&self) -> f64 {
+            self.clock.offset_at(EPOCH + self.t) * 1e-9
+        }
+
+        fn status(&self) -> SystemStatus {
+            self.sys.status(MonoTime(self.t))
+        }
+
+        fn served(&self) -> ServedState {
+            self.sys.served_state(MonoTime(self.t))
+        }
+
+        fn states(&self) -> Vec<SourceState> {
+            self.status().sources.iter().map(|s| s.state).collect()
+        }
+    }
+
+    /// Runs a fast-polling node for `secs` seconds; returns its true error and status.
+    fn run(offsets: &[f64], local: (f64, f64), secs: i64) -> (f64, SystemStatus) {
+        let mut b = Bench::fast(offsets, local);
+        b.run_for(secs, |_, _| {});
+        (b.error(), b.status())
+    }
 
     #[test]
     fn follows_a_single_server_from_seconds_off() {
         let (err, st) = run(&[0.0], (3.0, 40.0), 120);
         assert_eq!(
-            st.tracking.poll, 2,
+            st.tracking.poll,
+            Some(2),
             "the poll interval adapted up to maxpoll"
         );
         assert!(err.abs() < 1e-4, "true error {err}");
@@ -757,7 +1046,9 @@ mod tests {
         );
         assert_eq!(st.tracking.stratum, 2);
         assert_eq!(st.tracking.reference_id, "192.0.2.1");
+        assert_eq!(st.tracking.state, SyncState::Synchronized);
         assert_eq!(st.sources[0].state, SourceState::Selected);
+        assert_eq!(st.sources[0].address, "192.0.2.1:123");
     }
 
     #[test]
@@ -778,6 +1069,13 @@ mod tests {
                 .to_seconds_f64()
                 < 1e-4
         );
+        // Status says what it is: a reference, synchronized, no poll.
+        let t = sys.status(MonoTime(5 * S)).tracking;
+        assert_eq!(
+            (t.state, t.synchronized, t.poll),
+            (SyncState::Local, true, None)
+        );
+        assert!(t.reason.unwrap().contains("local clock is the reference"));
     }
 
     #[test]
@@ -811,5 +1109,220 @@ mod tests {
             st.tracking.reason
         );
         assert_eq!(st.tracking.stratum, 16);
+    }
+
+    #[test]
+    fn losing_the_majority_unsynchronizes_at_once_and_leaves_the_clock_alone() {
+        let mut b = Bench::fast(&[0.0, 0.0, 0.0, 1.0, 2.0], (0.05, 10.0));
+        b.run_for(60, |_, _| {});
+        assert_eq!(b.status().tracking.state, SyncState::Synchronized);
+        assert_eq!(b.served().stratum, 2);
+        assert!(b.error().abs() < 1e-3, "synchronized first: {}", b.error());
+        // One good source turns falseticker: at most two of five agree.
+        b.offsets[2] = 3.0;
+        b.events.clear();
+        let before = b.error();
+        let mut first_unsync = None;
+        let mut lost_at = None;
+        let mut samples_after = 0;
+        b.run_for(30, |sys, now| {
+            if first_unsync.is_none() {
+                if !sys.status(now).tracking.synchronized {
+                    first_unsync = Some(now);
+                    assert_eq!(sys.served_state(now).stratum, 16);
+                    assert_eq!(sys.served_state(now).leap, LeapIndicator::Unsynchronized);
+                } else if sys.status(now).sources[2]
+                    .last_offset
+                    .is_some_and(|o| o > 1.0)
+                {
+                    // The falseticker's first sample has arrived: selection must act on it.
+                    lost_at.get_or_insert(now);
+                    samples_after += 1;
+                }
+            }
+        });
+        assert_eq!(
+            samples_after, 0,
+            "unsynchronized within the selection that saw it"
+        );
+        assert!(first_unsync.is_some(), "never lost sync");
+        let st = b.status();
+        assert_eq!(st.tracking.state, SyncState::Unsynchronized);
+        assert!(st
+            .tracking
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("no majority"));
+        assert!(st
+            .sources
+            .iter()
+            .all(|s| s.state == SourceState::Falseticker));
+        assert_eq!(b.served().stratum, 16);
+        assert!(
+            (b.error() - before - 30.0 * 10e-6 * 0.0).abs() < 2e-4,
+            "the clock was not moved: {before} → {}",
+            b.error()
+        );
+        let logged: Vec<String> = b.events.iter().map(|e| e.to_string()).collect();
+        assert!(
+            logged
+                .iter()
+                .any(|e| e.contains("no majority") && e.contains("unsynchronized")),
+            "{logged:?}"
+        );
+        // The majority back: synchronized again.
+        b.offsets[2] = 0.0;
+        b.run_for(30, |_, _| {});
+        assert_eq!(b.status().tracking.state, SyncState::Synchronized);
+    }
+
+    #[test]
+    fn local_stratum_takes_over_when_the_majority_is_lost() {
+        let cfg = SystemConfig {
+            local_stratum: Some(10),
+            ..SystemConfig::default()
+        };
+        let src = SourceConfig {
+            minpoll: 0,
+            maxpoll: 2,
+            iburst: true,
+        };
+        let mut b = Bench::new(&[0.0, 0.0, 1.0], (0.0, 0.0), cfg, src);
+        b.run_for(40, |_, _| {});
+        assert_eq!(b.served().stratum, 2);
+        b.offsets[1] = 2.0;
+        b.run_for(20, |_, _| {});
+        let served = b.served();
+        assert_eq!((served.stratum, served.reference_id), (10, RefId::LOCL));
+        assert_eq!(b.status().tracking.state, SyncState::Unsynchronized);
+    }
+
+    #[test]
+    fn a_dead_source_is_unreachable_the_node_holds_over_then_recovers() {
+        let cfg = SystemConfig {
+            holdover: 120.0,
+            ..SystemConfig::default()
+        };
+        let src = SourceConfig {
+            minpoll: 2,
+            maxpoll: 2,
+            iburst: true,
+        };
+        let mut b = Bench::new(&[0.0], (0.01, 5.0), cfg, src);
+        b.run_for(60, |_, _| {});
+        assert_eq!(b.status().tracking.state, SyncState::Synchronized);
+        let disp0 = b.status().tracking.root_dispersion;
+        b.alive[0] = false;
+        b.events.clear();
+        // Eight polls of 4 s go unanswered.
+        b.run_for(40, |_, _| {});
+        let st = b.status();
+        assert_eq!(st.sources[0].state, SourceState::Unreachable, "{st:?}");
+        assert!(st.sources[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("no reply"));
+        assert_eq!(st.tracking.state, SyncState::Holdover);
+        assert!(st.tracking.synchronized);
+        assert!(st
+            .tracking
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("no selectable sources"));
+        assert_eq!(b.served().stratum, 2, "still served as synchronized");
+        let logged: Vec<String> = b.events.iter().map(|e| e.to_string()).collect();
+        assert!(
+            logged.iter().any(|e| e.contains("unreachable")),
+            "{logged:?}"
+        );
+        assert!(
+            logged.iter().any(|e| e.contains("no selectable sources")),
+            "{logged:?}"
+        );
+        // Root dispersion grows at PHI with the time since the last update.
+        let age = st.tracking.last_update_age.unwrap();
+        let grown = st.tracking.root_dispersion - disp0;
+        assert!(
+            (grown - PHI * age).abs() < PHI * 8.0,
+            "grew {grown} s in {age} s"
+        );
+        // The holdover limit: unsynchronized, logged once.
+        b.run_for(100, |_, _| {});
+        let st = b.status();
+        assert_eq!(st.tracking.state, SyncState::Unsynchronized);
+        assert!(st.tracking.reason.as_deref().unwrap().contains("holdover"));
+        assert_eq!(b.served().stratum, 16);
+        let expired = b
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::HoldoverExpired { .. }))
+            .count();
+        assert_eq!(expired, 1);
+        // The source answers again: it is selected and the node synchronized by itself.
+        b.alive[0] = true;
+        b.run_for(40, |_, _| {});
+        assert_eq!(b.status().tracking.state, SyncState::Synchronized);
+        assert_eq!(b.states(), vec![SourceState::Selected]);
+        assert!(b
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Reachable { .. })));
+        assert!(b.error().abs() < 1e-3, "{}", b.error());
+    }
+
+    #[test]
+    fn no_good_source_is_an_outlier_while_a_startup_offset_is_slewed() {
+        // 50 ms off, below the step threshold: slewed away. Ten good sources at default
+        // polling; their burst samples were taken before the slew.
+        let src = SourceConfig::default();
+        let offsets = [0.0; 10];
+        let mut b = Bench::new(&offsets, (0.05, 0.0), SystemConfig::default(), src);
+        let mut worst: Vec<(i64, Vec<SourceState>)> = Vec::new();
+        b.run_for(400, |sys, now| {
+            let st = sys.status(now);
+            let bad = st
+                .sources
+                .iter()
+                .any(|s| matches!(s.state, SourceState::Outlier | SourceState::Falseticker));
+            if bad && worst.len() < 3 {
+                worst.push((now.0 / S, st.sources.iter().map(|s| s.state).collect()));
+            }
+        });
+        assert!(worst.is_empty(), "good sources rejected: {worst:?}");
+        assert!(b.error().abs() < 1e-3, "{}", b.error());
+        // After the slew, every source's offset reads as it is now, not as before the slew.
+        for s in b.status().sources {
+            let off = s.offset.unwrap();
+            assert!(off.abs() < 1e-3, "{}: {off}", s.address);
+        }
+    }
+
+    #[test]
+    fn the_panic_threshold_is_reported_once() {
+        let cfg = SystemConfig {
+            discipline: DisciplineConfig {
+                panic_threshold: 1.0,
+                ..DisciplineConfig::default()
+            },
+            ..SystemConfig::default()
+        };
+        let src = SourceConfig {
+            minpoll: 0,
+            maxpoll: 0,
+            iburst: true,
+        };
+        let mut b = Bench::new(&[5.0], (0.0, 0.0), cfg, src);
+        b.run_for(30, |_, _| {});
+        let refused = b
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::PanicRefused { .. }))
+            .count();
+        assert_eq!(refused, 1, "{:?}", b.events);
+        assert!(b.events.iter().filter(|e| e.is_warning()).count() <= 2);
+        assert_eq!(b.status().tracking.state, SyncState::Unsynchronized);
     }
 }

@@ -1,7 +1,9 @@
 //! The clock backends of `ntpkit daemon`: what the core disciplines, and what is served.
 //!
 //! * `system`: the OS clock, adjusted through `clock_adjtime`. Needs CAP_SYS_TIME; refused
-//!   with a clear message without it. Never used by tests.
+//!   with a clear message without it, as the clock call itself answers at start (so that the
+//!   answer is right wherever the call is provided, by the kernel or by a simulator). Never
+//!   used by tests with the capability.
 //! * `observe`: the OS clock, never adjusted. The core's commands go to a shadow software clock
 //!   on top of the OS clock, so that the discipline loop stays closed and its estimates stay
 //!   right; the shadow's accumulated correction is what the daemon *would* have done, and
@@ -128,8 +130,12 @@ impl ClockBackend {
     pub fn new(section: &ClockSection, os_now: i64) -> Result<ClockBackend, ClockError> {
         let soft = match section.backend {
             ClockBackendKind::System => {
-                if !ntpkit_os::adjust::has_cap_sys_time() {
-                    return Err(ClockError::NoCapability);
+                match ntpkit_os::adjust::probe_adjust() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        return Err(ClockError::NoCapability)
+                    }
+                    Err(e) => return Err(ClockError::Adjust(e)),
                 }
                 None
             }
@@ -149,6 +155,11 @@ impl ClockBackend {
             wander_at: os_now,
             slew: SlewTimer::default(),
         })
+    }
+
+    /// True if the clock wanders and [`wander`](Self::wander) must run about once a second.
+    pub fn wanders(&self) -> bool {
+        self.soft.is_some() && self.wander_ppm != 0.0
     }
 
     /// The disciplined clock's reading when the OS clock reads `os_ns`.

@@ -1,11 +1,15 @@
 //! `ntpkit daemon` configuration: TOML parsed into types (unknown keys rejected), then checked
-//! for values no type can express (minpoll ≤ maxpoll, a stratum in 1–15, …). Every error says
-//! what is wrong and how to fix it.
+//! for what no type can express (minpoll ≤ maxpoll, a stratum in 1–15, an address that can be
+//! an address, a directory that exists, …). Every problem in the file is reported, each saying
+//! what is wrong and how to fix it. `docs/config.md` lists every key.
 
+use crate::tcp::TcpLimits;
 use ntpkit_core::sync::{DisciplineConfig, SampleLimits, SourceConfig, SystemConfig};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -23,6 +27,13 @@ pub struct DaemonConfig {
     /// TCP addresses to serve ntpkit's framed NTP on.
     #[serde(default)]
     pub tcp: Vec<SocketAddr>,
+    /// Threads per `listen` address that serve UDP with batched system calls; 0 (default)
+    /// serves from the event loop.
+    #[serde(default)]
+    pub serve_threads: usize,
+    /// Limits of the TCP listeners.
+    #[serde(default)]
+    pub tcp_limits: TcpLimitsSection,
     /// The clock to discipline.
     #[serde(default)]
     pub clock: ClockSection,
@@ -31,7 +42,7 @@ pub struct DaemonConfig {
     pub sync: SyncSection,
     /// File that keeps the frequency estimate across restarts (written atomically).
     pub drift_file: Option<PathBuf>,
-    /// Unix socket that `ntpkit status` reads.
+    /// Unix socket where `ntpkit status` reads the daemon's state (any user may read it).
     pub control_socket: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace.
     #[serde(default = "default_log_level")]
@@ -42,7 +53,7 @@ pub struct DaemonConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServerEntry {
-    /// `host[:port]` or `[v6]:port`; port 123 if absent.
+    /// `host[:port]`, `IPv4[:port]`, `IPv6` or `[IPv6]:port`; port 123 if absent.
     pub address: String,
     /// Shortest poll interval, log2 seconds.
     #[serde(default = "default_minpoll")]
@@ -61,7 +72,7 @@ pub struct ServerEntry {
 pub struct PoolEntry {
     /// `name[:port]`.
     pub name: String,
-    /// Most addresses used from the pool.
+    /// Most addresses used from the pool at once.
     #[serde(default = "default_pool_max")]
     pub max_sources: usize,
     /// Shortest poll interval, log2 seconds.
@@ -73,6 +84,33 @@ pub struct PoolEntry {
     /// Burst of requests at start.
     #[serde(default = "default_true")]
     pub iburst: bool,
+}
+
+/// Limits of the TCP listeners (`[tcp-limits]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TcpLimitsSection {
+    /// Most connections open at once.
+    #[serde(default = "default_tcp_max")]
+    pub max_connections: usize,
+    /// Most connections open at once from one IP address.
+    #[serde(default = "default_tcp_per_address")]
+    pub per_address: usize,
+    /// Seconds a connection may stay without a request.
+    #[serde(default = "default_tcp_idle")]
+    pub idle_timeout: f64,
+    /// Seconds a request frame may take to arrive once its first byte has.
+    #[serde(default = "default_tcp_frame")]
+    pub frame_timeout: f64,
+    /// Seconds replies may wait for a client that does not read them.
+    #[serde(default = "default_tcp_write")]
+    pub write_timeout: f64,
+}
+
+impl Default for TcpLimitsSection {
+    fn default() -> Self {
+        toml::from_str("").expect("all fields have defaults")
+    }
 }
 
 /// Which clock, and the virtual clock's parameters.
@@ -149,6 +187,9 @@ pub struct SyncSection {
     /// Most slewing, ppm.
     #[serde(default = "default_max_slew")]
     pub max_slew_ppm: f64,
+    /// Seconds the last update is served while no source is selectable.
+    #[serde(default = "default_holdover")]
+    pub holdover: f64,
 }
 
 impl Default for SyncSection {
@@ -190,12 +231,30 @@ fn default_max_distance() -> f64 {
 fn default_max_slew() -> f64 {
     83_333.0
 }
+fn default_holdover() -> f64 {
+    3600.0
+}
+fn default_tcp_max() -> usize {
+    1024
+}
+fn default_tcp_per_address() -> usize {
+    8
+}
+fn default_tcp_idle() -> f64 {
+    30.0
+}
+fn default_tcp_frame() -> f64 {
+    2.0
+}
+fn default_tcp_write() -> f64 {
+    5.0
+}
 
 /// A configuration error: what is wrong, where, and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {}", path.display())]
+    #[error("cannot read config file {}: {source}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -203,21 +262,92 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// TOML syntax, unknown key or wrong type.
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
         /// toml's message, which names the line and the key.
         message: String,
     },
-    /// A value out of range.
-    #[error("{path}: {message}")]
+    /// Values out of range or contradicting each other: every one found, one per line.
+    #[error("{}", problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>().join("\n"))]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong and how to fix it.
-        message: String,
+        /// What is wrong and how to fix it, one entry per problem.
+        problems: Vec<String>,
     },
+}
+
+/// A source's host as written in the configuration.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Host {
+    /// An IP address: used as it is.
+    Ip(IpAddr),
+    /// A name: resolved (and retried) while the daemon runs.
+    Name(String),
+}
+
+/// Splits `host[:port]`, `[IPv6]:port` or a bare IPv6 address into host and port (`default`
+/// if absent), checking what can be checked without resolving: the port is a port, something
+/// that looks like an IPv4 address is one, a name is a valid host name.
+pub fn parse_host_port(text: &str, default: u16) -> Result<(Host, u16), String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty address; give host[:port]".into());
+    }
+    let port_of = |p: &str| match p.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+        _ => Err(format!("{p:?} in {text:?} is not a port number (1–65535)")),
+    };
+    if let Some(rest) = text.strip_prefix('[') {
+        let (ip, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?}: missing ']' after the IPv6 address"))?;
+        let ip: std::net::Ipv6Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} in {text:?} is not an IPv6 address"))?;
+        let port = match tail {
+            "" => default,
+            t => port_of(
+                t.strip_prefix(':')
+                    .ok_or_else(|| format!("{text:?}: expected ':PORT' after the IPv6 address"))?,
+            )?,
+        };
+        return Ok((Host::Ip(IpAddr::V6(ip)), port));
+    }
+    if text.matches(':').count() > 1 {
+        return text
+            .parse::<IpAddr>()
+            .map(|ip| (Host::Ip(ip), default))
+            .map_err(|_| {
+                format!("{text:?} is not an IPv6 address (write [IPv6]:PORT to give a port)")
+            });
+    }
+    let (host, port) = match text.split_once(':') {
+        Some((h, p)) => (h, port_of(p)?),
+        None => (text, default),
+    };
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Ok((Host::Ip(IpAddr::V4(ip)), port));
+    }
+    if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!("{host:?} is not an IPv4 address"));
+    }
+    let valid_label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err(format!(
+            "{host:?} is neither an IP address nor a valid host name"
+        ));
+    }
+    Ok((Host::Name(host.to_string()), port))
 }
 
 impl DaemonConfig {
@@ -236,92 +366,161 @@ impl DaemonConfig {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        config.check().map_err(|message| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        })?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
         Ok(config)
     }
 
-    fn check(&self) -> Result<(), String> {
-        let polls = self
-            .server
-            .iter()
-            .map(|s| (format!("server {:?}", s.address), s.minpoll, s.maxpoll))
-            .chain(
-                self.pool
-                    .iter()
-                    .map(|p| (format!("pool {:?}", p.name), p.minpoll, p.maxpoll)),
-            );
-        for (what, min, max) in polls {
-            let (lo, hi) = ntpkit_core::sync::source::POLL_LIMITS;
+    /// Every problem of the configuration, in file order as far as possible.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let (lo, hi) = ntpkit_core::sync::source::POLL_LIMITS;
+        let polls = |what: &str, min: i8, max: i8, out: &mut Vec<String>| {
             if !(lo..=hi).contains(&min) || !(lo..=hi).contains(&max) {
-                return Err(format!(
+                out.push(format!(
                     "{what}: minpoll and maxpoll must be within {lo}..={hi} (log2 seconds)"
                 ));
-            }
-            if min > max {
-                return Err(format!(
+            } else if min > max {
+                out.push(format!(
                     "{what}: minpoll {min} is above maxpoll {max}; swap them"
                 ));
             }
-        }
+        };
         for s in &self.server {
-            if s.address.trim().is_empty() {
-                return Err("a [[server]] has an empty address; give host[:port]".into());
+            let what = format!("server {:?}", s.address);
+            if let Err(e) = parse_host_port(&s.address, 123) {
+                out.push(format!("{what}: {e}"));
             }
+            polls(&what, s.minpoll, s.maxpoll, &mut out);
+        }
+        for p in &self.pool {
+            let what = format!("pool {:?}", p.name);
+            if let Err(e) = parse_host_port(&p.name, 123) {
+                out.push(format!("{what}: {e}"));
+            }
+            if p.max_sources == 0 || p.max_sources > 16 {
+                out.push(format!(
+                    "{what}: max-sources = {} must be 1–16",
+                    p.max_sources
+                ));
+            }
+            polls(&what, p.minpoll, p.maxpoll, &mut out);
         }
         if let Some(st) = self.sync.local_stratum {
             if !(1..=15).contains(&st) {
-                return Err(format!("sync.local-stratum = {st}: must be 1–15"));
+                out.push(format!("sync.local-stratum = {st}: must be 1–15"));
             }
         }
-        if self.server.is_empty() && self.pool.is_empty() && self.sync.local_stratum.is_none() {
-            return Err(
+        let possible: usize =
+            self.server.len() + self.pool.iter().map(|p| p.max_sources).sum::<usize>();
+        if possible == 0 && self.sync.local_stratum.is_none() {
+            out.push(
                 "no [[server]] or [[pool]] and no sync.local-stratum: nothing to synchronize to; \
                  add a [[server]] with an address, or set sync.local-stratum to serve this clock"
                     .into(),
             );
         }
+        if self.sync.minsources == 0 {
+            out.push("sync.minsources = 0: must be at least 1".into());
+        } else if possible > 0 && self.sync.minsources > possible {
+            out.push(format!(
+                "sync.minsources = {} but at most {possible} source(s) are configured: the clock \
+                 would never be disciplined; lower minsources or add sources",
+                self.sync.minsources
+            ));
+        }
         let positive = [
             ("sync.step-threshold", self.sync.step_threshold),
             ("sync.max-distance", self.sync.max_distance),
             ("sync.max-slew-ppm", self.sync.max_slew_ppm),
+            ("sync.holdover", self.sync.holdover),
+            ("tcp-limits.idle-timeout", self.tcp_limits.idle_timeout),
+            ("tcp-limits.frame-timeout", self.tcp_limits.frame_timeout),
+            ("tcp-limits.write-timeout", self.tcp_limits.write_timeout),
         ];
         for (name, v) in positive {
             if !(v.is_finite() && v > 0.0) {
-                return Err(format!("{name} = {v}: must be a positive number"));
+                out.push(format!("{name} = {v}: must be a positive number"));
             }
         }
-        if !(self.sync.panic_threshold.is_finite() && self.sync.panic_threshold >= 0.0) {
-            return Err("sync.panic-threshold must be ≥ 0 (0 disables it)".into());
+        let non_negative = [
+            (
+                "sync.panic-threshold",
+                self.sync.panic_threshold,
+                " (0 disables it)",
+            ),
+            ("sync.stepout", self.sync.stepout, ""),
+            ("clock.wander-ppm", self.clock.wander_ppm, ""),
+        ];
+        for (name, v, note) in non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                out.push(format!("{name} = {v}: must be a number ≥ 0{note}"));
+            }
         }
-        if self.sync.minsources == 0 {
-            return Err("sync.minsources = 0: must be at least 1".into());
+        if !self.clock.offset.is_finite() {
+            out.push(format!(
+                "clock.offset = {}: must be a number of seconds",
+                self.clock.offset
+            ));
+        }
+        if !(self.clock.frequency_ppm.is_finite() && self.clock.frequency_ppm.abs() <= 500.0) {
+            out.push(format!(
+                "clock.frequency-ppm = {}: must be within ±500 ppm (beyond, a clock cannot be \
+                 corrected)",
+                self.clock.frequency_ppm
+            ));
         }
         if self.clock.backend != ClockBackendKind::Virtual
             && (self.clock.offset != 0.0
                 || self.clock.frequency_ppm != 0.0
-                || self.clock.wander_ppm != 0.0)
+                || self.clock.wander_ppm != 0.0
+                || self.clock.seed.is_some())
         {
-            return Err(
-                "clock.offset, clock.frequency-ppm and clock.wander-ppm apply to the virtual clock only; \
-                 set clock.backend = \"virtual\" or remove them"
+            out.push(
+                "clock.offset, clock.frequency-ppm, clock.wander-ppm and clock.seed apply to the \
+                 virtual clock only; set clock.backend = \"virtual\" or remove them"
                     .into(),
             );
         }
-        if self.clock.frequency_ppm.abs() > 500.0 {
-            return Err(
-                "clock.frequency-ppm beyond ±500 ppm cannot be corrected (max slew 500 ppm)".into(),
-            );
+        for (key, addrs) in [("listen", &self.listen), ("tcp", &self.tcp)] {
+            let mut seen = HashSet::new();
+            for a in addrs {
+                if !seen.insert(a) {
+                    out.push(format!("{key}: {a} is listed twice; remove the duplicate"));
+                }
+            }
+        }
+        if self.serve_threads > 64 {
+            out.push(format!(
+                "serve-threads = {}: at most 64",
+                self.serve_threads
+            ));
+        }
+        if self.tcp_limits.max_connections == 0 || self.tcp_limits.per_address == 0 {
+            out.push("tcp-limits.max-connections and per-address must be at least 1".into());
+        }
+        for (key, path) in [
+            ("drift-file", &self.drift_file),
+            ("control-socket", &self.control_socket),
+        ] {
+            if let Some(p) = path {
+                if let Some(problem) = directory_problem(p) {
+                    out.push(format!("{key} = {:?}: {problem}", p.display().to_string()));
+                }
+            }
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
-            return Err(format!(
+            out.push(format!(
                 "log-level = {:?}: use one of error, warn, info, debug, trace",
                 self.log_level
             ));
         }
-        Ok(())
+        out
     }
 
     /// The core's system configuration.
@@ -343,8 +542,43 @@ impl DaemonConfig {
                 ..SampleLimits::default()
             },
             local_stratum: self.sync.local_stratum,
+            holdover: self.sync.holdover,
             ..SystemConfig::default()
         }
+    }
+
+    /// The TCP listeners' limits.
+    pub fn tcp_limits(&self) -> TcpLimits {
+        let l = &self.tcp_limits;
+        TcpLimits {
+            max_connections: l.max_connections,
+            per_address: l.per_address,
+            idle_timeout: Duration::from_secs_f64(l.idle_timeout),
+            frame_timeout: Duration::from_secs_f64(l.frame_timeout),
+            write_timeout: Duration::from_secs_f64(l.write_timeout),
+            ..TcpLimits::default()
+        }
+    }
+}
+
+/// What is wrong with the directory that will hold `path`, if anything.
+fn directory_problem(path: &Path) -> Option<String> {
+    if path.file_name().is_none() {
+        return Some("names a directory, not a file".into());
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+            "directory {} does not exist; create it (mkdir -p {}) or choose another path",
+            dir.display(),
+            dir.display()
+        )),
+        Err(e) => Some(format!("cannot use directory {}: {e}", dir.display())),
     }
 }
 
@@ -399,6 +633,9 @@ mod tests {
             [sync]
             minsources = 1
             local-stratum = 10
+            holdover = 600
+            [tcp-limits]
+            per-address = 2
             "#,
         )
         .unwrap();
@@ -407,6 +644,9 @@ mod tests {
         assert_eq!(c.clock.backend, ClockBackendKind::Virtual);
         assert_eq!(c.sync.step_threshold, 0.128);
         assert_eq!(c.pool[0].max_sources, 4);
+        assert_eq!(c.system_config(-20, None).holdover, 600.0);
+        assert_eq!(c.tcp_limits().per_address, 2);
+        assert_eq!(c.tcp_limits().frame_timeout, Duration::from_secs(2));
     }
 
     #[test]
@@ -423,5 +663,88 @@ mod tests {
         assert!(e.contains("backend = \"virtual\""), "{e}");
         let e = parse("[sync]\nlocal-stratum = 1\n[clock]\nbackend = \"atomic\"\n").unwrap_err();
         assert!(e.contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_once_each() {
+        let e = parse(
+            r#"
+            listen = ["127.0.0.1:123", "127.0.0.1:123"]
+            drift-file = "/nonexistent-ntpkit-dir/drift"
+            control-socket = "/nonexistent-ntpkit-dir/ntpkit.sock"
+            [[server]]
+            address = "127.0.0.1:70000"
+            [[server]]
+            address = "1.2.3.4.5"
+            [[pool]]
+            name = "pool.example"
+            max-sources = 0
+            [clock]
+            backend = "virtual"
+            offset = nan
+            wander-ppm = -1
+            frequency-ppm = inf
+            [sync]
+            minsources = 3
+            panic-threshold = -5
+            step-threshold = nan
+            "#,
+        )
+        .unwrap_err();
+        let lines: Vec<&str> = e.lines().collect();
+        for want in [
+            "\"70000\" in \"127.0.0.1:70000\" is not a port number",
+            "\"1.2.3.4.5\" is not an IPv4 address",
+            "max-sources = 0 must be 1–16",
+            "sync.minsources = 3 but at most 2 source(s)",
+            "sync.step-threshold = NaN: must be a positive number",
+            "sync.panic-threshold = -5: must be a number ≥ 0",
+            "clock.wander-ppm = -1: must be a number ≥ 0",
+            "clock.offset = NaN",
+            "clock.frequency-ppm = inf",
+            "listen: 127.0.0.1:123 is listed twice",
+            "drift-file = \"/nonexistent-ntpkit-dir/drift\": directory /nonexistent-ntpkit-dir \
+             does not exist",
+            "control-socket = \"/nonexistent-ntpkit-dir/ntpkit.sock\": directory",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.contains(want)),
+                "missing {want:?} in:\n{e}"
+            );
+        }
+        assert!(lines.iter().all(|l| l.starts_with("test.toml: ")), "{e}");
+        assert_eq!(lines.len(), 12, "one line per problem:\n{e}");
+    }
+
+    #[test]
+    fn addresses_are_checked_without_resolving() {
+        let ok = |s: &str| parse_host_port(s, 123).unwrap();
+        assert_eq!(
+            ok("192.0.2.1"),
+            (Host::Ip("192.0.2.1".parse().unwrap()), 123)
+        );
+        assert_eq!(ok("192.0.2.1:1123").1, 1123);
+        assert_eq!(ok("::1"), (Host::Ip("::1".parse().unwrap()), 123));
+        assert_eq!(ok("[::1]:1123"), (Host::Ip("::1".parse().unwrap()), 1123));
+        assert_eq!(ok("[2001:db8::1]").1, 123);
+        assert_eq!(
+            ok("time.example.org"),
+            (Host::Name("time.example.org".into()), 123)
+        );
+        assert_eq!(ok("ntp-1.example:4123").1, 4123);
+        for bad in [
+            "1.2.3.4.5",
+            "192.0.2.1:70000",
+            "192.0.2.1:0",
+            "host:port",
+            "[::1",
+            "[::1]1123",
+            "[zz::1]:1",
+            "-bad.example",
+            "under score.example",
+            "",
+        ] {
+            assert!(parse_host_port(bad, 123).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -1,14 +1,29 @@
 //! The control socket: a Unix socket where `ntpkit status` reads the daemon's state.
 //!
-//! Protocol (ntpkit's own): the client writes one line, `status`, and reads one JSON document
-//! ([`DaemonStatus`]) until the daemon closes the connection.
+//! Protocol (ntpkit's own): the client writes one line, the request, and reads one JSON
+//! document until the daemon closes the connection. `status` answers a [`DaemonStatus`]; any
+//! user may ask it (the socket is world-writable, as chronyc's and ntp-ctl's reading commands
+//! are open to all). Requests that change state are only taken from root or the daemon's own
+//! user (checked with `SO_PEERCRED`). Errors come back as `{"error": "..."}`.
+//!
+//! The daemon serves the socket from its event loop ([`ControlServer`]): non-blocking, a
+//! deadline per connection, the answer built when the request is complete.
 
 use super::clock::ClockReport;
 use ntpkit_core::sync::SystemStatus;
+use ntpkit_os::{Interest, PollSet};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// How long a client has to send its request and take the answer.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest request line.
+const MAX_REQUEST: usize = 4096;
 
 /// Everything the daemon reports.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,10 +55,10 @@ impl DaemonStatus {
         let _ = writeln!(w, "Reference ID    : {}", t.reference_id);
         let _ = writeln!(w, "Stratum         : {}", t.stratum);
         let _ = writeln!(w, "Leap status     : {}", t.leap);
-        let sync = if t.synchronized {
-            "yes".to_string()
-        } else {
-            format!("no ({})", t.reason.as_deref().unwrap_or("unknown"))
+        let sync = match (t.synchronized, t.reason.as_deref()) {
+            (true, None) => "yes".to_string(),
+            (true, Some(why)) => format!("yes ({why})"),
+            (false, why) => format!("no ({})", why.unwrap_or("unknown")),
         };
         let _ = writeln!(w, "Synchronized    : {sync}");
         let _ = writeln!(
@@ -67,12 +82,11 @@ impl DaemonStatus {
         let _ = writeln!(w, "Correction      : {:+.3} ppm", t.correction_ppm);
         let _ = writeln!(w, "Root delay      : {:.9} seconds", t.root_delay);
         let _ = writeln!(w, "Root dispersion : {:.9} seconds", t.root_dispersion);
-        let _ = writeln!(
-            w,
-            "Poll            : {} ({} s)",
-            t.poll,
-            2f64.powi(t.poll as i32)
-        );
+        match t.poll {
+            Some(p) => writeln!(w, "Poll            : {p} ({} s)", 2f64.powi(p as i32)),
+            None => writeln!(w, "Poll            : - (no sources)"),
+        }
+        .ok();
         let _ = writeln!(w, "Updates / steps : {} / {}", t.updates, t.steps);
         let c = &self.clock;
         let _ = write!(w, "Clock           : {}", c.backend);
@@ -84,16 +98,23 @@ impl DaemonStatus {
         }
         let _ = writeln!(w);
         let _ = writeln!(w);
-        let _ = writeln!(w, "S Address                                 Stratum Poll Reach  LastRx      Offset       Delay      Jitter  State");
+        if self.system.sources.is_empty() {
+            return out;
+        }
+        let _ = writeln!(w, "S Name/address                            Stratum Poll Reach  LastRx      Offset       Delay      Jitter  State");
         let _ = writeln!(w, "{}", "=".repeat(113));
         let secs = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:+.6}"));
         let plain = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.6}"));
         for s in &self.system.sources {
+            let name = match &s.name {
+                Some(n) => format!("{n} ({})", s.address),
+                None => s.address.clone(),
+            };
             let _ = writeln!(
                 w,
                 "{} {:<40} {:>7} {:>4} {:>5o} {:>7} {:>11} {:>11} {:>11}  {:?}{}",
                 s.state.symbol(),
-                s.address,
+                name,
                 s.stratum.map_or("-".to_string(), |x| x.to_string()),
                 s.poll,
                 s.reach,
@@ -103,7 +124,7 @@ impl DaemonStatus {
                 plain(s.delay),
                 plain(s.jitter),
                 s.state,
-                s.last_rejection
+                s.reason
                     .as_deref()
                     .map_or(String::new(), |r| format!(" ({r})")),
             );
@@ -112,14 +133,210 @@ impl DaemonStatus {
     }
 }
 
+/// The daemon's side of the control socket.
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    clients: Vec<Client>,
+    /// Poll-set index of the listener, then of each client in order.
+    first: usize,
+}
+
+#[derive(Debug)]
+struct Client {
+    stream: UnixStream,
+    inbuf: Vec<u8>,
+    /// The answer, once the request is complete, and how much of it was sent.
+    answer: Option<(Vec<u8>, usize)>,
+    deadline: i64,
+}
+
+/// A request read from a client, for the daemon to answer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Request {
+    /// The request line, trimmed.
+    pub line: String,
+    /// True if the client runs as root or as the daemon's user.
+    pub privileged: bool,
+}
+
+impl ControlServer {
+    /// Creates the socket at `path` (removing a stale one left by a crash; refusing one a live
+    /// daemon answers on), readable and writable by every user.
+    pub fn bind(path: &Path) -> Result<ControlServer, String> {
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "control socket {} is in use by a running daemon; stop it or choose another \
+                     control-socket",
+                    path.display()
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                format!("cannot remove stale control socket {}: {e}", path.display())
+            })?;
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| format!("cannot create control socket {}: {e}", path.display()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        // Reading the status is for everyone; what changes state checks the peer's user.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|e| {
+            format!(
+                "cannot open control socket {} to all users: {e}",
+                path.display()
+            )
+        })?;
+        Ok(ControlServer {
+            listener,
+            path: path.to_owned(),
+            clients: Vec::new(),
+            first: 0,
+        })
+    }
+
+    /// Adds the listener and clients to `set`.
+    pub fn register(&mut self, set: &mut PollSet) {
+        self.first = set.len();
+        set.push(self.listener.as_raw_fd(), Interest::Read);
+        for c in &self.clients {
+            let interest = if c.answer.is_some() {
+                Interest::Write
+            } else {
+                Interest::Read
+            };
+            set.push(c.stream.as_raw_fd(), interest);
+        }
+    }
+
+    /// Handles what `set` reports ready at `now` (monotonic ns); `answer` builds the reply to
+    /// each complete request.
+    pub fn handle_ready(
+        &mut self,
+        set: &PollSet,
+        now: i64,
+        mut answer: impl FnMut(&Request) -> Vec<u8>,
+    ) {
+        let mut keep = Vec::with_capacity(self.clients.len());
+        for (k, mut c) in std::mem::take(&mut self.clients).into_iter().enumerate() {
+            let at = self.first + 1 + k;
+            let ok = if c.answer.is_none() && set.readable(at) {
+                c.read(&mut answer)
+            } else if c.answer.is_some() && set.writable(at) {
+                c.write()
+            } else {
+                true
+            };
+            if ok {
+                keep.push(c);
+            }
+        }
+        self.clients = keep;
+        if set.readable(self.first) {
+            if let Ok((stream, _)) = self.listener.accept() {
+                if stream.set_nonblocking(true).is_ok() {
+                    self.clients.push(Client {
+                        stream,
+                        inbuf: Vec::new(),
+                        answer: None,
+                        deadline: now + CLIENT_DEADLINE.as_nanos() as i64,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The earliest client deadline (monotonic ns).
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.clients.iter().map(|c| c.deadline).min()
+    }
+
+    /// Drops the clients whose deadline passed by `now`.
+    pub fn handle_timeout(&mut self, now: i64) {
+        self.clients.retain(|c| c.deadline > now);
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Client {
+    /// Reads what is there; once the line is complete, builds the answer and starts sending
+    /// it. False when the client is done with (closed, or broke the protocol).
+    fn read(&mut self, answer: &mut impl FnMut(&Request) -> Vec<u8>) -> bool {
+        let mut buf = [0u8; 1024];
+        match self.stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+        let Some(end) = self.inbuf.iter().position(|&b| b == b'\n') else {
+            return self.inbuf.len() <= MAX_REQUEST;
+        };
+        let line = String::from_utf8_lossy(&self.inbuf[..end])
+            .trim()
+            .to_string();
+        let uid = ntpkit_os::fd::peer_uid(self.stream.as_raw_fd()).ok();
+        let privileged = uid.is_some_and(|u| u == 0 || u == ntpkit_os::fd::effective_uid());
+        self.answer = Some((answer(&Request { line, privileged }), 0));
+        self.write()
+    }
+
+    /// Sends what the socket takes of the answer. False when it is all sent (or failed).
+    fn write(&mut self) -> bool {
+        let Some((data, sent)) = &mut self.answer else {
+            return true;
+        };
+        match self.stream.write(&data[*sent..]) {
+            Ok(n) => {
+                *sent += n;
+                *sent < data.len()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            Err(_) => false,
+        }
+    }
+}
+
+/// An error document for the control protocol.
+pub fn error_answer(message: &str) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&serde_json::json!({ "error": message })).expect("serializes");
+    v.push(b'\n');
+    v
+}
+
 /// Asks the daemon at `socket` for its status (blocking, with a timeout).
 pub fn query(socket: &Path, timeout: Duration) -> std::io::Result<DaemonStatus> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+    let mut s = UnixStream::connect(socket).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "no control socket there: is `ntpkit daemon` running with control-socket = \
+                 \"{}\"? (give another path with --socket PATH)",
+                socket.display()
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "permission denied: the daemon opens its socket to every user, so a directory \
+                 on the way to {} is closed to you (check its permissions), or the file is not \
+                 the daemon's socket",
+                socket.display()
+            ),
+            std::io::ErrorKind::ConnectionRefused => {
+                "nothing listens on it: the daemon has stopped (the file is left from an \
+                 earlier run)"
+                    .to_string()
+            }
+            _ => "is `ntpkit daemon` running with this control-socket?".to_string(),
+        };
         std::io::Error::new(
             e.kind(),
             format!(
-                "cannot connect to the daemon's control socket {}: {e} (is `ntpkit daemon` running \
-                 with control-socket set to this path? use --socket PATH)",
+                "cannot connect to the daemon's control socket {}: {e}; {hint}",
                 socket.display()
             ),
         )
@@ -129,6 +346,11 @@ pub fn query(socket: &Path, timeout: Duration) -> std::io::Result<DaemonStatus> 
     s.write_all(b"status\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(&buf) {
+        if let Some(serde_json::Value::String(e)) = m.get("error") {
+            return Err(std::io::Error::other(format!("the daemon answered: {e}")));
+        }
+    }
     serde_json::from_slice(&buf).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -1,40 +1,53 @@
-//! `ntpkit daemon`: the tokio driver of the core's [`SyncSystem`] over real sockets.
+//! `ntpkit daemon`: one event loop that drives the core's [`SyncSystem`] over real sockets.
 //!
-//! One task owns the [`SyncSystem`] and the [`ClockBackend`] and runs the core's call contract:
-//! replies in (from one receive thread per source, with kernel receive timestamps), deadlines
-//! in, then requests, clock commands and events out. The server side is `ntpkit serve`'s UDP
-//! workers and TCP tasks, reading the disciplined clock and the served state (stratum, refid,
-//! root delay and dispersion, leap) through a [`SharedClock`] updated after every input.
+//! One thread does everything, as chronyd does: it waits in `poll` on every socket — the
+//! sources', the NTP listeners (UDP and TCP), the control socket — and on a wake-up descriptor
+//! (signals, name resolution), with the earliest deadline as the timeout (the core's next
+//! request, the clock backend's end of a slew, a connection's timeout, a retry); then it feeds
+//! what arrived and what fell due to the core and carries out what comes out, in the core's
+//! call contract order: requests, clock commands, events. It reads the clock it disciplines
+//! directly, so every reply carries the clock as it is at that instant.
+//!
+//! Only `poll`, plain socket calls and `clock_adjtime` are used, from that one thread, so the
+//! unmodified binary also runs under clknetsim (which preloads those calls). Other threads run
+//! only where configured: `serve-threads` (batched UDP serving, reading the clock through a
+//! [`SharedClock`]), and short-lived resolver threads for names (never for IP addresses).
+//!
+//! Signals: SIGTERM and SIGINT stop it (the drift file is saved); SIGHUP saves the drift file
+//! and resolves source names again; SIGUSR1 prints the server counters.
 //!
 //! Layout: [`config`] (TOML), [`clock`] (system / observe / virtual backends), [`drift`] (the
-//! drift file), [`control`] (the status socket).
+//! drift file), [`control`] (the status socket), [`upstream`] (sources, names and pools).
 
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod drift;
+pub mod upstream;
 
 use crate::serve::{ServeConfig, Shared};
 use crate::served_clock::{ServedClock, SharedClock};
+use crate::tcp::TcpServer;
+use crate::udp::{SendMode, UdpServer};
 use clock::{ClockBackend, ClockError};
 use config::DaemonConfig;
-use ntpkit_core::sync::{SourceId, SyncSystem};
+use control::{ControlServer, DaemonStatus, Request};
+use ntpkit_core::sync::{Event, SyncSystem};
 use ntpkit_core::MonoTime;
-use ntpkit_os::{monotonic_nanos, realtime_nanos, UdpSocket, UdpSocketOptions};
+use ntpkit_os::{monotonic_nanos, realtime_nanos, Interest, PollSet, Signal, Waker};
 use rand_core::{SeedableRng, TryRngCore};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use upstream::Upstreams;
 
 /// How often the drift file is rewritten while running.
-const DRIFT_SAVE_INTERVAL: Duration = Duration::from_secs(3600);
-/// How often a source's receive thread checks the stop flag.
-const RECV_POLL: Duration = Duration::from_millis(250);
+const DRIFT_SAVE_INTERVAL: f64 = 3600.0;
+/// How often a wandering virtual clock's frequency is advanced.
+const WANDER_INTERVAL: f64 = 1.0;
 
 /// Why the daemon could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -42,236 +55,389 @@ pub enum DaemonError {
     /// The clock backend cannot run.
     #[error(transparent)]
     Clock(#[from] ClockError),
-    /// A server address did not resolve.
-    #[error("cannot resolve server {address:?}: {message}; check the name or give an IP address")]
-    Resolve {
-        /// As configured.
-        address: String,
-        /// Why.
-        message: String,
-    },
     /// The drift file is unreadable or cannot be written.
     #[error("drift file: {0}")]
     Drift(std::io::Error),
-    /// A listening or client socket failed.
+    /// A listening socket or the control socket failed.
     #[error("{0}")]
     Socket(String),
-    /// Runtime, signals.
+    /// Waiting on the sockets, threads, signals.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
-/// Input to the sync task.
-enum Input {
-    Reply {
-        source: SourceId,
-        bytes: Vec<u8>,
-        mono: i64,
-        os_rx: i64,
-    },
-    Status(oneshot::Sender<Vec<u8>>),
-}
-
-struct Client {
-    socket: Arc<UdpSocket>,
-    server: SocketAddr,
-}
-
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run_async(config))
+    Daemon::start(config)?.run()
 }
 
-async fn run_async(config: DaemonConfig) -> Result<(), DaemonError> {
-    let precision = ntpkit_os::clock_precision_log2();
-    let drift = match &config.drift_file {
-        Some(p) => drift::read(p).map_err(DaemonError::Drift)?,
-        None => None,
-    };
-    let mut clock = ClockBackend::new(&config.clock, realtime_nanos())?;
-    let mono = || MonoTime(monotonic_nanos());
-    let mut system = SyncSystem::new(
-        config.system_config(precision, drift),
-        mono(),
-        clock.read_at(realtime_nanos()),
-    );
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(os_seed());
-    let stop = Arc::new(Shared::default());
-    let (input_tx, mut input_rx) = mpsc::channel::<Input>(4096);
+/// Everything the event loop owns.
+struct Daemon {
+    config: DaemonConfig,
+    system: SyncSystem,
+    clock: ClockBackend,
+    rng: Xoshiro256PlusPlus,
+    upstreams: Upstreams,
+    /// Listeners served from the loop.
+    udp: Vec<UdpServer>,
+    tcp: Option<TcpServer>,
+    control: Option<ControlServer>,
+    /// Server counters (shared with serving threads, if any).
+    shared: Arc<Shared>,
+    /// What serving threads serve, if there are any, and the threads.
+    published: Option<Arc<SharedClock>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    waker: Arc<Waker>,
+    next_drift_save: MonoTime,
+    next_wander: Option<MonoTime>,
+}
 
-    // Upstream sources: one socket and receive thread each.
-    let mut clients: HashMap<SourceId, Client> = HashMap::new();
-    for (address, cfg) in upstreams(&config)? {
-        let id = system.add_source(address.ip(), cfg, mono(), &mut rng);
-        let bind: SocketAddr = if address.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        }
-        .parse()
-        .expect("literal");
-        let opts = UdpSocketOptions {
-            timestamps: true,
-            read_timeout: Some(RECV_POLL),
-            ..Default::default()
+fn mono() -> MonoTime {
+    MonoTime(monotonic_nanos())
+}
+
+impl Daemon {
+    fn start(config: DaemonConfig) -> Result<Daemon, DaemonError> {
+        let precision = ntpkit_os::clock_precision_log2();
+        let drift = match &config.drift_file {
+            Some(p) => drift::read(p).map_err(DaemonError::Drift)?,
+            None => None,
         };
-        let socket = Arc::new(UdpSocket::bind(bind, &opts).map_err(|e| {
-            DaemonError::Socket(format!("cannot open a client socket for {address}: {e}"))
-        })?);
-        spawn_receiver(id, address, socket.clone(), input_tx.clone(), stop.clone());
-        tracing::info!(
-            "source {address}: minpoll {} maxpoll {} iburst {}",
-            cfg.minpoll,
-            cfg.maxpoll,
-            cfg.iburst
-        );
-        clients.insert(
-            id,
-            Client {
-                socket,
-                server: address,
-            },
-        );
-    }
-
-    // Downstream: serve the disciplined clock.
-    let shared_clock = Arc::new(SharedClock::new(
-        clock.served_view(),
-        system.served_state(mono()),
-    ));
-    let serve_cfg = ServeConfig {
-        udp: config.listen.clone(),
-        udp_is_default: false,
-        tcp: config.tcp.clone(),
-        precision: Some(precision),
-        ..ServeConfig::default()
-    };
-    let mut workers = Vec::new();
-    for addr in &config.listen {
-        let socks = crate::udp::bind(*addr, &serve_cfg).map_err(|e| {
-            DaemonError::Socket(
-                crate::serve::ServeError::Bind {
-                    addr: *addr,
-                    transport: crate::serve::Transport::Udp,
-                    source: e,
-                }
-                .to_string(),
-            )
-        })?;
-        for sock in socks {
-            tracing::info!("NTP server listening on {} (udp)", sock.local_addr());
-            let worker = crate::udp::Worker::new(
-                sock,
-                ServedClock::shared(shared_clock.clone()),
-                stop.clone(),
-                &serve_cfg,
-            );
-            workers.push(std::thread::spawn(move || worker.run()));
-        }
-    }
-    for addr in &config.tcp {
-        let listener = crate::tcp::bind(*addr).await.map_err(|e| {
-            DaemonError::Socket(
-                crate::serve::ServeError::Bind {
-                    addr: *addr,
-                    transport: crate::serve::Transport::Tcp,
-                    source: e,
-                }
-                .to_string(),
-            )
-        })?;
-        tracing::info!("NTP server listening on {} (tcp)", listener.local_addr()?);
-        tokio::spawn(crate::tcp::serve(
-            listener,
-            ServedClock::shared(shared_clock.clone()),
-            stop.clone(),
-            serve_cfg.clone(),
-        ));
-    }
-    let _control_guard = match &config.control_socket {
-        Some(path) => Some(spawn_control(path.clone(), input_tx.clone())?),
-        None => None,
-    };
-
-    let mut signals = Signals::new()?;
-    let mut wander_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut drift_tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + DRIFT_SAVE_INTERVAL,
-        DRIFT_SAVE_INTERVAL,
-    );
-    let mut buf = [0u8; 64];
-    loop {
-        // Outputs of the core, in contract order.
+        let clock = ClockBackend::new(&config.clock, realtime_nanos())?;
         let now = mono();
-        while let Some(tx) =
-            system.poll_transmit(now, clock.read_at(realtime_nanos()), &mut rng, &mut buf)
-        {
-            if let Some(c) = clients.get(&tx.source) {
-                if let Err(e) = c.socket.send_to(&buf[..tx.len], c.server) {
-                    tracing::debug!("send to {}: {e}", c.server);
+        let system = SyncSystem::new(
+            config.system_config(precision, drift),
+            now,
+            clock.read_at(realtime_nanos()),
+        );
+        let waker = Waker::new()?;
+        ntpkit_os::handle_signals(
+            &[
+                Signal::Interrupt,
+                Signal::Terminate,
+                Signal::Hangup,
+                Signal::User1,
+            ],
+            &waker,
+        )?;
+        let shared = Arc::new(Shared::default());
+        let serve_cfg = ServeConfig {
+            udp: config.listen.clone(),
+            udp_is_default: false,
+            tcp: config.tcp.clone(),
+            precision: Some(precision),
+            tcp_limits: config.tcp_limits(),
+            ..ServeConfig::default()
+        };
+        let bind_error = |addr, transport, source| {
+            DaemonError::Socket(
+                crate::serve::ServeError::Bind {
+                    addr,
+                    transport,
+                    source,
+                }
+                .to_string(),
+            )
+        };
+        let threads = config.serve_threads;
+        let mut udp = Vec::new();
+        let mut worker_sockets = Vec::new();
+        for &addr in &config.listen {
+            let socks = crate::udp::bind(addr, &serve_cfg, threads.max(1), threads == 0)
+                .map_err(|e| bind_error(addr, crate::serve::Transport::Udp, e))?;
+            for sock in socks {
+                tracing::info!("NTP server listening on {} (udp)", sock.local_addr());
+                if threads == 0 {
+                    udp.push(UdpServer::new(
+                        sock,
+                        serve_cfg.batch,
+                        SendMode::EachAlone,
+                        false,
+                    ));
+                } else {
+                    worker_sockets.push(sock);
                 }
             }
         }
-        while let Some(cmd) = system.poll_clock_command() {
-            tracing::debug!("clock command {cmd:?}");
-            clock.apply(realtime_nanos(), cmd)?;
+        let tcp = crate::serve::bind_tcp(&config.tcp, serve_cfg.tcp_limits, false)
+            .map_err(|e| DaemonError::Socket(e.to_string()))?;
+        for a in tcp.iter().flat_map(|t| t.local_addrs()) {
+            tracing::info!("NTP server listening on {a} (tcp)");
         }
-        while let Some(event) = system.poll_event() {
-            tracing::info!("{event}");
-        }
-        shared_clock.update(clock.served_view(), system.served_state(mono()));
+        let control = match &config.control_socket {
+            Some(path) => Some(ControlServer::bind(path).map_err(DaemonError::Socket)?),
+            None => None,
+        };
+        let (published, workers) = if worker_sockets.is_empty() {
+            (None, Vec::new())
+        } else {
+            let published = Arc::new(SharedClock::new(
+                clock.served_view(),
+                system.served_state(now),
+            ));
+            let mut workers = Vec::new();
+            for sock in worker_sockets {
+                let worker = crate::udp::Worker::new(
+                    sock,
+                    ServedClock::shared(published.clone()),
+                    shared.clone(),
+                    &serve_cfg,
+                );
+                workers.push(
+                    std::thread::Builder::new()
+                        .name(format!("udp {}", worker.local_addr()))
+                        .spawn(move || worker.run())?,
+                );
+            }
+            (Some(published), workers)
+        };
+        let next_wander = clock.wanders().then(|| now.add_secs_f64(WANDER_INTERVAL));
+        Ok(Daemon {
+            upstreams: Upstreams::new(&config, waker.clone()),
+            config,
+            system,
+            clock,
+            rng: Xoshiro256PlusPlus::seed_from_u64(os_seed()),
+            udp,
+            tcp,
+            control,
+            shared,
+            published,
+            workers,
+            waker,
+            next_drift_save: now.add_secs_f64(DRIFT_SAVE_INTERVAL),
+            next_wander,
+        })
+    }
 
-        let core_wait = system
-            .poll_timeout()
-            .map_or(1_000_000_000, |d| d.nanos_since(mono()));
-        // The system clock backend times the end of its slews itself.
-        let clock_wait = clock
-            .poll_timeout()
-            .map_or(i64::MAX, |at| at - realtime_nanos());
-        let deadline =
-            Duration::from_nanos(core_wait.min(clock_wait).clamp(0, 3_600_000_000_000) as u64);
-        tokio::select! {
-            _ = tokio::time::sleep(deadline) => {
-                clock.handle_timeout(realtime_nanos())?;
-                system.handle_timeout(mono(), clock.read_at(realtime_nanos()));
+    fn run(mut self) -> Result<(), DaemonError> {
+        let mut set = PollSet::new();
+        self.handle_timeouts(mono())?;
+        loop {
+            self.drain_core()?;
+            set.clear();
+            let wake = set.push(self.waker.as_raw_fd(), Interest::Read);
+            self.upstreams.register(&mut set);
+            let udp_first = set.len();
+            for u in &self.udp {
+                set.push(u.socket().as_raw_fd(), Interest::Read);
             }
-            Some(input) = input_rx.recv() => match input {
-                Input::Reply { source, bytes, mono: at, os_rx } => {
-                    system.handle_reply(MonoTime(at), clock.read_at(os_rx), source, &bytes);
+            if let Some(t) = &mut self.tcp {
+                t.register(&mut set);
+            }
+            if let Some(c) = &mut self.control {
+                c.register(&mut set);
+            }
+            set.wait(self.timeout())?;
+
+            for signal in ntpkit_os::take_signals() {
+                match signal {
+                    Signal::Interrupt | Signal::Terminate => {
+                        tracing::info!("stopping on {signal:?}");
+                        return self.stop();
+                    }
+                    Signal::Hangup => {
+                        tracing::info!(
+                            "SIGHUP: saving the drift file and resolving source names again"
+                        );
+                        self.save_drift();
+                        self.upstreams.resolve_again(mono());
+                    }
+                    Signal::User1 => crate::serve::print_report(&self.shared),
                 }
-                Input::Status(reply) => {
-                    let os = realtime_nanos();
-                    let status = control::DaemonStatus::new(
-                        system.status(mono()),
-                        clock.report(os),
-                        serde_json::json!({
-                            "udp": counters_json(&stop.udp),
-                            "tcp": counters_json(&stop.tcp),
-                        }),
+            }
+            if set.readable(wake) {
+                self.waker.drain();
+                self.upstreams
+                    .take_resolved(&mut self.system, mono(), &mut self.rng);
+            }
+            self.receive_replies(&set)?;
+            for (k, u) in self.udp.iter_mut().enumerate() {
+                if set.readable(udp_first + k) {
+                    let mut clock = ServedClock::fixed(
+                        self.clock.served_view(),
+                        self.system.served_state(mono()),
                     );
-                    let _ = reply.send(serde_json::to_vec_pretty(&status).expect("serializes"));
+                    let _ = u.serve_ready(&mut clock, &self.shared.udp);
                 }
-            },
-            _ = wander_tick.tick() => clock.wander(realtime_nanos()),
-            _ = drift_tick.tick() => save_drift(&config.drift_file, system.frequency_ppm(mono())),
-            _ = signals.recv() => break,
+            }
+            if let Some(t) = &mut self.tcp {
+                let mut clock =
+                    ServedClock::fixed(self.clock.served_view(), self.system.served_state(mono()));
+                t.handle_ready(&set, monotonic_nanos(), &mut clock, &self.shared.tcp);
+            }
+            if let Some(c) = &mut self.control {
+                let (system, clock, shared, upstreams) =
+                    (&self.system, &self.clock, &self.shared, &self.upstreams);
+                c.handle_ready(&set, monotonic_nanos(), |request| {
+                    answer(request, system, clock, shared, upstreams)
+                });
+            }
+            self.handle_timeouts(mono())?;
         }
     }
-    tracing::info!("stopping");
-    save_drift(&config.drift_file, system.frequency_ppm(mono()));
-    stop.stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.join();
+
+    /// The replies of the sources, each an input to the core.
+    fn receive_replies(&mut self, set: &PollSet) -> Result<(), DaemonError> {
+        let mut replies = Vec::new();
+        self.upstreams.receive(set, |id, bytes, os_rx| {
+            replies.push((id, bytes.to_vec(), os_rx));
+        });
+        for (id, bytes, os_rx) in replies {
+            let at = MonoTime(monotonic_nanos() - (realtime_nanos() - os_rx).max(0));
+            self.system
+                .handle_reply(at, self.clock.read_at(os_rx), id, &bytes);
+            self.drain_core()?;
+        }
+        Ok(())
     }
-    if let Some(path) = &config.control_socket {
-        let _ = std::fs::remove_file(path);
+
+    /// Everything whose time has come at `now`.
+    fn handle_timeouts(&mut self, now: MonoTime) -> Result<(), DaemonError> {
+        self.clock.handle_timeout(realtime_nanos())?;
+        if self.system.poll_timeout().is_some_and(|t| t <= now) {
+            self.system
+                .handle_timeout(now, self.clock.read_at(realtime_nanos()));
+        }
+        self.upstreams
+            .handle_timeout(&mut self.system, now, &mut self.rng);
+        if self.upstreams.next_deadline().is_some_and(|t| t <= now) {
+            let status = self.system.status(now);
+            self.upstreams.check_pools(&mut self.system, &status, now);
+        }
+        if let Some(t) = &mut self.tcp {
+            t.handle_timeout(now.0);
+        }
+        if let Some(c) = &mut self.control {
+            c.handle_timeout(now.0);
+        }
+        if self.next_wander.is_some_and(|t| t <= now) {
+            self.clock.wander(realtime_nanos());
+            self.next_wander = Some(now.add_secs_f64(WANDER_INTERVAL));
+        }
+        if self.next_drift_save <= now {
+            self.save_drift();
+            self.next_drift_save = now.add_secs_f64(DRIFT_SAVE_INTERVAL);
+        }
+        Ok(())
     }
-    eprint!("{}", stop.report());
-    Ok(())
+
+    /// How long the loop may wait: until the earliest deadline of anyone.
+    fn timeout(&self) -> Option<Duration> {
+        let now = monotonic_nanos();
+        let os_now = realtime_nanos();
+        let deadlines = [
+            self.system.poll_timeout().map(|t| t.0),
+            self.clock.poll_timeout().map(|at| now + (at - os_now)),
+            self.upstreams.next_deadline().map(|t| t.0),
+            self.tcp.as_ref().and_then(|t| t.next_deadline()),
+            self.control.as_ref().and_then(|c| c.next_deadline()),
+            self.next_wander.map(|t| t.0),
+            Some(self.next_drift_save.0),
+        ];
+        deadlines
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| Duration::from_nanos((at - now).max(0) as u64))
+    }
+
+    /// The core's outputs, in contract order: requests, clock commands, events; then what
+    /// serving threads serve.
+    fn drain_core(&mut self) -> Result<(), DaemonError> {
+        let mut buf = [0u8; 64];
+        let now = mono();
+        while let Some(tx) = self.system.poll_transmit(
+            now,
+            self.clock.read_at(realtime_nanos()),
+            &mut self.rng,
+            &mut buf,
+        ) {
+            self.upstreams.send(tx.source, &buf[..tx.len]);
+        }
+        while let Some(cmd) = self.system.poll_clock_command() {
+            tracing::debug!("clock command {cmd:?}");
+            self.clock.apply(realtime_nanos(), cmd)?;
+        }
+        while let Some(event) = self.system.poll_event() {
+            self.log(&event);
+        }
+        if let Some(p) = &self.published {
+            p.update(self.clock.served_view(), self.system.served_state(mono()));
+        }
+        Ok(())
+    }
+
+    /// Logs a core event, naming its source as it was configured.
+    fn log(&self, event: &Event) {
+        let mut text = event.to_string();
+        if let Some(id) = event.source() {
+            if let (Some(name), Some(address)) = (self.upstreams.name(id), event_address(event)) {
+                text = text.replacen(&address, &format!("{name} ({address})"), 1);
+            }
+        }
+        if event.is_warning() {
+            tracing::warn!("{text}");
+        } else {
+            tracing::info!("{text}");
+        }
+    }
+
+    fn save_drift(&self) {
+        save_drift(&self.config.drift_file, self.system.frequency_ppm(mono()));
+    }
+
+    fn stop(mut self) -> Result<(), DaemonError> {
+        self.save_drift();
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for w in std::mem::take(&mut self.workers) {
+            let _ = w.join();
+        }
+        // Dropping the control server removes its socket file.
+        self.control = None;
+        eprint!("{}", self.shared.report());
+        Ok(())
+    }
+}
+
+/// The address an event names, as it prints it.
+fn event_address(event: &Event) -> Option<String> {
+    match event {
+        Event::Selected { address, .. }
+        | Event::Unreachable { address, .. }
+        | Event::Reachable { address, .. }
+        | Event::Kiss { address, .. } => Some(address.to_string()),
+        _ => None,
+    }
+}
+
+/// The answer to a control request.
+fn answer(
+    request: &Request,
+    system: &SyncSystem,
+    clock: &ClockBackend,
+    shared: &Shared,
+    upstreams: &Upstreams,
+) -> Vec<u8> {
+    match request.line.as_str() {
+        "status" => {
+            let now = mono();
+            let mut st = system.status(now);
+            for s in &mut st.sources {
+                s.name = upstreams.name(s.id);
+            }
+            let status = DaemonStatus::new(
+                st,
+                clock.report(realtime_nanos()),
+                serde_json::json!({
+                    "udp": counters_json(&shared.udp),
+                    "tcp": counters_json(&shared.tcp),
+                }),
+            );
+            serde_json::to_vec_pretty(&status).expect("serializes")
+        }
+        other => control::error_answer(&format!("unknown request {other:?}; send `status`")),
+    }
 }
 
 /// A seed from the OS random source (the daemon's own RNG then runs from it).
@@ -294,213 +460,5 @@ fn save_drift(path: &Option<PathBuf>, ppm: f64) {
             Ok(()) => tracing::debug!("drift file {} = {ppm:.3} ppm", p.display()),
             Err(e) => tracing::warn!("cannot write drift file {}: {e}", p.display()),
         }
-    }
-}
-
-/// Resolves every `[[server]]` (first address) and `[[pool]]` (up to max-sources addresses).
-fn upstreams(
-    config: &DaemonConfig,
-) -> Result<Vec<(SocketAddr, ntpkit_core::SourceConfig)>, DaemonError> {
-    let mut out = Vec::new();
-    for s in &config.server {
-        let addr = resolve(&s.address)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| DaemonError::Resolve {
-                address: s.address.clone(),
-                message: "no address".into(),
-            })?;
-        out.push((addr, s.source_config()));
-    }
-    for p in &config.pool {
-        let mut addrs = resolve(&p.name)?;
-        addrs.dedup();
-        for addr in addrs.into_iter().take(p.max_sources) {
-            if !out.iter().any(|(a, _)| *a == addr) {
-                out.push((addr, p.source_config()));
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn resolve(address: &str) -> Result<Vec<SocketAddr>, DaemonError> {
-    let with_port = if address.parse::<SocketAddr>().is_ok() || has_port(address) {
-        address.to_string()
-    } else if address.contains(':') {
-        format!("[{address}]:123")
-    } else {
-        format!("{address}:123")
-    };
-    with_port
-        .to_socket_addrs()
-        .map(|a| a.collect())
-        .map_err(|e| DaemonError::Resolve {
-            address: address.to_string(),
-            message: e.to_string(),
-        })
-}
-
-fn has_port(address: &str) -> bool {
-    match address.rsplit_once(':') {
-        Some((host, port)) => {
-            port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
-        }
-        None => false,
-    }
-}
-
-/// One blocking thread per source: kernel receive timestamps, replies only from the server's
-/// address, forwarded to the sync task.
-fn spawn_receiver(
-    id: SourceId,
-    server: SocketAddr,
-    socket: Arc<UdpSocket>,
-    tx: mpsc::Sender<Input>,
-    shared: Arc<Shared>,
-) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while !shared.stop.load(Ordering::Relaxed) {
-            match socket.recv_from(&mut buf) {
-                Ok((n, from, os_rx)) => {
-                    let mono = monotonic_nanos() - (realtime_nanos() - os_rx).max(0);
-                    if from != server {
-                        continue;
-                    }
-                    let input = Input::Reply {
-                        source: id,
-                        bytes: buf[..n].to_vec(),
-                        mono,
-                        os_rx,
-                    };
-                    if tx.blocking_send(input).is_err() {
-                        break;
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // ICMP port unreachable and the like: the source stays unreachable.
-                    tracing::debug!("receive from {server}: {e}");
-                    std::thread::sleep(RECV_POLL);
-                }
-            }
-        }
-    });
-}
-
-/// Removes the control socket file when dropped.
-struct ControlGuard(PathBuf);
-
-impl Drop for ControlGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn spawn_control(path: PathBuf, tx: mpsc::Sender<Input>) -> Result<ControlGuard, DaemonError> {
-    if path.exists() {
-        // A live daemon on it answers; a stale file from a crash is removed.
-        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-            return Err(DaemonError::Socket(format!(
-                "control socket {} is in use by a running daemon; stop it or choose another control-socket",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(&path)?;
-    }
-    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| {
-        DaemonError::Socket(format!(
-            "cannot create control socket {}: {e}",
-            path.display()
-        ))
-    })?;
-    tokio::spawn(async move {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut line = String::new();
-                let mut reader = BufReader::new(read);
-                let read_line = reader.read_line(&mut line);
-                if tokio::time::timeout(Duration::from_secs(2), read_line)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                if line.trim() != "status" {
-                    let _ = write
-                        .write_all(b"{\"error\":\"unknown request; send `status`\"}\n")
-                        .await;
-                    return;
-                }
-                let (reply_tx, reply_rx) = oneshot::channel();
-                if tx.send(Input::Status(reply_tx)).await.is_ok() {
-                    if let Ok(body) = reply_rx.await {
-                        let _ = write.write_all(&body).await;
-                    }
-                }
-            });
-        }
-    });
-    Ok(ControlGuard(path))
-}
-
-/// SIGINT and SIGTERM.
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_get_port_123_by_default() {
-        assert_eq!(
-            resolve("127.0.0.1").unwrap()[0],
-            "127.0.0.1:123".parse().unwrap()
-        );
-        assert_eq!(
-            resolve("127.0.0.1:1123").unwrap()[0],
-            "127.0.0.1:1123".parse().unwrap()
-        );
-        assert_eq!(resolve("::1").unwrap()[0], "[::1]:123".parse().unwrap());
-        assert_eq!(
-            resolve("[::1]:1123").unwrap()[0],
-            "[::1]:1123".parse().unwrap()
-        );
-        assert!(resolve("localhost")
-            .unwrap()
-            .iter()
-            .all(|a| a.port() == 123));
     }
 }

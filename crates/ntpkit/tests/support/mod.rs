@@ -1003,6 +1003,42 @@ pub mod ntp {
     }
 }
 
+/// A blocking TCP connection to `to` from `local` (an address of this host, port chosen by the
+/// kernel): lets one test stand for clients on many addresses (all of 127.0.0.0/8 is local).
+pub fn tcp_connect_from(
+    local: std::net::Ipv4Addr,
+    to: std::net::SocketAddrV4,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sin = |a: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(a).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket(2); the descriptor is owned by the TcpStream made below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket nobody else owns; closing it is the stream's job now.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let from = sin(local, 0);
+    let dest = sin(*to.ip(), to.port());
+    // SAFETY: valid sockaddr_in values of the stated length.
+    if unsafe { libc::bind(fd, (&from as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::connect(fd, (&dest as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
 /// A small deterministic PRNG (xorshift64*) for generating test traffic.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

@@ -1,0 +1,439 @@
+//! The daemon's upstream sources as configured: names to resolve, a socket per source, pools
+//! that replace members gone bad.
+//!
+//! A `[[server]]` or `[[pool]]` whose host is an IP address becomes a source at once. A name
+//! is resolved on a short-lived thread (the event loop never blocks on DNS); when resolution
+//! fails — DNS is often not up at boot — the failure is logged and retried with a doubling
+//! back-off, while the daemon runs on its other sources. A pool keeps up to `max-sources`
+//! members: a member that is unreachable, denied us, or stays a falseticker is dropped, and the
+//! name is resolved again for a replacement (addresses dropped recently are not taken back
+//! for a while).
+
+use super::config::{parse_host_port, DaemonConfig, Host};
+use ntpkit_core::sync::{SourceConfig, SourceId, SourceState, SyncSystem, SystemStatus};
+use ntpkit_core::MonoTime;
+use ntpkit_os::{Interest, PollSet, UdpSocket, UdpSocketOptions, Waker};
+use rand_core::RngCore;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+/// First retry of a failed resolution, seconds; doubled per failure up to [`RETRY_MAX`].
+const RETRY_FIRST: f64 = 4.0;
+/// Longest wait between retries of a failed resolution, seconds.
+const RETRY_MAX: f64 = 1024.0;
+/// How often pools are checked for members to replace, seconds.
+const POOL_CHECK: f64 = 64.0;
+/// Pool checks in a row a member may be a falseticker before it is replaced.
+const FALSETICKER_CHECKS: u32 = 4;
+/// How long a replaced pool member is not taken back, seconds.
+const AVOID_FOR: f64 = 3600.0;
+
+/// One `[[server]]` or `[[pool]]`.
+#[derive(Debug)]
+struct Entry {
+    /// As configured (for logs and status).
+    text: String,
+    host: Host,
+    port: u16,
+    config: SourceConfig,
+    /// A pool's most members; 1 for a server.
+    max_members: usize,
+    is_pool: bool,
+    members: Vec<SourceId>,
+    resolution: Resolution,
+    /// Pool members dropped, and until when they are not taken back.
+    avoid: HashMap<SocketAddr, MonoTime>,
+    /// Pool checks in a row each member was a falseticker.
+    strikes: HashMap<SourceId, u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Resolution {
+    /// Nothing to do.
+    Done,
+    /// A resolver thread is working on it; the back-off of the retry that started it.
+    InFlight(f64),
+    /// Resolve again at this time; the back-off that led there (seconds).
+    RetryAt(MonoTime, f64),
+}
+
+/// A source's socket and where it sends.
+#[derive(Debug)]
+struct Link {
+    socket: UdpSocket,
+    server: SocketAddr,
+    entry: usize,
+}
+
+/// What a resolver thread found for an entry.
+type Resolved = (usize, Result<Vec<SocketAddr>, String>);
+
+/// The configured upstreams and their sockets.
+#[derive(Debug)]
+pub struct Upstreams {
+    entries: Vec<Entry>,
+    links: HashMap<SourceId, Link>,
+    results: (mpsc::Sender<Resolved>, mpsc::Receiver<Resolved>),
+    waker: Arc<Waker>,
+    next_pool_check: Option<MonoTime>,
+    /// Source ids registered in the last poll set, in order, and the index of the first.
+    registered: (usize, Vec<SourceId>),
+}
+
+impl Upstreams {
+    /// The upstreams of `config`, none resolved yet; resolver threads wake `waker`.
+    pub fn new(config: &DaemonConfig, waker: Arc<Waker>) -> Self {
+        let mut entries = Vec::new();
+        let servers = config
+            .server
+            .iter()
+            .map(|s| (s.address.as_str(), s.source_config(), 1, false));
+        let pools = config
+            .pool
+            .iter()
+            .map(|p| (p.name.as_str(), p.source_config(), p.max_sources, true));
+        for (text, cfg, max, is_pool) in servers.chain(pools) {
+            // The configuration was checked: the address parses.
+            let Ok((host, port)) = parse_host_port(text, 123) else {
+                continue;
+            };
+            entries.push(Entry {
+                text: text.to_string(),
+                host,
+                port,
+                config: cfg,
+                max_members: max,
+                is_pool,
+                members: Vec::new(),
+                resolution: Resolution::RetryAt(MonoTime(i64::MIN), 0.0),
+                avoid: HashMap::new(),
+                strikes: HashMap::new(),
+            });
+        }
+        let next_pool_check = None;
+        Upstreams {
+            entries,
+            links: HashMap::new(),
+            results: mpsc::channel(),
+            waker,
+            next_pool_check,
+            registered: (0, Vec::new()),
+        }
+    }
+
+    /// How to name source `id` in logs and status: the configured name with its address, or
+    /// the address.
+    pub fn label(&self, id: SourceId) -> Option<String> {
+        let link = self.links.get(&id)?;
+        let e = &self.entries[link.entry];
+        Some(match (&e.host, e.is_pool) {
+            (Host::Ip(_), _) => link.server.to_string(),
+            (Host::Name(n), false) => format!("{n} ({})", link.server),
+            (Host::Name(n), true) => format!("pool {n} ({})", link.server),
+        })
+    }
+
+    /// The name source `id` was configured with, if it was a name.
+    pub fn name(&self, id: SourceId) -> Option<String> {
+        let link = self.links.get(&id)?;
+        match &self.entries[link.entry].host {
+            Host::Name(n) => Some(n.clone()),
+            Host::Ip(_) => None,
+        }
+    }
+
+    /// Resolves what is due at `now`: IP addresses at once, names on a resolver thread.
+    pub fn handle_timeout(
+        &mut self,
+        system: &mut SyncSystem,
+        now: MonoTime,
+        rng: &mut dyn RngCore,
+    ) {
+        for i in 0..self.entries.len() {
+            let due = matches!(self.entries[i].resolution, Resolution::RetryAt(at, _) if at <= now);
+            if !due {
+                continue;
+            }
+            let e = &mut self.entries[i];
+            match e.host.clone() {
+                Host::Ip(ip) => {
+                    e.resolution = Resolution::Done;
+                    let addr = SocketAddr::new(ip, e.port);
+                    self.add(i, vec![addr], system, now, rng);
+                }
+                Host::Name(name) => {
+                    let backoff = match e.resolution {
+                        Resolution::RetryAt(_, b) => b,
+                        _ => 0.0,
+                    };
+                    e.resolution = Resolution::InFlight(backoff);
+                    let port = e.port;
+                    let tx = self.results.0.clone();
+                    let waker = self.waker.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("resolve".into())
+                            .spawn(move || {
+                                let found = (name.as_str(), port)
+                                    .to_socket_addrs()
+                                    .map(|a| a.collect::<Vec<_>>())
+                                    .map_err(|e| e.to_string());
+                                let _ = tx.send((i, found));
+                                waker.wake();
+                            });
+                    if let Err(err) = spawned {
+                        tracing::warn!("cannot start a resolver thread: {err}");
+                        self.entries[i].resolution =
+                            Resolution::RetryAt(now.add_secs_f64(RETRY_FIRST), backoff);
+                    }
+                }
+            }
+        }
+        if self.next_pool_check.is_none() && self.entries.iter().any(|e| e.is_pool) {
+            self.next_pool_check = Some(now.add_secs_f64(POOL_CHECK));
+        }
+    }
+
+    /// Takes the resolver threads' answers: adds sources, or schedules retries.
+    pub fn take_resolved(&mut self, system: &mut SyncSystem, now: MonoTime, rng: &mut dyn RngCore) {
+        while let Ok((i, found)) = self.results.1.try_recv() {
+            let backoff = match self.entries[i].resolution {
+                Resolution::InFlight(b) => b,
+                _ => 0.0,
+            };
+            let text = self.entries[i].text.clone();
+            match found {
+                Ok(addrs) if !addrs.is_empty() => {
+                    self.entries[i].resolution = Resolution::Done;
+                    let added = self.add(i, addrs, system, now, rng);
+                    if added == 0 && self.entries[i].members.len() < self.entries[i].max_members {
+                        let wait = next_backoff(backoff);
+                        tracing::warn!(
+                            "{text}: no new address to use; resolving again in {wait:.0} s"
+                        );
+                        self.entries[i].resolution =
+                            Resolution::RetryAt(now.add_secs_f64(wait), wait);
+                    }
+                }
+                Ok(_) | Err(_) => {
+                    let why = match &found {
+                        Err(e) => e.clone(),
+                        Ok(_) => "no addresses".into(),
+                    };
+                    let wait = next_backoff(backoff);
+                    tracing::warn!(
+                        "cannot resolve {text}: {why}; retrying in {wait:.0} s (running on the \
+                         other sources meanwhile)"
+                    );
+                    self.entries[i].resolution = Resolution::RetryAt(now.add_secs_f64(wait), wait);
+                }
+            }
+        }
+    }
+
+    /// Adds up to the entry's free places from `addrs` as sources; returns how many.
+    fn add(
+        &mut self,
+        entry: usize,
+        addrs: Vec<SocketAddr>,
+        system: &mut SyncSystem,
+        now: MonoTime,
+        rng: &mut dyn RngCore,
+    ) -> usize {
+        let in_use: Vec<SocketAddr> = self.links.values().map(|l| l.server).collect();
+        let e = &mut self.entries[entry];
+        e.avoid.retain(|_, until| *until > now);
+        let mut added = 0;
+        for addr in addrs {
+            if e.members.len() >= e.max_members {
+                break;
+            }
+            if in_use.contains(&addr) || e.avoid.contains_key(&addr) {
+                continue;
+            }
+            let socket = match client_socket(addr) {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::warn!("{}: cannot open a client socket for {addr}: {err}", e.text);
+                    continue;
+                }
+            };
+            let id = system.add_source(addr, e.config, now, rng);
+            e.members.push(id);
+            tracing::info!(
+                "source {}{addr}: minpoll {} maxpoll {} iburst {}",
+                match &e.host {
+                    Host::Name(n) => format!("{n} "),
+                    Host::Ip(_) => String::new(),
+                },
+                e.config.minpoll,
+                e.config.maxpoll,
+                e.config.iburst
+            );
+            self.links.insert(
+                id,
+                Link {
+                    socket,
+                    server: addr,
+                    entry,
+                },
+            );
+            added += 1;
+        }
+        added
+    }
+
+    /// Re-resolves every name at once (SIGHUP).
+    pub fn resolve_again(&mut self, now: MonoTime) {
+        for e in &mut self.entries {
+            if matches!(e.host, Host::Name(_))
+                && e.members.len() < e.max_members
+                && !matches!(e.resolution, Resolution::InFlight(_))
+            {
+                e.resolution = Resolution::RetryAt(now, 0.0);
+            }
+        }
+    }
+
+    /// Checks the pools against the sources' states: members that are unreachable, denied, or
+    /// falsetickers for several checks in a row are dropped and the pool resolved again.
+    pub fn check_pools(&mut self, system: &mut SyncSystem, status: &SystemStatus, now: MonoTime) {
+        if self.next_pool_check.is_none_or(|at| at > now) {
+            return;
+        }
+        self.next_pool_check = Some(now.add_secs_f64(POOL_CHECK));
+        let states: HashMap<SourceId, SourceState> =
+            status.sources.iter().map(|s| (s.id, s.state)).collect();
+        for i in 0..self.entries.len() {
+            if !self.entries[i].is_pool {
+                continue;
+            }
+            let members = self.entries[i].members.clone();
+            let mut dropped = Vec::new();
+            for id in members {
+                let state = states.get(&id).copied();
+                let strikes = self.entries[i].strikes.entry(id).or_insert(0);
+                *strikes = if state == Some(SourceState::Falseticker) {
+                    *strikes + 1
+                } else {
+                    0
+                };
+                let bad = match state {
+                    Some(SourceState::Unreachable | SourceState::Denied) => true,
+                    Some(SourceState::Falseticker) => *strikes >= FALSETICKER_CHECKS,
+                    _ => false,
+                };
+                if bad {
+                    dropped.push((id, state));
+                }
+            }
+            for (id, state) in dropped {
+                let label = self.label(id).unwrap_or_default();
+                tracing::warn!(
+                    "{label}: {} — replacing it with another member of the pool",
+                    match state {
+                        Some(SourceState::Unreachable) => "unreachable",
+                        Some(SourceState::Denied) => "denied us",
+                        _ => "a falseticker for several checks",
+                    }
+                );
+                system.remove_source(id);
+                let e = &mut self.entries[i];
+                e.members.retain(|m| *m != id);
+                e.strikes.remove(&id);
+                if let Some(link) = self.links.remove(&id) {
+                    self.entries[i]
+                        .avoid
+                        .insert(link.server, now.add_secs_f64(AVOID_FOR));
+                }
+            }
+            let e = &mut self.entries[i];
+            if e.members.len() < e.max_members && e.resolution == Resolution::Done {
+                e.resolution = Resolution::RetryAt(now, 0.0);
+            }
+        }
+    }
+
+    /// The earliest deadline: a resolution to retry, a pool check.
+    pub fn next_deadline(&self) -> Option<MonoTime> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e.resolution {
+                Resolution::RetryAt(at, _) => Some(at),
+                _ => None,
+            })
+            .chain(self.next_pool_check)
+            .min()
+    }
+
+    /// Sends `request` to source `id`.
+    pub fn send(&self, id: SourceId, request: &[u8]) {
+        if let Some(l) = self.links.get(&id) {
+            if let Err(e) = l.socket.send_to(request, l.server) {
+                tracing::debug!("send to {}: {e}", l.server);
+            }
+        }
+    }
+
+    /// Adds every source socket to `set`.
+    pub fn register(&mut self, set: &mut PollSet) {
+        self.registered.0 = set.len();
+        self.registered.1.clear();
+        for (id, l) in &self.links {
+            set.push(l.socket.as_raw_fd(), Interest::Read);
+            self.registered.1.push(*id);
+        }
+    }
+
+    /// The datagrams that `set` says arrived (one per readable socket): source, bytes, and
+    /// receive time (Unix ns). Datagrams from any other address than the source's are dropped.
+    pub fn receive(&self, set: &PollSet, mut each: impl FnMut(SourceId, &[u8], i64)) {
+        let mut buf = [0u8; 2048];
+        for (k, id) in self.registered.1.iter().enumerate() {
+            if !set.readable(self.registered.0 + k) {
+                continue;
+            }
+            let Some(l) = self.links.get(id) else {
+                continue;
+            };
+            match l.socket.recv_from(&mut buf) {
+                Ok((n, from, rx)) if from == l.server => each(*id, &buf[..n], rx),
+                Ok((_, from, _)) => tracing::debug!(
+                    "dropped a datagram from {from} on the socket of {}",
+                    l.server
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // ICMP port unreachable and the like: the source stays unreachable.
+                Err(e) => tracing::debug!("receive from {}: {e}", l.server),
+            }
+        }
+    }
+}
+
+fn next_backoff(previous: f64) -> f64 {
+    if previous <= 0.0 {
+        RETRY_FIRST
+    } else {
+        (previous * 2.0).min(RETRY_MAX)
+    }
+}
+
+/// A non-blocking client socket with kernel receive timestamps, for talking to `server`.
+fn client_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    UdpSocket::bind(
+        bind,
+        &UdpSocketOptions {
+            timestamps: true,
+            nonblocking: true,
+            ..Default::default()
+        },
+    )
+}
