@@ -1,8 +1,8 @@
 #!/bin/bash
 # Install the system tools that ntpkit's interop tests need (Debian 12 / bookworm), without
 # removing or replacing any installed package:
-#   ntpsec-ntpdate (ntpdig + `ntpdate` wrapper), iproute2, tcpdump, gcc, python3, make, g++
-#   (packages that conflict with nothing), and
+#   ntpsec-ntpdate (ntpdig + `ntpdate` wrapper), iproute2, tcpdump, gcc, python3, make, g++,
+#   fonts-dejavu-core (the simulator's plot labels) (packages that conflict with nothing), and
 #   chrony (chronyd, chronyc) and NTPsec's ntpd, *unpacked* from their .debs into
 #   ${CHRONY_ROOT:-/opt/chrony} and ${NTPSEC_ROOT:-/opt/ntpsec}: both packages conflict with
 #   every other time daemon (a fresh machine ships systemd-timesyncd), so installing them would
@@ -23,7 +23,7 @@ exec </dev/null
 export DEBIAN_FRONTEND=noninteractive
 export APT_LISTCHANGES_FRONTEND=none NEEDRESTART_MODE=l
 
-PACKAGES=(ntpsec-ntpdate iproute2 tcpdump gcc g++ make python3)
+PACKAGES=(ntpsec-ntpdate iproute2 tcpdump gcc g++ make python3 fonts-dejavu-core)
 CHRONY_ROOT=${CHRONY_ROOT:-/opt/chrony}
 NTPSEC_ROOT=${NTPSEC_ROOT:-/opt/ntpsec}
 # Shared libraries of the unpacked binaries (their packages' Depends); none conflicts.

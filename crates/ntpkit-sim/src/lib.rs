@@ -34,7 +34,7 @@ pub mod units;
 
 pub use report::{Report, RunsReport};
 pub use scenario::{Scenario, ScenarioError};
-pub use sim::{simulate_sharded, Outcome, Sim, Trace};
+pub use sim::{simulate_sharded, simulate_sharded_with_progress, Outcome, Sim, Trace};
 
 /// Runs `scenario` once with `seed` for `duration` ns and returns the outcome.
 pub fn simulate(scenario: &Scenario, seed: u64, duration: i64, trace: Trace<'_>) -> Outcome {

@@ -11,8 +11,9 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScenarioError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// The file could not be read. The OS error is the [`source`](std::error::Error::source),
+    /// not part of the message: print the chain (anyhow's `{:#}`) to show it once.
+    #[error("cannot read scenario file {path}")]
     Read {
         /// The file.
         path: String,

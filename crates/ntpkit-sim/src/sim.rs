@@ -413,6 +413,24 @@ impl<'s, 't> Sim<'s, 't> {
         self.finish()
     }
 
+    /// Runs to the end like [`Sim::run`], in [`PROGRESS_CHUNKS`] equal steps of simulated time,
+    /// and calls `progress(units)` after each: the units of all calls add up to `share`. The
+    /// events processed, and so the outcome, are exactly those of [`Sim::run`].
+    pub fn run_with_progress(mut self, share: u64, progress: &dyn Fn(u64)) -> Outcome {
+        let mut reported = 0;
+        for step in 1..=PROGRESS_CHUNKS {
+            let until =
+                (i128::from(self.duration) * i128::from(step) / i128::from(PROGRESS_CHUNKS)) as i64;
+            self.run_until(until);
+            let done = portion(share, step, PROGRESS_CHUNKS);
+            if done > reported {
+                progress(done - reported);
+                reported = done;
+            }
+        }
+        self.finish()
+    }
+
     /// Processes every event up to true time `until` (ns, capped at the run's duration).
     pub fn run_until(&mut self, until: i64) {
         let until = until.min(self.duration);
@@ -801,6 +819,18 @@ pub fn parallel_map<T: Send>(
     done.into_iter().map(|(_, t)| t).collect()
 }
 
+/// Progress units of one whole run (see [`simulate_sharded_with_progress`]).
+pub const PROGRESS_PER_RUN: u64 = 1 << 20;
+
+/// Steps of simulated time between two progress reports of one simulation: fine enough for a
+/// display, few enough to cost nothing.
+pub const PROGRESS_CHUNKS: u64 = 1000;
+
+/// `total × part / parts`, rounded down (so consecutive differences add up to `total`).
+fn portion(total: u64, part: u64, parts: u64) -> u64 {
+    (u128::from(total) * u128::from(part) / u128::from(parts.max(1))) as u64
+}
+
 /// Clients per shard when a scenario is split (see [`simulate_sharded`]): small enough that a
 /// shard's nodes stay in one core's 1 MiB L2 cache (a node is about 2 KiB), large enough that
 /// the replicated reference servers and statistics samples cost nothing.
@@ -819,6 +849,19 @@ const SHARD_CLIENTS: usize = 256;
 /// time waiting on memory than computing. The threads take shards in turn. Any other scenario
 /// runs on one thread, whole.
 pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, threads: usize) -> Outcome {
+    simulate_sharded_with_progress(sc, seed, duration, threads, &|_| {})
+}
+
+/// [`simulate_sharded`], calling `progress(units)` as the simulation advances (from the
+/// threads that run it, [`PROGRESS_CHUNKS`] times per shard): the units add up to
+/// [`PROGRESS_PER_RUN`]. For a progress display only: the outcome does not depend on it.
+pub fn simulate_sharded_with_progress(
+    sc: &Scenario,
+    seed: u64,
+    duration: i64,
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Outcome {
     let independent = sc.nodes.iter().all(|n| match n.reference {
         Some(_) => n.wander == 0.0,
         None => n
@@ -834,7 +877,8 @@ pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, threads: usize)
         .div_ceil(SHARD_CLIENTS)
         .max(threads.min(clients.len()));
     if !independent || shards <= 1 {
-        return Sim::new(sc, seed, duration, Trace::default()).run();
+        return Sim::new(sc, seed, duration, Trace::default())
+            .run_with_progress(PROGRESS_PER_RUN, progress);
     }
     let mut owner = vec![None; sc.nodes.len()];
     for (rank, &i) in clients.iter().enumerate() {
@@ -843,7 +887,11 @@ pub fn simulate_sharded(sc: &Scenario, seed: u64, duration: i64, threads: usize)
     let owner = &owner;
     let outs = parallel_map(shards, threads, |k| {
         let active = |i: usize| owner[i].is_none_or(|o| o == k);
-        Sim::new_shard(sc, seed, duration, Trace::default(), active).run()
+        // Shard k's share of the run's progress units; the shares add up to the whole.
+        let share = portion(PROGRESS_PER_RUN, k as u64 + 1, shards as u64)
+            - portion(PROGRESS_PER_RUN, k as u64, shards as u64);
+        Sim::new_shard(sc, seed, duration, Trace::default(), active)
+            .run_with_progress(share, progress)
     });
     let shared = outs[0].shared_events;
     debug_assert!(outs.iter().all(|o| o.shared_events == shared));

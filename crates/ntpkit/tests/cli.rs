@@ -104,12 +104,23 @@ impl Drop for Server {
     }
 }
 
+/// Runs `cmd` to its end (at most 30 s), reading its output as it comes: a command may print
+/// more than a pipe holds.
 fn run(cmd: &mut Command) -> Output {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -118,7 +129,11 @@ fn run(cmd: &mut Command) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().unwrap()
+    Output {
+        status: child.wait().unwrap(),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 fn query_json(server: SocketAddr, tcp: bool) -> serde_json::Value {
@@ -298,4 +313,200 @@ fn query_timeout_and_kiss_of_death_fail() {
         err.contains(&format!("server {kaddr} sent kiss-o'-death RATE")),
         "{err}"
     );
+}
+
+// --- ntpkit simulate ---
+
+fn scenario(name: &str) -> String {
+    format!("{}/../../scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh empty directory for one test's files, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("ntpkit-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.0.join(file).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The one line of stderr of a failed command.
+fn one_error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn simulate_rejects_unwritable_outputs_before_the_run() {
+    let dir = TempDir::new("unwritable");
+    let a_file = dir.path("plain-file");
+    std::fs::write(&a_file, "").unwrap();
+    let good_png = dir.path("good.png");
+    let missing_dir = dir.path("no-such-dir");
+    // (arguments, what the error line must name, what it must give as the reason)
+    let cases: Vec<(Vec<String>, String, &str)> = vec![
+        (
+            vec!["--plot".into(), format!("{missing_dir}/p.png")],
+            format!("{missing_dir}/p.png"),
+            "No such file or directory",
+        ),
+        (
+            vec!["--csv".into(), format!("{missing_dir}/t.csv")],
+            format!("{missing_dir}/t.csv"),
+            "No such file or directory",
+        ),
+        (
+            vec!["--csv".into(), format!("{a_file}/t.csv")],
+            format!("{a_file}/t.csv"),
+            "Not a directory",
+        ),
+        (
+            vec!["--plot".into(), dir.path("p.pdf")],
+            dir.path("p.pdf"),
+            "must end in .svg or .png",
+        ),
+        (
+            // The plot file is fine, the CSV is not: neither is left behind.
+            vec![
+                "--plot".into(),
+                good_png.clone(),
+                "--csv".into(),
+                format!("{missing_dir}/t.csv"),
+            ],
+            format!("{missing_dir}/t.csv"),
+            "No such file or directory",
+        ),
+    ];
+    for (args, path, reason) in cases {
+        // Thirty simulated days of 10,000 clients would take minutes: the error must come
+        // first (run() gives up after 30 s).
+        let out = run(ntpkit()
+            .args(["simulate", &scenario("clients-10000"), "--duration", "30d"])
+            .args(&args));
+        let line = one_error_line(&out);
+        assert!(line.contains(&path), "{args:?}: {line}");
+        assert!(line.contains(reason), "{args:?}: {line}");
+        assert!(out.stdout.is_empty(), "{args:?}: no report");
+    }
+    assert!(!std::path::Path::new(&good_png).exists());
+    assert!(!std::path::Path::new(&dir.path("p.pdf")).exists());
+}
+
+#[test]
+fn simulate_failing_after_the_run_leaves_no_plot_behind() {
+    let dir = TempDir::new("after-run");
+    let png = dir.path("p.png");
+    // /dev/full accepts the open and fails every write.
+    let out = run(ntpkit().args([
+        "simulate",
+        &scenario("falsetickers"),
+        "--plot",
+        &png,
+        "--csv",
+        "/dev/full",
+    ]));
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("/dev/full") && line.contains("No space left on device"),
+        "{line}"
+    );
+    assert!(!std::path::Path::new(&png).exists());
+}
+
+#[test]
+fn simulate_missing_scenario_names_file_and_cause_once() {
+    let dir = TempDir::new("missing");
+    let path = dir.path("absent.toml");
+    let out = run(ntpkit().args(["simulate", &path]));
+    let line = one_error_line(&out);
+    assert_eq!(
+        line,
+        format!("error: cannot read scenario file {path}: No such file or directory (os error 2)")
+    );
+}
+
+#[test]
+fn simulate_csv_dash_goes_to_stdout_and_the_report_to_stderr() {
+    let dir = TempDir::new("csv-stdout");
+    for json in [false, true] {
+        let mut cmd = ntpkit();
+        cmd.current_dir(&dir.0)
+            .args(["simulate", &scenario("seed-hierarchy"), "--csv", "-"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = run(&mut cmd);
+        assert!(out.status.success(), "{out:?}");
+        let csv = String::from_utf8(out.stdout).unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next(),
+            Some("time_s,node,true_offset_s,frequency_error_ppm,measured_offset_s,delay_s")
+        );
+        let mut rows = 0;
+        for line in lines {
+            assert_eq!(line.split(',').count(), 6, "{line}");
+            rows += 1;
+        }
+        assert!(rows > 1000, "{rows} rows");
+        let err = String::from_utf8(out.stderr).unwrap();
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&err).expect("the JSON report");
+            assert_eq!(v["scenario"], "seed-hierarchy", "{err}");
+        } else {
+            assert!(err.starts_with("scenario seed-hierarchy"), "{err}");
+            assert!(
+                err.contains("=== NTP Synchronization Statistics ==="),
+                "{err}"
+            );
+        }
+        assert!(!dir.0.join("-").exists(), "no file named -");
+    }
+}
+
+/// Long enough (several seconds) that the progress bar, shown after a second, appears.
+const LONG_RUN: [&str; 5] = ["--duration", "8h", "--rows", "1", "--threads"];
+
+#[test]
+fn simulate_shows_progress_on_a_terminal_only() {
+    let sc = scenario("clients-10000");
+    // Standard error a pipe: nothing but the report, on stdout.
+    let out = run(ntpkit().args(["simulate", &sc]).args(LONG_RUN).arg("2"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(report.starts_with("scenario clients-10000"), "{report}");
+
+    // On a terminal (script(1) runs the command on a pseudo-terminal): a progress bar.
+    let cmd = format!(
+        "stty cols 120 rows 40; setpriv --bounding-set=-sys_time --inh-caps=-sys_time \
+         '{NTPKIT}' simulate '{sc}' {} 2",
+        LONG_RUN.join(" ")
+    );
+    let out = run(Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .stdin(Stdio::null()));
+    assert!(out.status.success(), "{out:?}");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("simulating clients-10000 ["), "{screen}");
+    assert!(screen.contains('%'), "{screen}");
+    // The bar is cleared before the report, which is the same as without it.
+    assert!(screen.contains(report.lines().nth(1).unwrap()), "{screen}");
 }
