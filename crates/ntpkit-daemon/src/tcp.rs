@@ -96,6 +96,8 @@ struct Timing {
     peer: IpAddr,
     /// Last completed request, or the opening.
     last_request: i64,
+    /// A request was completed on this connection.
+    answered: bool,
     /// When the first byte of the request being received arrived.
     frame_started: Option<i64>,
     /// When replies started waiting, or last made progress.
@@ -143,14 +145,16 @@ impl Connections {
         if self.open < self.limits.max_connections.max(1) {
             return Admission::Accept;
         }
-        // Full: the connection that has gone longest without completing a request gives way,
-        // unless every one completed a request within the last frame timeout (all busy).
+        // Full: the connection that has gone longest without completing a request gives way.
+        // One that completed a request within the last frame timeout is in use and stays; if
+        // all are, the new one is refused.
         let busy_since = now - self.limits.frame_timeout.as_nanos() as i64;
         self.slots
             .iter()
             .enumerate()
-            .filter_map(|(i, t)| t.as_ref().map(|t| (i, t.last_request)))
-            .filter(|&(_, last)| last < busy_since)
+            .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
+            .filter(|(_, t)| !t.answered || t.last_request < busy_since)
+            .map(|(i, t)| (i, t.last_request))
             .min_by_key(|&(_, last)| last)
             .map_or(Admission::Refuse(CloseReason::Full), |(i, _)| {
                 Admission::Evict(i)
@@ -162,6 +166,7 @@ impl Connections {
         let timing = Timing {
             peer,
             last_request: now,
+            answered: false,
             frame_started: None,
             output_since: None,
         };
@@ -202,6 +207,7 @@ impl Connections {
         };
         if requests > 0 {
             t.last_request = now;
+            t.answered = true;
             t.frame_started = None;
         }
         if partial {
@@ -630,9 +636,12 @@ mod tests {
         // Full: the one opened first and silent since goes.
         assert_eq!(t.admit(ip(4), 10 * S), Admission::Evict(old));
         t.remove(old);
-        t.insert(ip(4), 10 * S);
-        // Everyone completed a request just now: nobody is evicted.
+        let fresh = t.insert(ip(4), 10 * S);
+        // A connection that never completed a request can go even when just opened…
         t.on_read(newer, 10 * S, 1, false);
+        assert_eq!(t.admit(ip(5), 10 * S + 1), Admission::Evict(fresh));
+        // …but when everyone completed a request just now, nobody is evicted.
+        t.on_read(fresh, 10 * S, 1, false);
         assert_eq!(
             t.admit(ip(5), 10 * S + 1),
             Admission::Refuse(CloseReason::Full)

@@ -8,117 +8,12 @@
 mod support;
 
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+use support::daemon::{
+    daemon, fast_server, server, states, status, tracking, true_error, virtual_clock, wait_until,
+    MAX_ERROR, SECS,
+};
 use support::{chrony, Lab, Need, Proc, CHRONYD, NTPKIT};
-
-const SECS: fn(u64) -> Duration = Duration::from_secs;
-/// The true error every synchronized daemon must reach.
-const MAX_ERROR: f64 = 1e-3;
-
-/// A daemon started from `toml` in the lab; its control socket is `NAME.sock`.
-fn daemon<'l>(lab: &'l Lab, name: &str, toml: &str) -> Proc<'l> {
-    let sock = lab.path(&format!("{name}.sock"));
-    let conf = format!(
-        "control-socket = \"{}\"\nlog-level = \"debug\"\n{toml}",
-        sock.display()
-    );
-    let path = lab.write(&format!("{name}.toml"), &conf);
-    let path = path.to_string_lossy().to_string();
-    let check = lab.run(&[NTPKIT, "daemon", "--check", "-c", &path], SECS(10));
-    check.assert_ok();
-    let mut p = lab.spawn(name, &[NTPKIT, "daemon", "-c", &path], SECS(300));
-    let deadline = Instant::now() + SECS(10);
-    while !sock.exists() {
-        if let Some(st) = p.try_status() {
-            panic!("daemon {name} exited ({st})\n{}", p.output());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "daemon {name}: no control socket\n{}",
-            p.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    p
-}
-
-/// `ntpkit status --json` of daemon `name`.
-fn status(lab: &Lab, name: &str) -> Value {
-    let sock = lab
-        .path(&format!("{name}.sock"))
-        .to_string_lossy()
-        .to_string();
-    let r = lab.run(&[NTPKIT, "status", "--json", "--socket", &sock], SECS(10));
-    r.assert_ok();
-    serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("status of {name}: {e}\n{}", r.stdout))
-}
-
-fn true_error(st: &Value) -> f64 {
-    st["clock"]["offset_from_os"]
-        .as_f64()
-        .expect("virtual clock reports its offset")
-}
-
-fn tracking(st: &Value) -> &Value {
-    &st["system"]["tracking"]
-}
-
-/// Source states by address.
-fn states(st: &Value) -> Vec<(String, String)> {
-    st["system"]["sources"]
-        .as_array()
-        .expect("sources")
-        .iter()
-        .map(|s| {
-            (
-                s["address"].as_str().unwrap().to_string(),
-                s["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-/// Polls `cond` on the named daemons' status every second until it holds for all, or `limit`.
-fn wait_until(
-    lab: &Lab,
-    names: &[&str],
-    limit: Duration,
-    cond: impl Fn(&str, &Value) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let all: Vec<Value> = names.iter().map(|n| status(lab, n)).collect();
-        if names.iter().zip(&all).all(|(n, s)| cond(n, s)) {
-            return all;
-        }
-        if Instant::now() > deadline {
-            let shown: Vec<String> = names
-                .iter()
-                .zip(&all)
-                .map(|(n, s)| format!("{n}: {}", serde_json::to_string_pretty(s).unwrap()))
-                .collect();
-            panic!(
-                "condition not reached within {limit:?}:\n{}",
-                shown.join("\n")
-            );
-        }
-        std::thread::sleep(SECS(1));
-    }
-}
-
-fn server(address: &str) -> String {
-    format!("[[server]]\naddress = \"{address}\"\nminpoll = 0\nmaxpoll = 2\n")
-}
-
-/// A source polled every second (the hierarchy test learns frequencies from many samples).
-fn fast_server(address: &str) -> String {
-    format!("[[server]]\naddress = \"{address}\"\nminpoll = 0\nmaxpoll = 0\n")
-}
-
-fn virtual_clock(offset: f64, ppm: f64) -> String {
-    format!("[clock]\nbackend = \"virtual\"\noffset = {offset}\nfrequency-ppm = {ppm}\n")
-}
 
 /// The documents' hierarchy, for real: stratum 1 serving the OS clock; two stratum-2 daemons
 /// +0.5 s / −0.3 s and +50 / −30 ppm off; two stratum-3 daemons +3 s and −2 s off.

@@ -271,10 +271,10 @@ pub struct Discipline {
     poll_trend: i32,
     /// The last offset exceeded the panic threshold: the clock is not being corrected.
     refusing: bool,
-    /// Phase (seconds) the commanded corrections — steps, and frequency corrections
-    /// integrated over time — have added to the clock from the start to `last_time`. The
-    /// system subtracts its change since a sample to judge the sample against the clock as it
-    /// is now.
+    /// How far the clock has moved against true time from the start to `last_time` (seconds),
+    /// as far as the discipline knows: every step, plus the commanded correction and the
+    /// estimated frequency error integrated over time. The system subtracts its change since a
+    /// sample to judge the sample against the clock as it is now.
     phase: f64,
     commands: CommandQueue,
     events: InlineVec<DisciplineEvent, 2>,
@@ -433,18 +433,31 @@ impl Discipline {
         self.refusing
     }
 
-    /// The phase (seconds) the corrections commanded so far have added to the clock by `now`:
-    /// every step, plus every frequency correction integrated over the time it was in force
-    /// (a slew's, then the one after its end). Its change between two instants is how far the
-    /// discipline itself moved the clock in between, so an offset measured at `t` is
-    /// `offset − (phase_at(now) − phase_at(t))` against the clock as it is at `now`.
+    /// How far the clock has moved against true time by `now` (seconds), as far as the
+    /// discipline knows: every step, plus the clock's rate against true time — the commanded
+    /// correction (a slew's, then the one after its end) and the estimated frequency error —
+    /// integrated over time. Its change between two instants is how far the clock moved in
+    /// between, so an offset (server − local) measured at `t` reads
+    /// `offset − (phase_at(now) − phase_at(t))` against the clock as it is at `now`. (In steady
+    /// state the correction cancels the frequency error and the phase stands still; during a
+    /// slew it moves at the slew's rate.)
     pub fn phase_at(&self, now: MonoTime) -> f64 {
+        let nu = self.estimated_frequency();
         let (mut phase, mut from, mut correction) = (self.phase, self.last_time, self.correction);
         if let Some(end) = self.slew_end.filter(|&end| end <= now) {
-            phase += correction * end.secs_since(from).max(0.0);
+            phase += (correction + nu) * end.secs_since(from).max(0.0);
             (from, correction) = (end, self.after_slew);
         }
-        phase + correction * now.secs_since(from).max(0.0)
+        phase + (correction + nu) * now.secs_since(from).max(0.0)
+    }
+
+    /// The driving model's frequency error estimate (s/s), or the configured initial one
+    /// before the first sample.
+    fn estimated_frequency(&self) -> f64 {
+        match self.models.get(self.best()) {
+            Some(m) => m.nu,
+            None => self.config.initial_frequency_ppm.unwrap_or(0.0) * 1e-6,
+        }
     }
 
     /// True once the first sample has been applied.
@@ -616,10 +629,10 @@ impl Discipline {
     fn predict_to(&mut self, now: MonoTime) {
         let dt = now.secs_since(self.last_time);
         if dt > 0.0 {
+            self.phase += (self.correction + self.estimated_frequency()) * dt;
             for (m, &q) in self.models.iter_mut().zip(&WANDER_MODELS) {
                 m.predict(q, dt, self.correction);
             }
-            self.phase += self.correction * dt;
             self.last_time = now;
         }
     }

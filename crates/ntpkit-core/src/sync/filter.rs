@@ -322,6 +322,16 @@ impl ClockFilter {
         *self = ClockFilter::new();
     }
 
+    /// Samples held (at most [`FILTER_STAGES`]).
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// True if no sample is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The most recent sample (its delay and dispersion to `f32` precision).
     pub fn last(&self) -> Option<Sample> {
         (self.len > 0).then(|| self.stage(0).sample())

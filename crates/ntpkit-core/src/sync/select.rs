@@ -5,9 +5,15 @@
 //!    `f < n/2` such that some point lies in at least `n − f` intervals; the sources whose
 //!    intervals contain the intersection of those are truechimers, the rest falsetickers. If no
 //!    such `f` exists, no majority agrees and nothing is selected.
-//! 2. Clustering (RFC 5905 §11.2.2): while more than [`MIN_CLUSTER`] survivors remain, drop the
-//!    one whose offset is farthest (RMS) from the others, unless that spread is already below
-//!    the smallest source jitter.
+//! 2. Clustering (after RFC 5905 §11.2.2): while more than [`MIN_CLUSTER`] survivors remain,
+//!    drop the one whose offset is farthest from the survivors' median offset in units of its
+//!    own noise (its jitter, or the survivors' median jitter if larger), unless that is within
+//!    [`CLUSTER_JITTERS`]. RFC 5905 compares each source's RMS distance from all the others
+//!    with the *smallest* jitter, which drops sources as good as the rest whenever one happens
+//!    to measure a small jitter, and drops precise sources for their distance from noisy ones
+//!    (at start-up, when jitters are not known yet, both happen). The survivors' samples are
+//!    weighted by their quality anyway, so only a source that stands apart from the consensus
+//!    by more than its own noise is left out.
 //! 3. The system peer is the survivor with the smallest root distance, kept while it survives
 //!    (no flapping between equals). The discipline then combines the survivors' samples,
 //!    weighted by their quality.
@@ -16,6 +22,9 @@ use super::inline::InlineVec;
 
 /// Survivors kept by clustering at least (RFC 5905 NMIN... CLUSTER_MIN).
 pub const MIN_CLUSTER: usize = 3;
+/// Clustering drops a survivor only when it sits further from the survivors' median offset than
+/// this many times its noise.
+pub const CLUSTER_JITTERS: f64 = 3.0;
 
 /// One source as selection sees it.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -276,20 +285,22 @@ pub fn select_into(
             required: minsources,
         });
     }
-    // Clustering.
+    // Clustering: the consensus and the typical noise are the truechimers' own, taken once
+    // (so that dropping one extreme does not move the consensus towards the other).
+    let typical_jitter = median(truechimers.as_slice(), |c| c.jitter);
+    let consensus = median(truechimers.as_slice(), |c| c.offset);
+    // A survivor's distance from the consensus in units of its noise: its own jitter, or the
+    // typical one if it measures less.
+    let excess = |c: &Candidate| (c.offset - consensus).abs() / c.jitter.max(typical_jitter);
     while truechimers.len() > MIN_CLUSTER.max(minsources) {
-        let kept = truechimers.as_slice();
-        let min_jitter = kept.iter().map(|c| c.jitter).fold(f64::INFINITY, f64::min);
-        let (worst, spread) = kept
+        let (worst, most) = truechimers
+            .as_slice()
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let ss: f64 = kept.iter().map(|o| (o.offset - c.offset).powi(2)).sum();
-                (i, (ss / (kept.len() - 1) as f64).sqrt())
-            })
+            .map(|(i, c)| (i, excess(c)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .expect("non-empty");
-        if spread <= min_jitter {
+        if most <= CLUSTER_JITTERS {
             break;
         }
         out.outliers.push(truechimers.remove(worst).index);
@@ -305,6 +316,21 @@ pub fn select_into(
         _ => best.index,
     });
     Ok(())
+}
+
+/// The median of `value` over the candidates (the mean of the middle two for an even count).
+fn median(candidates: &[Candidate], value: impl Fn(&Candidate) -> f64) -> f64 {
+    let mut values = InlineVec::<f64, INLINE_CANDIDATES>::new(0.0);
+    for c in candidates {
+        values.push(value(c));
+    }
+    let v = values.as_mut_slice();
+    v.sort_unstable_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Candidates (and twice as many interval edges) handled on the stack; more sources than
@@ -499,14 +525,16 @@ mod tests {
 
     #[test]
     fn more_sources_than_the_stack_buffers_hold() {
-        // 20 candidates: 18 agree, two are far off; clustering trims to the tightest.
+        // 20 candidates: 18 agree (spread over 1.7 ms, each with 0.1 ms of jitter), two are far
+        // off; clustering keeps those within three jitters of the consensus.
         let mut cands: Vec<Candidate> = (0..18).map(|i| c(i, i as f64 * 1e-4)).collect();
         cands.push(c(18, 5.0));
         cands.push(c(19, -5.0));
         let s = select(&cands, 1, None).unwrap();
         assert_eq!(s.falsetickers.to_vec(), vec![18, 19]);
         assert_eq!(s.survivors.len() + s.outliers.len(), 18);
-        assert_eq!(s.survivors.len(), MIN_CLUSTER);
+        let kept = s.survivors.to_vec();
+        assert_eq!(kept, (6..=11).collect::<Vec<_>>(), "the middle ones");
         let (why, sel) = select(&cands[..19], 19, None).unwrap_err();
         assert_eq!(
             why,

@@ -514,6 +514,11 @@ impl Source {
         self.filter.estimate().is_some()
     }
 
+    /// Samples in the filter (the jitter means something from two on).
+    pub fn sample_count(&self) -> usize {
+        self.filter.len()
+    }
+
     /// What the server said about itself.
     pub fn info(&self) -> Option<ServerInfo> {
         self.info

@@ -599,10 +599,19 @@ impl SyncSystem {
         } else if self.selection.survivors.contains(&i) {
             (SourceState::Candidate, None)
         } else {
+            let max = self.config.limits.max_distance;
+            let distance = s
+                .root_distance(self.clock_seen.0, self.config.min_dispersion)
+                .filter(|&d| d > max);
             let why = s
                 .last_rejection()
                 .map(|r| r.to_string())
-                .or_else(|| (!s.has_estimate()).then(|| "no sample yet".into()));
+                .or_else(|| (!s.has_estimate()).then(|| "no sample yet".into()))
+                .or_else(|| {
+                    distance.map(|d| {
+                        format!("root distance {d:.3} s above the maximum {max} s (its jitter)")
+                    })
+                });
             (SourceState::Unusable, why)
         }
     }
@@ -671,10 +680,7 @@ impl SyncSystem {
                     index: i,
                     offset: e.offset,
                     root_distance,
-                    // A source with one sample has no measured jitter yet; no offset is known
-                    // better than timestamping allows, so clustering never splits sources on
-                    // differences below that.
-                    jitter: e.jitter.max(TIMESTAMP_NOISE),
+                    jitter: clustering_jitter(s, &e),
                 });
             }
         }
@@ -797,6 +803,18 @@ impl SyncSystem {
             }
         }
     }
+}
+
+/// A source's jitter as clustering weighs it: no offset is known better than timestamping
+/// allows, and a source with a single sample has no measured jitter yet: its offset is only
+/// known to within half its delay (the path's asymmetry).
+fn clustering_jitter(s: &Source, e: &super::filter::FilterEstimate) -> f64 {
+    let jitter = if s.sample_count() < 2 {
+        e.jitter.max(e.delay / 2.0)
+    } else {
+        e.jitter
+    };
+    jitter.max(TIMESTAMP_NOISE)
 }
 
 /// [`SystemConfig`] without the discipline's part, which the [`Discipline`] keeps: one copy

@@ -24,8 +24,11 @@ use std::sync::Arc;
 const RETRY_FIRST: f64 = 4.0;
 /// Longest wait between retries of a failed resolution, seconds.
 const RETRY_MAX: f64 = 1024.0;
-/// How often pools are checked for members to replace, seconds.
-const POOL_CHECK: f64 = 64.0;
+/// Pools are checked for members to replace every this many of their shortest poll
+/// intervals (a member is unreachable after eight polls without a reply)…
+const POOL_CHECK_POLLS: f64 = 8.0;
+/// …but at least and at most this often, seconds.
+const POOL_CHECK_LIMITS: (f64, f64) = (8.0, 1024.0);
 /// Pool checks in a row a member may be a falseticker before it is replaced.
 const FALSETICKER_CHECKS: u32 = 4;
 /// How long a replaced pool member is not taken back, seconds.
@@ -192,9 +195,21 @@ impl Upstreams {
                 }
             }
         }
-        if self.next_pool_check.is_none() && self.entries.iter().any(|e| e.is_pool) {
-            self.next_pool_check = Some(now.add_secs_f64(POOL_CHECK));
+        if self.next_pool_check.is_none() {
+            self.next_pool_check = self.pool_check_interval().map(|i| now.add_secs_f64(i));
         }
+    }
+
+    /// How often the pools are checked: eight of their shortest poll intervals.
+    fn pool_check_interval(&self) -> Option<f64> {
+        self.entries
+            .iter()
+            .filter(|e| e.is_pool)
+            .map(|e| {
+                (POOL_CHECK_POLLS * 2f64.powi(e.config.minpoll.into()))
+                    .clamp(POOL_CHECK_LIMITS.0, POOL_CHECK_LIMITS.1)
+            })
+            .min_by(f64::total_cmp)
     }
 
     /// Takes the resolver threads' answers: adds sources, or schedules retries.
@@ -304,7 +319,7 @@ impl Upstreams {
         if self.next_pool_check.is_none_or(|at| at > now) {
             return;
         }
-        self.next_pool_check = Some(now.add_secs_f64(POOL_CHECK));
+        self.next_pool_check = self.pool_check_interval().map(|i| now.add_secs_f64(i));
         let states: HashMap<SourceId, SourceState> =
             status.sources.iter().map(|s| (s.id, s.state)).collect();
         for i in 0..self.entries.len() {

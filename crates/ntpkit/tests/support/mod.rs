@@ -215,6 +215,32 @@ impl Lab {
         peer
     }
 
+    /// Sets what `/etc/hosts` says to processes in the main namespace (`ip netns exec` mounts
+    /// `/etc/netns/NS/hosts` over it). Rewritten in place, so running processes see the change
+    /// at their next lookup. Removed with the lab.
+    pub fn set_hosts(&self, contents: &str) {
+        let dir = PathBuf::from(format!("/etc/netns/{}", self.ns));
+        fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        let path = dir.join("hosts");
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open hosts file");
+        f.write_all(contents.as_bytes()).expect("write hosts file");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod hosts");
+    }
+
+    /// A directory every user may enter (the work directory is chronyd's, mode 0750), for
+    /// what unprivileged processes must reach. Removed with the lab.
+    pub fn public_dir(&self) -> PathBuf {
+        let dir = PathBuf::from(format!("{}-pub", self.dir.display()));
+        fs::create_dir_all(&dir).expect("create public dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod public dir");
+        dir
+    }
+
     /// A path inside the work directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -320,8 +346,10 @@ impl Drop for Lab {
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+            let _ = fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
         let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir_all(format!("{}-pub", self.dir.display()));
     }
 }
 
@@ -356,6 +384,7 @@ fn remove_stale_namespaces() {
                 .args(["netns", "del", &name])
                 .stderr(Stdio::null())
                 .status();
+            let _ = fs::remove_dir_all(format!("/etc/netns/{name}"));
         }
     }
 }
@@ -508,6 +537,29 @@ impl Proc<'_> {
             // SAFETY: plain kill(2) on our own, not yet reaped child.
             unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         }
+    }
+
+    /// Sends `signal` to the command itself (the `timeout` wrapper forwards only a few
+    /// signals, e.g. not SIGUSR1).
+    pub fn signal_command(&self, signal: i32) {
+        let pid = self
+            .command_pid()
+            .unwrap_or_else(|| panic!("{}: no running command to signal", self.name));
+        // SAFETY: plain kill(2) on a descendant of our own child.
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
+    }
+
+    /// PID of the command under the `timeout` / `ip netns exec` / `setpriv` chain.
+    fn command_pid(&self) -> Option<u32> {
+        let base = Path::new(&self.program)
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        descendants(self.child.id()).into_iter().find(|pid| {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(argv0).ends_with(base.as_str())
+        })
     }
 
     /// Waits up to `limit` for the process to exit.
@@ -807,6 +859,126 @@ pub mod chrony {
                 reach: f[5].clone(),
             })
             .collect()
+    }
+}
+
+/// Starting `ntpkit daemon` in a [`Lab`] and reading its status.
+pub mod daemon {
+    use super::*;
+    use serde_json::Value;
+
+    /// Shorthand for whole seconds.
+    pub const SECS: fn(u64) -> Duration = Duration::from_secs;
+    /// The true error every synchronized daemon must reach.
+    pub const MAX_ERROR: f64 = 1e-3;
+
+    /// A daemon started from `toml` in the lab; its control socket is `NAME.sock`.
+    pub fn daemon<'l>(lab: &'l Lab, name: &str, toml: &str) -> Proc<'l> {
+        daemon_at(lab, name, toml, &lab.path(&format!("{name}.sock")))
+    }
+
+    /// A daemon started from `toml` in the lab, its control socket at `sock`.
+    pub fn daemon_at<'l>(lab: &'l Lab, name: &str, toml: &str, sock: &Path) -> Proc<'l> {
+        let conf = format!(
+            "control-socket = \"{}\"\nlog-level = \"debug\"\n{toml}",
+            sock.display()
+        );
+        let path = lab.write(&format!("{name}.toml"), &conf);
+        let path = path.to_string_lossy().to_string();
+        let check = lab.run(&[NTPKIT, "daemon", "--check", "-c", &path], SECS(10));
+        check.assert_ok();
+        let mut p = lab.spawn(name, &[NTPKIT, "daemon", "-c", &path], SECS(300));
+        let deadline = Instant::now() + SECS(10);
+        while !sock.exists() {
+            if let Some(st) = p.try_status() {
+                panic!("daemon {name} exited ({st})\n{}", p.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon {name}: no control socket\n{}",
+                p.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    /// `ntpkit status --json` of daemon `name`.
+    pub fn status(lab: &Lab, name: &str) -> Value {
+        let sock = lab
+            .path(&format!("{name}.sock"))
+            .to_string_lossy()
+            .to_string();
+        let r = lab.run(&[NTPKIT, "status", "--json", "--socket", &sock], SECS(10));
+        r.assert_ok();
+        serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("status of {name}: {e}\n{}", r.stdout))
+    }
+
+    pub fn true_error(st: &Value) -> f64 {
+        st["clock"]["offset_from_os"]
+            .as_f64()
+            .expect("virtual clock reports its offset")
+    }
+
+    pub fn tracking(st: &Value) -> &Value {
+        &st["system"]["tracking"]
+    }
+
+    /// Source states by address.
+    pub fn states(st: &Value) -> Vec<(String, String)> {
+        st["system"]["sources"]
+            .as_array()
+            .expect("sources")
+            .iter()
+            .map(|s| {
+                (
+                    s["address"].as_str().unwrap().to_string(),
+                    s["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Polls `cond` on the named daemons' status every second until it holds for all, or `limit`.
+    pub fn wait_until(
+        lab: &Lab,
+        names: &[&str],
+        limit: Duration,
+        cond: impl Fn(&str, &Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let all: Vec<Value> = names.iter().map(|n| status(lab, n)).collect();
+            if names.iter().zip(&all).all(|(n, s)| cond(n, s)) {
+                return all;
+            }
+            if Instant::now() > deadline {
+                let shown: Vec<String> = names
+                    .iter()
+                    .zip(&all)
+                    .map(|(n, s)| format!("{n}: {}", serde_json::to_string_pretty(s).unwrap()))
+                    .collect();
+                panic!(
+                    "condition not reached within {limit:?}:\n{}",
+                    shown.join("\n")
+                );
+            }
+            std::thread::sleep(SECS(1));
+        }
+    }
+
+    pub fn server(address: &str) -> String {
+        format!("[[server]]\naddress = \"{address}\"\nminpoll = 0\nmaxpoll = 2\n")
+    }
+
+    /// A source polled every second (the hierarchy test learns frequencies from many samples).
+    pub fn fast_server(address: &str) -> String {
+        format!("[[server]]\naddress = \"{address}\"\nminpoll = 0\nmaxpoll = 0\n")
+    }
+
+    pub fn virtual_clock(offset: f64, ppm: f64) -> String {
+        format!("[clock]\nbackend = \"virtual\"\noffset = {offset}\nfrequency-ppm = {ppm}\n")
     }
 }
 
