@@ -10,7 +10,10 @@
 #      are not run; step 3 already type-checks them (--all-targets).
 #   5. every examples/*.toml through `ntpkit daemon --check --config F` and every
 #      scenarios/*.toml through `ntpkit simulate --check F`
-#   6. no test namespace or process left behind
+#   6. the unmodified daemon binary in clknetsim against chronyd, a few seeds of a few models
+#      (scripts/clknetsim-compare.py --quick): fails if ntpkit crashes there, does not
+#      synchronize, or loses a cell it wins
+#   7. no test namespace or process left behind
 #
 # Around all of it, the kernel clock state is recorded and compared at the end
 # (scripts/clockstate.py, read-only): the run fails if anything changed the clock.
@@ -84,10 +87,17 @@ for f in "${scenarios[@]}"; do
   echo "ok: $f"
 done
 
+if [ "$(id -u)" = 0 ]; then
+  step "clknetsim: ntpkit and chronyd in the same simulator (quick subset)"
+  /usr/bin/python3 scripts/clknetsim-compare.py --quick --ntpkit "$NTPKIT"
+else
+  echo "test-all: *** not root: clknetsim comparison SKIPPED (it runs the simulated daemons as an unprivileged user) ***"
+fi
+
 step "nothing left behind"
 left=$(ip netns list 2>/dev/null | grep -o '^ntpkit-it-[^ ]*' || true)
 [ -z "$left" ] || die "test network namespaces left behind: $left"
 # Test processes carry the namespace / work-directory prefix or are our server binary.
-procs=$(pgrep -a -f "ntpkit-it-|$NTPKIT serve" || true)
+procs=$(pgrep -a -f "ntpkit-it-|ntpkit-clknetsim-|$NTPKIT serve" || true)
 [ -z "$procs" ] || die "test processes left behind: $procs"
 echo "ok: no test namespaces or servers left"
