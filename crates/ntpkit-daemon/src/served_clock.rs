@@ -12,28 +12,29 @@ use ntpkit_wire::RefId;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The daemon's published clock view and served state.
+/// The daemon's published clock view and served state, and whether the state is the local
+/// clock serving itself (its reference time is then "now", kept current by the readers).
 #[derive(Debug)]
 pub struct SharedClock {
     version: AtomicU64,
-    inner: Mutex<(ClockView, ServedState)>,
+    inner: Mutex<(ClockView, ServedState, bool)>,
 }
 
 impl SharedClock {
-    /// Starts with `view` and `state`.
-    pub fn new(view: ClockView, state: ServedState) -> Self {
+    /// Starts with `view` and `state` (`local`: the local clock is its own reference).
+    pub fn new(view: ClockView, state: ServedState, local: bool) -> Self {
         SharedClock {
             version: AtomicU64::new(1),
-            inner: Mutex::new((view, state)),
+            inner: Mutex::new((view, state, local)),
         }
     }
 
     /// Publishes a new view and state.
-    pub fn update(&self, view: ClockView, state: ServedState) {
+    pub fn update(&self, view: ClockView, state: ServedState, local: bool) {
         let mut g = self.inner.lock().expect("not poisoned");
-        let changed = !matches!((&*g, &view), ((ClockView::Os, s), ClockView::Os) if *s == state);
-        *g = (view, state);
-        if changed {
+        let same = matches!((&*g, &view), ((ClockView::Os, s, l), ClockView::Os) if *s == state && *l == local);
+        *g = (view, state, local);
+        if !same {
             self.version.fetch_add(1, Ordering::Release);
         }
     }
@@ -73,12 +74,12 @@ impl ServedClock {
 
     /// The daemon's clock, as published in `shared` (for serving threads).
     pub fn shared(shared: Arc<SharedClock>) -> Self {
-        let (view, state) = *shared.inner.lock().expect("not poisoned");
+        let (view, state, local) = *shared.inner.lock().expect("not poisoned");
         let version = shared.version.load(Ordering::Acquire);
         ServedClock {
             view,
             state,
-            local: false,
+            local,
             shared: Some((shared, version)),
         }
     }
@@ -89,9 +90,10 @@ impl ServedClock {
         if let Some((shared, seen)) = &mut self.shared {
             let v = shared.version.load(Ordering::Acquire);
             if v != *seen {
-                let (view, state) = *shared.inner.lock().expect("not poisoned");
+                let (view, state, local) = *shared.inner.lock().expect("not poisoned");
                 self.view = view;
                 self.state = state;
+                self.local = local;
                 *seen = v;
             }
         }
@@ -139,11 +141,12 @@ mod tests {
         let shared = Arc::new(SharedClock::new(
             ClockView::Os,
             ServedState::unsynchronized(-20),
+            false,
         ));
         let mut worker = ServedClock::shared(shared.clone());
         assert_eq!(worker.state_at(ClockTime(0)).stratum, 16);
         let state = ServedState::local(3, RefId([10, 0, 0, 1]), -20, ClockTime(5));
-        shared.update(ClockView::Soft(SoftClock::new(0, 1_000, 0.0)), state);
+        shared.update(ClockView::Soft(SoftClock::new(0, 1_000, 0.0)), state, false);
         assert_eq!(
             worker.state_at(ClockTime(0)).stratum,
             16,
@@ -157,5 +160,10 @@ mod tests {
             ClockTime(5),
             "not refreshed locally"
         );
+        // The local clock serving itself: the reader keeps its reference time current.
+        shared.update(ClockView::Os, state, true);
+        worker.refresh();
+        let later = ClockTime(5 + 3 * NANOS_PER_SEC);
+        assert_eq!(worker.state_at(later).reference_time, later);
     }
 }

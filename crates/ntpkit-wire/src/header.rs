@@ -163,10 +163,12 @@ impl RefId {
     }
 
     /// Renders as a human would expect for a server at `stratum`: ASCII for stratum 0–1 when
-    /// printable, else a dotted IPv4 address.
+    /// printable, and `LOCL` (an undisciplined local clock, as ntpd and ntpkit serve it at any
+    /// stratum); else a dotted IPv4 address.
     pub fn display_for_stratum(self, stratum: u8) -> String {
         match (stratum, self.as_ascii()) {
             (0 | 1, Some(s)) => s.to_string(),
+            _ if self == RefId::LOCL => "LOCL".to_string(),
             _ => self.as_ipv4().to_string(),
         }
     }
@@ -367,6 +369,7 @@ mod tests {
         assert!(RefId::from_ascii("TOOLONG").is_none());
         assert_eq!(RefId(*b"G\0PS").as_ascii(), None);
         assert_eq!(RefId::LOCL.display_for_stratum(1), "LOCL");
+        assert_eq!(RefId::LOCL.display_for_stratum(10), "LOCL");
     }
 
     #[test]

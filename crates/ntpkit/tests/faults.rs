@@ -450,7 +450,9 @@ fn names_are_retried_and_pools_replace_dead_members() {
             .collect();
         now.contains(&spare.as_str()) && !now.contains(&dead.as_str())
     });
-    assert!(client.stderr().contains("replacing it with another member"));
+    assert!(client
+        .stderr()
+        .contains("replaced by another member of the pool"));
 }
 
 /// Signals: SIGUSR1 prints the counters, SIGHUP saves the drift file and keeps running,

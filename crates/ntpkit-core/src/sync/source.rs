@@ -457,9 +457,10 @@ impl Source {
         self.reach
     }
 
-    /// True if no reply came in the last eight polls and at least one request went unanswered.
+    /// True if no reply came to the last [`UNREACHABLE_AFTER`] requests (a source that never
+    /// answered: to that many requests), as it is reported and logged.
     pub fn is_unreachable(&self) -> bool {
-        self.reach == 0 && self.polls_unanswered >= 1
+        self.reported_unreachable
     }
 
     /// Why the source is unreachable, if it is (for status).

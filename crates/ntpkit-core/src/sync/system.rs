@@ -96,6 +96,8 @@ pub enum Event {
     HoldoverExpired {
         /// Seconds since the last update.
         age: f64,
+        /// What is served from now on, in words.
+        serving: String,
     },
     /// The clock was stepped by this many seconds.
     Stepped {
@@ -157,9 +159,9 @@ impl core::fmt::Display for Event {
                 "source {address} unreachable: no reply to the last {UNREACHABLE_AFTER} requests"
             ),
             Event::Reachable { address, .. } => write!(f, "source {address} reachable again"),
-            Event::HoldoverExpired { age } => write!(
+            Event::HoldoverExpired { age, serving } => write!(
                 f,
-                "holdover ended: no clock update for {age:.0} s; serving as unsynchronized"
+                "holdover ended: no clock update for {age:.0} s; {serving}"
             ),
             Event::Stepped { offset } => write!(f, "clock stepped by {offset:+.6} s"),
             Event::PanicRefused { offset } => write!(
@@ -217,6 +219,8 @@ pub struct SyncSystem {
     reselect_pending: bool,
     /// The end of the holdover was reported.
     holdover_expired: bool,
+    /// Configured sources the driver has not added yet (names that do not resolve yet).
+    unresolved: u32,
     /// The latest (monotonic, clock) pair an input brought: the clock "now" is extrapolated
     /// from it (e.g. the reference time of the local clock when it serves itself).
     clock_seen: (MonoTime, ClockTime),
@@ -243,6 +247,7 @@ impl SyncSystem {
             last_update: None,
             reselect_pending: false,
             holdover_expired: false,
+            unresolved: 0,
             clock_seen: (now, clock),
             served: None,
             sys_poll: i8::MIN,
@@ -269,6 +274,12 @@ impl SyncSystem {
         };
         self.sources.push(source);
         SourceId(self.sources.len() as u32 - 1)
+    }
+
+    /// Tells how many configured sources are not added yet (their names do not resolve yet):
+    /// until they are, a node with no source is not a local reference but waiting for them.
+    pub fn set_unresolved_sources(&mut self, count: usize) {
+        self.unresolved = count.try_into().unwrap_or(u32::MAX);
     }
 
     /// Removes a source (e.g. a pool member that went away).
@@ -381,7 +392,9 @@ impl SyncSystem {
             if now >= end && !self.holdover_expired {
                 self.holdover_expired = true;
                 let age = self.last_update.map_or(0.0, |(t, _)| now.secs_since(t));
-                self.events.push_back(Event::HoldoverExpired { age });
+                let serving = self.fallback_serving();
+                self.events
+                    .push_back(Event::HoldoverExpired { age, serving });
             }
         }
     }
@@ -426,7 +439,10 @@ impl SyncSystem {
 
     /// Where the served time comes from at `now` (monotonic).
     pub fn sync_state(&self, now: MonoTime) -> SyncState {
-        if self.sources.iter().flatten().next().is_none() && self.config.local_stratum.is_some() {
+        if self.sources.iter().flatten().next().is_none()
+            && self.config.local_stratum.is_some()
+            && self.unresolved == 0
+        {
             return SyncState::Local;
         }
         if self.discipline.is_refusing() {
@@ -520,6 +536,10 @@ impl SyncSystem {
                 "the local clock is the reference (no sources; local stratum {})",
                 served.stratum
             )),
+            SyncState::Starting if self.unresolved > 0 => Some(format!(
+                "starting: waiting for {} source name(s) to resolve",
+                self.unresolved
+            )),
             SyncState::Starting => Some("starting: waiting for the sources' samples".into()),
             SyncState::Holdover => Some(format!(
                 "holdover: {} for {:.0} s; serving the last update, root dispersion growing \
@@ -533,6 +553,11 @@ impl SyncSystem {
                 format!(
                     "offset {:+.3} s beyond the panic threshold: not corrected",
                     d.offset
+                )
+            } else if self.sources.iter().flatten().next().is_none() && self.unresolved > 0 {
+                format!(
+                    "no source yet: waiting for {} source name(s) to resolve",
+                    self.unresolved
                 )
             } else if let Some(why) = why.as_ref().filter(|_| {
                 self.no_selection.is_some_and(|n| n.is_disagreement()) || self.served.is_none()
@@ -714,15 +739,12 @@ impl SyncSystem {
                     self.served = None;
                 }
                 if previous_reason != Some(why) {
-                    let serving = match (self.sync_state(now), self.config.local_stratum) {
-                        (SyncState::Holdover, _) => format!(
+                    let serving = match self.sync_state(now) {
+                        SyncState::Holdover => format!(
                             "holding over on the last update for up to {:.0} s",
                             self.config.holdover
                         ),
-                        (_, Some(stratum)) => {
-                            format!("serving the local clock at stratum {stratum}")
-                        }
-                        _ => "serving as unsynchronized (leap 3, stratum 16)".into(),
+                        _ => self.fallback_serving(),
                     };
                     self.events.push_back(Event::NoSelection {
                         reason: why.to_string(),
@@ -730,6 +752,14 @@ impl SyncSystem {
                     });
                 }
             }
+        }
+    }
+
+    /// What is served when the node does not follow its sources, in words.
+    fn fallback_serving(&self) -> String {
+        match self.config.local_stratum {
+            Some(stratum) => format!("serving the local clock at stratum {stratum}"),
+            None => "serving as unsynchronized (leap 3, stratum 16)".into(),
         }
     }
 

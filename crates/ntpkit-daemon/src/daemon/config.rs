@@ -234,6 +234,10 @@ fn default_max_slew() -> f64 {
 fn default_holdover() -> f64 {
     3600.0
 }
+/// The largest frequency correction the `system` backend can apply (the kernel's tick length
+/// moves by at most 10 %; ntpkit keeps within 99,000 ppm).
+const MAX_SLEW_PPM: f64 = 99_000.0;
+
 fn default_tcp_max() -> usize {
     1024
 }
@@ -280,7 +284,7 @@ pub enum ConfigError {
 }
 
 /// A source's host as written in the configuration.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Host {
     /// An IP address: used as it is.
     Ip(IpAddr),
@@ -391,10 +395,19 @@ impl DaemonConfig {
                 ));
             }
         };
+        let mut seen = HashSet::new();
         for s in &self.server {
             let what = format!("server {:?}", s.address);
-            if let Err(e) = parse_host_port(&s.address, 123) {
-                out.push(format!("{what}: {e}"));
+            match parse_host_port(&s.address, 123) {
+                Err(e) => out.push(format!("{what}: {e}")),
+                Ok(key) => {
+                    if !seen.insert(key) {
+                        out.push(format!(
+                            "{what} is listed twice; remove the duplicate (one server is one \
+                             source, whatever minsources counts on)"
+                        ));
+                    }
+                }
             }
             polls(&what, s.minpoll, s.maxpoll, &mut out);
         }
@@ -437,15 +450,44 @@ impl DaemonConfig {
         let positive = [
             ("sync.step-threshold", self.sync.step_threshold),
             ("sync.max-distance", self.sync.max_distance),
-            ("sync.max-slew-ppm", self.sync.max_slew_ppm),
             ("sync.holdover", self.sync.holdover),
-            ("tcp-limits.idle-timeout", self.tcp_limits.idle_timeout),
-            ("tcp-limits.frame-timeout", self.tcp_limits.frame_timeout),
-            ("tcp-limits.write-timeout", self.tcp_limits.write_timeout),
         ];
         for (name, v) in positive {
             if !(v.is_finite() && v > 0.0) {
                 out.push(format!("{name} = {v}: must be a positive number"));
+            }
+        }
+        let bounded = [
+            (
+                "sync.max-slew-ppm",
+                self.sync.max_slew_ppm,
+                MAX_SLEW_PPM,
+                " ppm",
+            ),
+            (
+                "tcp-limits.idle-timeout",
+                self.tcp_limits.idle_timeout,
+                86_400.0,
+                " s",
+            ),
+            (
+                "tcp-limits.frame-timeout",
+                self.tcp_limits.frame_timeout,
+                3_600.0,
+                " s",
+            ),
+            (
+                "tcp-limits.write-timeout",
+                self.tcp_limits.write_timeout,
+                3_600.0,
+                " s",
+            ),
+        ];
+        for (name, v, max, unit) in bounded {
+            if !(v.is_finite() && v > 0.0 && v <= max) {
+                out.push(format!(
+                    "{name} = {v}: must be more than 0 and at most {max}{unit}"
+                ));
             }
         }
         let non_negative = [
@@ -563,7 +605,7 @@ impl DaemonConfig {
 
 /// What is wrong with the directory that will hold `path`, if anything.
 fn directory_problem(path: &Path) -> Option<String> {
-    if path.file_name().is_none() {
+    if path.file_name().is_none() || path.is_dir() {
         return Some("names a directory, not a file".into());
     }
     let dir = path
@@ -714,6 +756,24 @@ mod tests {
         }
         assert!(lines.iter().all(|l| l.starts_with("test.toml: ")), "{e}");
         assert_eq!(lines.len(), 12, "one line per problem:\n{e}");
+    }
+
+    #[test]
+    fn what_would_fail_at_start_is_rejected() {
+        let e = parse(
+            "drift-file = \"/tmp\"\n[[server]]\naddress = \"192.0.2.1\"\n\
+             [[server]]\naddress = \"192.0.2.1:123\"\n[tcp-limits]\nidle-timeout = 1e30\n\
+             [sync]\nmax-slew-ppm = 500000\n",
+        )
+        .unwrap_err();
+        for want in [
+            "drift-file = \"/tmp\": names a directory",
+            "server \"192.0.2.1:123\" is listed twice",
+            "tcp-limits.idle-timeout = 1000000000000000000000000000000: must be more than 0",
+            "sync.max-slew-ppm = 500000: must be more than 0 and at most 99000 ppm",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
     }
 
     #[test]

@@ -165,7 +165,15 @@ impl ControlServer {
     /// Creates the socket at `path` (removing a stale one left by a crash; refusing one a live
     /// daemon answers on), readable and writable by every user.
     pub fn bind(path: &Path) -> Result<ControlServer, String> {
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(format!(
+                    "control-socket {} exists and is not a socket; remove it yourself or choose \
+                     another path (the daemon only replaces a socket left by an earlier run)",
+                    path.display()
+                ));
+            }
             if UnixStream::connect(path).is_ok() {
                 return Err(format!(
                     "control socket {} is in use by a running daemon; stop it or choose another \

@@ -174,6 +174,7 @@ impl Daemon {
             let published = Arc::new(SharedClock::new(
                 clock.served_view(),
                 system.served_state(now),
+                serves_itself(&system, now),
             ));
             let mut workers = Vec::new();
             for sock in worker_sockets {
@@ -250,6 +251,8 @@ impl Daemon {
                 self.waker.drain();
                 self.upstreams
                     .take_resolved(&mut self.system, mono(), &mut self.rng);
+                self.system
+                    .set_unresolved_sources(self.upstreams.unresolved());
             }
             self.receive_replies(&set)?;
             for (k, u) in self.udp.iter_mut().enumerate() {
@@ -301,9 +304,11 @@ impl Daemon {
         }
         self.upstreams
             .handle_timeout(&mut self.system, now, &mut self.rng);
+        self.system
+            .set_unresolved_sources(self.upstreams.unresolved());
         if self.upstreams.next_deadline().is_some_and(|t| t <= now) {
             let status = self.system.status(now);
-            self.upstreams.check_pools(&mut self.system, &status, now);
+            self.upstreams.check_pools(&status, now);
         }
         if let Some(t) = &mut self.tcp {
             t.handle_timeout(now.0);
@@ -363,7 +368,12 @@ impl Daemon {
             self.log(&event);
         }
         if let Some(p) = &self.published {
-            p.update(self.clock.served_view(), self.system.served_state(mono()));
+            let now = mono();
+            p.update(
+                self.clock.served_view(),
+                self.system.served_state(now),
+                serves_itself(&self.system, now),
+            );
         }
         Ok(())
     }
@@ -398,6 +408,11 @@ impl Daemon {
         eprint!("{}", self.shared.report());
         Ok(())
     }
+}
+
+/// True while the node serves its local clock as its own reference (local stratum).
+fn serves_itself(system: &SyncSystem, now: MonoTime) -> bool {
+    !system.is_synchronized(now) && system.served_state(now).is_synchronized()
 }
 
 /// The address an event names, as it prints it.

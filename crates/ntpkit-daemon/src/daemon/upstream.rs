@@ -5,9 +5,10 @@
 //! is resolved on a short-lived thread (the event loop never blocks on DNS); when resolution
 //! fails — DNS is often not up at boot — the failure is logged and retried with a doubling
 //! back-off, while the daemon runs on its other sources. A pool keeps up to `max-sources`
-//! members: a member that is unreachable, denied us, or stays a falseticker is dropped, and the
-//! name is resolved again for a replacement (addresses dropped recently are not taken back
-//! for a while).
+//! members: when a member is unreachable, denied us, or stays a falseticker, the name is
+//! resolved again, and the member gives its place to a new address if there is one (it stays,
+//! and may recover, if there is none; an address given up is not taken back for an hour). A
+//! pool with fewer addresses than `max-sources` is resolved again now and then, quietly.
 
 use super::config::{parse_host_port, DaemonConfig, Host};
 use ntpkit_core::sync::{SourceConfig, SourceId, SourceState, SyncSystem, SystemStatus};
@@ -51,6 +52,8 @@ struct Entry {
     avoid: HashMap<SocketAddr, MonoTime>,
     /// Pool checks in a row each member was a falseticker.
     strikes: HashMap<SourceId, u32>,
+    /// Pool members found bad at the last check, to replace when new addresses come.
+    bad: Vec<SourceId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -114,6 +117,7 @@ impl Upstreams {
                 resolution: Resolution::RetryAt(MonoTime(i64::MIN), 0.0),
                 avoid: HashMap::new(),
                 strikes: HashMap::new(),
+                bad: Vec::new(),
             });
         }
         let next_pool_check = None;
@@ -223,14 +227,24 @@ impl Upstreams {
             match found {
                 Ok(addrs) if !addrs.is_empty() => {
                     self.entries[i].resolution = Resolution::Done;
-                    let added = self.add(i, addrs, system, now, rng);
-                    if added == 0 && self.entries[i].members.len() < self.entries[i].max_members {
+                    self.replace_bad(i, &addrs, system, now);
+                    self.add(i, addrs, system, now, rng);
+                    let e = &mut self.entries[i];
+                    if e.members.is_empty() {
                         let wait = next_backoff(backoff);
                         tracing::warn!(
-                            "{text}: no new address to use; resolving again in {wait:.0} s"
+                            "{text}: none of its addresses can be used; resolving again in \
+                             {wait:.0} s"
                         );
-                        self.entries[i].resolution =
-                            Resolution::RetryAt(now.add_secs_f64(wait), wait);
+                        e.resolution = Resolution::RetryAt(now.add_secs_f64(wait), wait);
+                    } else if e.members.len() < e.max_members {
+                        // A pool smaller than max-sources: look for more now and then.
+                        tracing::debug!(
+                            "{text}: {} of {} members; resolving again in {RETRY_MAX:.0} s",
+                            e.members.len(),
+                            e.max_members
+                        );
+                        e.resolution = Resolution::RetryAt(now.add_secs_f64(RETRY_MAX), RETRY_MAX);
                     }
                 }
                 Ok(_) | Err(_) => {
@@ -247,6 +261,45 @@ impl Upstreams {
                 }
             }
         }
+    }
+
+    /// Drops the entry's bad members, one for each address in `addrs` that could replace it,
+    /// making room for [`add`](Self::add).
+    fn replace_bad(
+        &mut self,
+        entry: usize,
+        addrs: &[SocketAddr],
+        system: &mut SyncSystem,
+        now: MonoTime,
+    ) {
+        let in_use: Vec<SocketAddr> = self.links.values().map(|l| l.server).collect();
+        let e = &mut self.entries[entry];
+        e.avoid.retain(|_, until| *until > now);
+        let fresh = addrs
+            .iter()
+            .filter(|a| !in_use.contains(a) && !e.avoid.contains_key(a))
+            .count();
+        let free = e.max_members.saturating_sub(e.members.len());
+        let drop = fresh.saturating_sub(free).min(e.bad.len());
+        for id in e.bad.drain(..drop).collect::<Vec<_>>() {
+            let label = self.label(id).unwrap_or_default();
+            tracing::warn!("{label}: replaced by another member of the pool");
+            system.remove_source(id);
+            let e = &mut self.entries[entry];
+            e.members.retain(|m| *m != id);
+            e.strikes.remove(&id);
+            if let Some(link) = self.links.remove(&id) {
+                self.entries[entry]
+                    .avoid
+                    .insert(link.server, now.add_secs_f64(AVOID_FOR));
+            }
+        }
+        self.entries[entry].bad.clear();
+    }
+
+    /// Configured servers and pools with no source yet (names not resolved so far).
+    pub fn unresolved(&self) -> usize {
+        self.entries.iter().filter(|e| e.members.is_empty()).count()
     }
 
     /// Adds up to the entry's free places from `addrs` as sources; returns how many.
@@ -314,8 +367,9 @@ impl Upstreams {
     }
 
     /// Checks the pools against the sources' states: members that are unreachable, denied, or
-    /// falsetickers for several checks in a row are dropped and the pool resolved again.
-    pub fn check_pools(&mut self, system: &mut SyncSystem, status: &SystemStatus, now: MonoTime) {
+    /// falsetickers for several checks in a row are marked for replacement and the pool is
+    /// resolved again (see [`take_resolved`](Self::take_resolved)).
+    pub fn check_pools(&mut self, status: &SystemStatus, now: MonoTime) {
         if self.next_pool_check.is_none_or(|at| at > now) {
             return;
         }
@@ -326,11 +380,11 @@ impl Upstreams {
             if !self.entries[i].is_pool {
                 continue;
             }
-            let members = self.entries[i].members.clone();
-            let mut dropped = Vec::new();
-            for id in members {
+            let e = &mut self.entries[i];
+            e.bad.clear();
+            for &id in &e.members {
                 let state = states.get(&id).copied();
-                let strikes = self.entries[i].strikes.entry(id).or_insert(0);
+                let strikes = e.strikes.entry(id).or_insert(0);
                 *strikes = if state == Some(SourceState::Falseticker) {
                     *strikes + 1
                 } else {
@@ -342,31 +396,11 @@ impl Upstreams {
                     _ => false,
                 };
                 if bad {
-                    dropped.push((id, state));
+                    e.bad.push(id);
                 }
             }
-            for (id, state) in dropped {
-                let label = self.label(id).unwrap_or_default();
-                tracing::warn!(
-                    "{label}: {} — replacing it with another member of the pool",
-                    match state {
-                        Some(SourceState::Unreachable) => "unreachable",
-                        Some(SourceState::Denied) => "denied us",
-                        _ => "a falseticker for several checks",
-                    }
-                );
-                system.remove_source(id);
-                let e = &mut self.entries[i];
-                e.members.retain(|m| *m != id);
-                e.strikes.remove(&id);
-                if let Some(link) = self.links.remove(&id) {
-                    self.entries[i]
-                        .avoid
-                        .insert(link.server, now.add_secs_f64(AVOID_FOR));
-                }
-            }
-            let e = &mut self.entries[i];
-            if e.members.len() < e.max_members && e.resolution == Resolution::Done {
+            let wanted = !e.bad.is_empty() || e.members.len() < e.max_members;
+            if wanted && e.resolution == Resolution::Done {
                 e.resolution = Resolution::RetryAt(now, 0.0);
             }
         }
