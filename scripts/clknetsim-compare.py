@@ -14,6 +14,8 @@ node) and the packets the measured nodes sent per day.
     scripts/clknetsim-compare.py --quick           # the CI subset: exits 1 if ntpkit crashed,
                                                    # did not synchronize, or lost a cell it wins
     scripts/clknetsim-compare.py --json out.json   # every run's figures too
+    scripts/clknetsim-compare.py --with-sim        # and ntpkit's own simulator on the same
+                                                   # models (scenarios/chrony-*.toml)
 
 Needs root (to run every simulated process as an unprivileged user without CAP_SYS_TIME: the
 processes only ever see clknetsim's clock, but that is how it is made sure), gcc/g++/make,
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,7 +264,9 @@ def build_clknetsim():
 
 def ensure_ntpkit(path):
     if path:
-        return path
+        if not os.access(path, os.X_OK):
+            sys.exit(f"{path} is not an executable")
+        return os.path.abspath(path)
     binary = os.path.join(ROOT, "target", "release", "ntpkit")
     r = subprocess.run(["cargo", "build", "--release", "-q", "-p", "ntpkit"], cwd=ROOT,
                        capture_output=True, text=True)
@@ -458,6 +463,81 @@ def table(results, model_order):
     return "\n".join(lines)
 
 
+def sim_scenario(model_name):
+    """The scenario of ntpkit's own simulator that models the same thing."""
+    if model_name == "001-defaults":
+        return "chrony-defaults"
+    return f"chrony-{model_name}"
+
+
+def seconds(value):
+    """A scenario duration ("10000s", "1h", or a number of seconds) in seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0,
+             "h": 3600.0, "d": 86400.0}
+    for unit in sorted(units, key=len, reverse=True):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * units[unit]
+    return float(value)
+
+
+def run_sim(ntpkit, model_name, seeds):
+    """ntpkit's own simulator over `seeds` (consecutive): means over seeds of the measured
+    nodes (named client*), in the harness's units."""
+    path = os.path.join(ROOT, "scenarios", sim_scenario(model_name) + ".toml")
+    r = subprocess.run([ntpkit, "simulate", path, "--runs", str(len(seeds)), "--seed",
+                        str(seeds[0]), "--json"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"ntpkit simulate {path}: {r.stderr.strip()}")
+    report = json.loads(r.stdout)
+    with open(path, "rb") as f:
+        scenario = tomllib.load(f)
+    duration = seconds(scenario["simulation"]["duration"])
+    starts = {n["name"]: seconds(n.get("start", 0)) for n in scenario["node"]}
+    cells = {key: [] for key, *_ in METRICS}
+    for node in report["nodes"]:
+        if not node["name"].startswith("client"):
+            continue
+        group = next((g for g in starts if node["name"] == g or node["name"].startswith(g + "-")),
+                     None)
+        running = duration - starts.get(group, 0.0)
+        st = node["stats"]
+        cells["rms"].append(st["offset_rms_s"]["mean"])
+        cells["max"].append(st["offset_max_s"]["mean"])
+        cells["mean"].append(st["offset_mean_s"]["mean"])
+        cells["rms_freq"].append(st["frequency_rms_ppm"]["mean"] * 1e-6)
+        cells["sync"].append(st["sync_time_s"]["mean"] if node["synced_runs"] else None)
+        cells["packets_per_day"].append(st["packets_sent"]["mean"] * 86400 / running)
+    return cells
+
+
+def sim_table(results, sims, model_order):
+    """ntpkit in clknetsim against ntpkit in its own simulator."""
+    agg = aggregate(results)
+    head = ["model"] + [f"{label} ({unit})".replace(" ()", "") for _, label, _, unit in METRICS]
+    rows = []
+    for name in model_order:
+        k, s = agg.get((name, "ntpkit")), sims.get(name)
+        if not k or not s:
+            continue
+        row = [name]
+        for key, _, scale, _ in METRICS:
+            mk, ms = mean(k[key]), mean(s[key])
+            if mk is None or ms is None or key == "mean":
+                row.append(f"{fmt(mk, scale)} / {fmt(ms, scale)}")
+                continue
+            ratio = ms / mk if mk else math.inf
+            flag = " !" if abs(ratio - 1) > 0.15 else ""
+            row.append(f"{fmt(mk, scale)} / {fmt(ms, scale)} ({ratio:.2f}){flag}")
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
 def parse_seeds(text):
     seeds = []
     for part in text.split(","):
@@ -477,6 +557,8 @@ def main():
     p.add_argument("--json", help="write every run's figures to this file")
     p.add_argument("--keep", action="store_true", help="keep every run's work directory")
     p.add_argument("--list", action="store_true", help="list the models and exit")
+    p.add_argument("--with-sim", action="store_true",
+                   help="also run ntpkit's own simulator on the same models and compare")
     args = p.parse_args()
     all_models = models()
     if args.list:
@@ -510,9 +592,17 @@ def main():
           f"{time.time() - started:.0f} s; each cell: chronyd / ntpkit (ratio), means over "
           f"seeds {seeds[0]}-{seeds[-1]} and measured nodes; * = some runs never synchronized")
     print(table(results, names))
+    sims = {}
+    if args.with_sim:
+        for name in names:
+            sims[name] = run_sim(ntpkit, name, seeds)
+        print(f"\nntpkit in clknetsim / in its own simulator (scenarios/chrony-*.toml), same "
+              f"seeds; ratio own/clknetsim, ! = apart by more than 15 %; sync: the own "
+              f"simulator counts |offset| < 1 ms only")
+        print(sim_table(results, sims, names))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"runs": results, "own_simulator": sims}, f, indent=1)
     failures = []
     for r in results:
         if r["crashed"] or r["simulator_rc"] != 0:

@@ -78,10 +78,25 @@ shopt -s nullglob
 configs=(examples/*.toml)
 scenarios=(scenarios/*.toml)
 step "validate ${#configs[@]} example config(s) and ${#scenarios[@]} scenario(s) with the binary"
+# The production examples keep their drift file in /var/lib/ntpkit, the state directory an
+# installation creates; --check rightly rejects a directory that does not exist, so it is
+# created here as an installation would (root), or the paths are pointed at a scratch directory.
+STATE=/var/lib/ntpkit
+if [ ! -d "$STATE" ] && [ "$(id -u)" = 0 ]; then
+  install -d -m 0755 "$STATE"
+  echo "created $STATE (the daemon's state directory, as an installation makes it)"
+fi
+SCRATCH=$(mktemp -d /tmp/ntpkit-examples.XXXXXX)
 for f in "${configs[@]}"; do
-  "$NTPKIT" daemon --check --config "$f" || die "example config $f does not validate"
+  checked=$f
+  if [ ! -d "$STATE" ]; then
+    checked="$SCRATCH/$(basename "$f")"
+    sed "s#$STATE#$SCRATCH#g" "$f" >"$checked"
+  fi
+  "$NTPKIT" daemon --check --config "$checked" || die "example config $f does not validate"
   echo "ok: $f"
 done
+rm -rf "$SCRATCH"
 for f in "${scenarios[@]}"; do
   "$NTPKIT" simulate --check "$f" || die "scenario $f does not validate"
   echo "ok: $f"

@@ -110,7 +110,9 @@ impl Report {
                     requests_served: c.served,
                     syncs: out.updates[i],
                     steps: c.steps.into(),
-                    sync_time_s: c.synced_since.map(|t| t as f64 * 1e-9),
+                    sync_time_s: c
+                        .synced_since
+                        .map(|t| (t - spec.start).max(0) as f64 * 1e-9),
                     final_offset_s: c.last.0,
                     average_correction_s: (c.corrections > 0)
                         .then(|| c.correction_sum / c.corrections as f64),

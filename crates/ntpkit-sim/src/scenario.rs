@@ -232,6 +232,10 @@ pub struct NodeSpec {
     /// Scheduled disturbances of the clock.
     #[serde(default)]
     pub steps: Vec<StepSpec>,
+    /// When the node starts (default 0): before, it sends nothing and answers nothing, and its
+    /// sync time counts from here.
+    #[serde(default)]
+    pub start: Duration,
     /// Upstream servers.
     #[serde(default)]
     pub sources: Vec<SourceSpec>,
@@ -353,6 +357,8 @@ pub struct Node {
     pub max_slew_ppm: Option<f64>,
     /// (at, offset) in ns.
     pub steps: Vec<(i64, i64)>,
+    /// When the node starts, ns.
+    pub start: i64,
     /// Sources.
     pub sources: Vec<Source>,
 }
@@ -575,6 +581,13 @@ impl ScenarioFile {
             if let Some(st) = spec.step_threshold {
                 check_nonneg(&format!("{what}.step-threshold"), st)?;
             }
+            let start = check_nonneg(&format!("{what}.start"), spec.start)?;
+            if start > 0 && spec.reference {
+                return Err(range(
+                    format!("{what}.start"),
+                    "a reference runs from the start; give `start` to disciplined nodes",
+                ));
+            }
             let mut steps = Vec::new();
             for (i, s) in spec.steps.iter().enumerate() {
                 steps.push((
@@ -605,6 +618,7 @@ impl ScenarioFile {
                     step_threshold: spec.step_threshold.map(|d| d.as_secs_f64()),
                     max_slew_ppm: spec.max_slew_ppm,
                     steps: steps.clone(),
+                    start,
                     sources: Vec::new(),
                 });
             }

@@ -275,7 +275,8 @@ impl<'s, 't> Sim<'s, 't> {
                 ppm
             };
             let mut clock = SimClock::new(offset, ppm, spec.wander);
-            // Reading at t = 0 integrates no wander: it draws nothing from the stream.
+            // Reading at t = 0 integrates no wander: it draws nothing from the stream. (A node
+            // that starts later gets its first real reading when it starts.)
             let clock_at_start = clock.read(0, &mut clock_rng);
             let first_link = links.len() as u32;
             let sync = spec.reference.is_none().then(|| {
@@ -295,7 +296,7 @@ impl<'s, 't> Sim<'s, 't> {
                 if let Some(m) = spec.max_slew_ppm {
                     cfg.discipline.max_slew_ppm = m;
                 }
-                let mut sys = SyncSystem::new(cfg, MonoTime(0), clock_at_start);
+                let mut sys = SyncSystem::new(cfg, MonoTime(spec.start), clock_at_start);
                 for (k, src) in spec.sources.iter().enumerate() {
                     sys.add_source(
                         std::net::SocketAddr::new(node_address(src.server), 123),
@@ -304,7 +305,7 @@ impl<'s, 't> Sim<'s, 't> {
                             maxpoll: src.poll.1,
                             iburst: src.iburst,
                         },
-                        MonoTime(0),
+                        MonoTime(spec.start),
                         &mut core_rng,
                     );
                     let server = local[src.server];
@@ -390,7 +391,14 @@ impl<'s, 't> Sim<'s, 't> {
                 sim.push(at, Kind::Step(index));
             }
             if sim.nodes[n].sync.is_some() {
-                sim.drain(n);
+                if spec.start > 0 {
+                    // Its first deadline is its start (its sources' first requests).
+                    sim.nodes[n].timer = spec.start;
+                    sim.nodes[n].queued[0] = spec.start;
+                    sim.push(spec.start, Kind::Timer(n as u32));
+                } else {
+                    sim.drain(n);
+                }
             }
         }
         sim.push(0, Kind::Sample);
@@ -654,6 +662,11 @@ impl<'s, 't> Sim<'s, 't> {
         let link = &self.links[p.link as usize];
         let processing = self.sc.profiles[link.profile as usize].processing;
         let node = &mut self.nodes[link.server as usize];
+        if t < self.sc.nodes[node.index as usize].start {
+            // Not running yet: nothing answers.
+            self.free_packet(slot);
+            return;
+        }
         let t2 = node.clock.read(t, &mut node.clock_rng);
         let state = match (node.reference, &node.sync) {
             (Some(stratum), _) => {

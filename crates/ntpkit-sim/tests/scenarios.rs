@@ -252,3 +252,32 @@ fn chrony_defaults_accuracy() {
         );
     }
 }
+
+#[test]
+fn a_node_that_starts_late_sends_nothing_before_and_syncs_from_its_start() {
+    let sc = load("chrony-hierarchy");
+    let (r, csv) = report_csv(&sc, 1);
+    let clients: Vec<_> = r
+        .nodes
+        .iter()
+        .filter(|n| n.name.starts_with("client-"))
+        .collect();
+    assert_eq!(clients.len(), 5);
+    // Exchange rows (with a measured offset) of a client appear only from its start on.
+    let first_exchange = csv
+        .lines()
+        .filter(|l| l.contains(",client-") && !l.ends_with(",,"))
+        .filter_map(|l| l.split(',').next()?.parse::<f64>().ok())
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        first_exchange >= 2000.0,
+        "a client exchanged at {first_exchange} s"
+    );
+    for c in clients {
+        assert!(c.packets_sent > 0, "{} never ran", c.name);
+        let sync = c.sync_time_s.expect("synchronized");
+        // Counted from its start, not from the start of the run.
+        assert!(sync < 600.0, "{}: sync time {sync} s", c.name);
+        assert!(c.offset_s.rms < 1e-4, "{}: {:?}", c.name, c.offset_s);
+    }
+}

@@ -287,6 +287,9 @@ pub struct Discipline {
     last_offset: f64,
     /// Recent average of the samples' information (1 / variance, s⁻²).
     sample_info: f64,
+    /// The model in control (the most likely after the last update), kept so that every
+    /// read of the state does not search for it.
+    best_model: u8,
 }
 
 impl Discipline {
@@ -314,6 +317,7 @@ impl Discipline {
             steps: 0,
             last_offset: 0.0,
             sample_info: 0.0,
+            best_model: 0,
         };
         if nu0 != 0.0 {
             d.set_correction(now, -nu0);
@@ -366,6 +370,7 @@ impl Discipline {
         for m in &mut self.models {
             m.update(z, r);
         }
+        self.best_model = self.most_likely() as u8;
         self.sample_info = if self.sample_info == 0.0 {
             1.0 / r
         } else {
@@ -519,6 +524,7 @@ impl Discipline {
                 loglik: 0.0,
             })
             .collect();
+        self.best_model = self.most_likely() as u8;
         self.started = true;
         self.updates = 1;
         self.last_offset = z;
@@ -637,7 +643,12 @@ impl Discipline {
         }
     }
 
+    /// The model in control: the most likely one after the last update.
     fn best(&self) -> usize {
+        usize::from(self.best_model)
+    }
+
+    fn most_likely(&self) -> usize {
         self.models
             .iter()
             .enumerate()

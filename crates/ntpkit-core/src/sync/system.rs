@@ -369,7 +369,7 @@ impl SyncSystem {
                 if self.startup_pending {
                     self.try_start(now, received);
                 } else {
-                    self.reselect(now);
+                    self.reselect_with(now, phase);
                     if self.selection.survivors.contains(&idx) && self.no_selection.is_none() {
                         let interval = self.interval();
                         self.discipline
@@ -679,8 +679,12 @@ impl SyncSystem {
     /// Runs selection over the current candidates, their offsets judged against the clock as
     /// it is now.
     fn reselect(&mut self, now: MonoTime) {
+        self.reselect_with(now, self.discipline.phase_at(now));
+    }
+
+    /// [`reselect`](Self::reselect) when the discipline's phase at `now` is already known.
+    fn reselect_with(&mut self, now: MonoTime, phase: f64) {
         let max_distance = self.config.limits.max_distance;
-        let phase = self.discipline.phase_at(now);
         let mut candidates = InlineVec::<Candidate, 16>::new(Candidate {
             index: 0,
             offset: 0.0,
