@@ -643,6 +643,10 @@ impl Proc<'_> {
 impl Drop for Proc<'_> {
     fn drop(&mut self) {
         if self.try_status().is_some() {
+            // The `timeout` wrapper is gone; if a signal it does not forward ended it, the
+            // command may still run in its process group: end that too.
+            // SAFETY: kill(2) on the process group our child led.
+            unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
             return;
         }
         self.signal(libc::SIGTERM);
