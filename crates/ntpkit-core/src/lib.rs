@@ -7,7 +7,7 @@
 //! datagrams to send, deadlines, clock commands, events).
 //!
 //! What it does not do: touch a socket, a timer, the OS clock or an OS random source. Two drivers
-//! run it: the tokio daemon (`ntpkit-daemon`) over real sockets, and the simulator
+//! run it: the daemon's event loop (`ntpkit-daemon`) over real sockets, and the simulator
 //! (`ntpkit-sim`) over virtual time. Neither needs a special case in here.
 //!
 //! ```text
@@ -21,6 +21,7 @@
 
 pub mod clock;
 pub mod exchange;
+pub mod policy;
 pub mod responder;
 pub mod served;
 pub mod sync;
@@ -28,6 +29,7 @@ pub mod time;
 
 pub use clock::{ClockCommand, SoftClock};
 pub use exchange::{measure, validate_reply, Measurement, ReplyError};
+pub use policy::{AccessList, Admission, Policy, RateLimit, RateLimiter, Rule};
 pub use responder::{IgnoreReason, Responder, ResponderStats, Response};
 pub use served::{ServedState, PHI};
 pub use sync::{SourceConfig, SourceId, SyncSystem, SystemConfig};

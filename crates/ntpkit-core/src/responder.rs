@@ -1,20 +1,28 @@
 //! The server's reply logic: request bytes in, reply bytes out.
 //!
 //! Call contract, per datagram: the driver takes the receive time as close to arrival as the OS
-//! allows, calls [`Responder::respond`] with the request, that time, the served clock's state and
-//! a reply buffer at least as long as the request, then — as late as possible — overwrites the
-//! transmit timestamp with [`ntpkit_wire::stamp_transmit`] and sends the reply. The reply
-//! carries the receive time as its transmit time until then, so it is valid even unstamped.
+//! allows, calls [`Responder::respond_from`] with the request, its source address, that time,
+//! the served clock's state and a reply buffer at least as long as the request, then — as late
+//! as possible — overwrites the transmit timestamp with [`ntpkit_wire::stamp_transmit`] and
+//! sends the reply. The reply carries the receive time as its transmit time until then, so it is
+//! valid even unstamped. The responder's [`Policy`] (access rules, rate limits) decides first
+//! whether the request is answered, kissed or dropped; [`Responder::respond`] answers without
+//! asking it.
 
+use crate::policy::{Admission, Policy};
 use crate::served::ServedState;
 use crate::time::ClockTime;
-use ntpkit_wire::{Header, Mode, Packet, ParseError, HEADER_LEN};
+use ntpkit_wire::{Header, KissCode, LeapIndicator, Mode, Packet, ParseError, HEADER_LEN};
+use std::net::IpAddr;
 
 /// What [`Responder::respond`] decided about one datagram.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Response {
     /// A reply of this many bytes was written to the buffer.
     Reply(usize),
+    /// A kiss-o'-death of this many bytes (never more than the request) was written to the
+    /// buffer.
+    Kiss(usize, KissCode),
     /// A well-formed packet that is not a request we answer; nothing is sent.
     Ignored(IgnoreReason),
     /// Not a valid NTP packet; nothing is sent.
@@ -29,6 +37,10 @@ pub enum IgnoreReason {
     NotARequest(Mode),
     /// The reply buffer is shorter than the reply.
     BufferTooSmall,
+    /// The access rules refuse the client (silently).
+    Denied,
+    /// The client is over its rate (and this request gets no kiss-o'-death).
+    RateLimited,
 }
 
 /// Counters of what the responder did, as `ntpkit serve` prints them on exit.
@@ -40,18 +52,69 @@ pub struct ResponderStats {
     pub ignored: u64,
     /// Datagrams that failed to parse.
     pub malformed: u64,
+    /// Requests refused by the access rules (dropped or kissed).
+    pub denied: u64,
+    /// Requests over the client's rate (dropped or kissed).
+    pub limited: u64,
+    /// Kisses-o'-death sent (DENY, RSTR, RATE).
+    pub kissed: u64,
 }
 
 /// Answers client-mode NTP requests (RFC 5905 §8, server mode 4).
 #[derive(Clone, Debug, Default)]
 pub struct Responder {
     stats: ResponderStats,
+    policy: Policy,
 }
 
 impl Responder {
-    /// A responder with zeroed counters.
+    /// A responder with zeroed counters that answers everybody.
     pub fn new() -> Self {
         Responder::default()
+    }
+
+    /// A responder that asks `policy` about every request of [`respond_from`](Self::respond_from).
+    pub fn with_policy(policy: Policy) -> Self {
+        Responder {
+            stats: ResponderStats::default(),
+            policy,
+        }
+    }
+
+    /// Handles one datagram from `from`, received at `received` (the served clock) and `now`
+    /// (ns on a steady timescale, for the rate limits); see the module docs. Packets that are
+    /// not requests are ignored before the policy is asked (they cost no rate).
+    pub fn respond_from(
+        &mut self,
+        request: &[u8],
+        from: IpAddr,
+        now: i64,
+        received: ClockTime,
+        state: &ServedState,
+        reply: &mut [u8],
+    ) -> Response {
+        let packet = match self.parse_request(request) {
+            Ok(p) => p,
+            Err(response) => return response,
+        };
+        match self.policy.admit(from, now) {
+            Admission::Serve => self.answer(&packet, received, state, reply),
+            Admission::Kiss(code) => {
+                match code {
+                    KissCode::Rate => self.stats.limited += 1,
+                    _ => self.stats.denied += 1,
+                }
+                self.kiss(&packet.header, code, received, state, reply)
+            }
+            Admission::Denied => {
+                self.stats.denied += 1;
+                Response::Ignored(IgnoreReason::Denied)
+            }
+            Admission::Limited => {
+                self.stats.limited += 1;
+                Response::Ignored(IgnoreReason::RateLimited)
+            }
+        }
     }
 
     /// Handles one datagram received at `received`; see the module docs for the contract.
@@ -68,11 +131,19 @@ impl Responder {
         state: &ServedState,
         reply: &mut [u8],
     ) -> Response {
+        match self.parse_request(request) {
+            Ok(packet) => self.answer(&packet, received, state, reply),
+            Err(response) => response,
+        }
+    }
+
+    /// The request, or the response to a datagram that is not one (counted).
+    fn parse_request<'a>(&mut self, request: &'a [u8]) -> Result<Packet<'a>, Response> {
         let packet = match Packet::parse(request) {
             Ok(p) => p,
             Err(e) => {
                 self.stats.malformed += 1;
-                return Response::Malformed(e);
+                return Err(Response::Malformed(e));
             }
         };
         let req = packet.header;
@@ -81,8 +152,56 @@ impl Responder {
             req.mode == Mode::Client || (req.version == 1 && req.mode == Mode::Reserved);
         if !is_request {
             self.stats.ignored += 1;
-            return Response::Ignored(IgnoreReason::NotARequest(req.mode));
+            return Err(Response::Ignored(IgnoreReason::NotARequest(req.mode)));
         }
+        Ok(packet)
+    }
+
+    /// A kiss-o'-death for `req`: leap 3, stratum 0, the code as reference ID, the request's
+    /// transmit timestamp echoed (so that the client knows it is meant for it); 48 bytes.
+    fn kiss(
+        &mut self,
+        req: &Header,
+        code: KissCode,
+        received: ClockTime,
+        state: &ServedState,
+        reply: &mut [u8],
+    ) -> Response {
+        if reply.len() < HEADER_LEN {
+            self.stats.ignored += 1;
+            return Response::Ignored(IgnoreReason::BufferTooSmall);
+        }
+        let received_ts = received.to_ntp();
+        let header = Header {
+            leap: LeapIndicator::Unsynchronized,
+            version: req.version,
+            mode: Mode::Server,
+            stratum: 0,
+            poll: req.poll,
+            precision: state.precision,
+            reference_id: code.refid(),
+            origin_ts: req.transmit_ts,
+            receive_ts: received_ts,
+            transmit_ts: received_ts,
+            ..Header::default()
+        };
+        let head: &mut [u8; HEADER_LEN] = (&mut reply[..HEADER_LEN])
+            .try_into()
+            .expect("length checked above");
+        header.emit(head);
+        self.stats.kissed += 1;
+        Response::Kiss(HEADER_LEN, code)
+    }
+
+    /// The reply to a request.
+    fn answer(
+        &mut self,
+        packet: &Packet,
+        received: ClockTime,
+        state: &ServedState,
+        reply: &mut [u8],
+    ) -> Response {
+        let req = packet.header;
         let len = if packet.mac.is_some() {
             HEADER_LEN + 4
         } else {
@@ -219,9 +338,8 @@ mod tests {
         assert_eq!(
             r.stats(),
             ResponderStats {
-                answered: 0,
                 ignored: 6,
-                malformed: 0
+                ..ResponderStats::default()
             }
         );
     }
@@ -255,6 +373,82 @@ mod tests {
         );
         let p = Packet::parse(&out[..52]).unwrap();
         assert!(p.mac.unwrap().is_crypto_nak());
+    }
+
+    #[test]
+    fn the_policy_kisses_denies_and_limits_and_never_amplifies() {
+        use crate::policy::{AccessList, RateLimit, RateLimiter};
+        let policy = Policy {
+            access: AccessList::new(vec![
+                "deny 192.0.2.7 kod".parse().unwrap(),
+                "deny 192.0.2.8".parse().unwrap(),
+                "allow all".parse().unwrap(),
+            ]),
+            rate: Some(RateLimiter::new(
+                RateLimit {
+                    burst: 1,
+                    kod_leak: 1,
+                    ..RateLimit::default()
+                },
+                [1, 2],
+            )),
+        };
+        let mut r = Responder::with_policy(policy);
+        let req = request(4, Mode::Client);
+        let mut out = [0u8; 48];
+        let from = |s: &str| s.parse::<IpAddr>().unwrap();
+        // A denied client with a kiss: DENY, stratum 0, leap 3, the cookie echoed.
+        assert_eq!(
+            r.respond_from(&req, from("192.0.2.7"), 0, NOW, &state(), &mut out),
+            Response::Kiss(48, KissCode::Deny)
+        );
+        let h = Header::parse(&out).unwrap();
+        assert_eq!((h.stratum, h.leap), (0, LeapIndicator::Unsynchronized));
+        assert_eq!(h.reference_id, RefId(*b"DENY"));
+        assert_eq!(h.origin_ts, NtpTimestamp::from_bits(0xdead_beef_0bad_f00d));
+        assert_eq!(
+            r.respond_from(&req, from("192.0.2.8"), 0, NOW, &state(), &mut out),
+            Response::Ignored(IgnoreReason::Denied)
+        );
+        // Within the rate, then over it: every other request kissed with RATE.
+        let c = from("192.0.2.9");
+        assert_eq!(
+            r.respond_from(&req, c, 0, NOW, &state(), &mut out),
+            Response::Reply(48)
+        );
+        let over: Vec<Response> = (0..4)
+            .map(|_| r.respond_from(&req, c, 0, NOW, &state(), &mut out))
+            .collect();
+        assert_eq!(
+            over,
+            vec![
+                Response::Ignored(IgnoreReason::RateLimited),
+                Response::Kiss(48, KissCode::Rate),
+                Response::Ignored(IgnoreReason::RateLimited),
+                Response::Kiss(48, KissCode::Rate),
+            ]
+        );
+        // A server reply or junk costs no rate: the next request of a fresh client passes.
+        assert!(matches!(
+            r.respond_from(
+                &request(4, Mode::Server),
+                from("192.0.2.10"),
+                0,
+                NOW,
+                &state(),
+                &mut out
+            ),
+            Response::Ignored(IgnoreReason::NotARequest(_))
+        ));
+        assert_eq!(
+            r.respond_from(&req, from("192.0.2.10"), 0, NOW, &state(), &mut out),
+            Response::Reply(48)
+        );
+        let st = r.stats();
+        assert_eq!(
+            (st.answered, st.denied, st.limited, st.kissed),
+            (2, 2, 4, 3)
+        );
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct ServeConfig {
     pub recv_buffer: usize,
     /// Limits of the TCP listeners: connections in all and per address, timeouts.
     pub tcp_limits: TcpLimits,
+    /// Who is served (empty: everybody).
+    pub access: ntpkit_core::AccessList,
+    /// Per-client rate limits (None: off).
+    pub rate_limit: Option<ntpkit_core::RateLimit>,
     /// Log every request and response.
     pub verbose: bool,
 }
@@ -69,7 +73,23 @@ impl Default for ServeConfig {
             batch: 64,
             recv_buffer: 4 << 20,
             tcp_limits: TcpLimits::default(),
+            access: ntpkit_core::AccessList::default(),
+            rate_limit: Some(ntpkit_core::RateLimit::default()),
             verbose: false,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// A fresh policy for one responder: the access rules, and its own rate-limit table keyed
+    /// from the OS random source (each serving thread keeps its own table).
+    pub fn policy(&self) -> ntpkit_core::Policy {
+        ntpkit_core::Policy {
+            access: self.access.clone(),
+            rate: self.rate_limit.map(|r| {
+                let key = [crate::daemon::os_seed(), crate::daemon::os_seed()];
+                ntpkit_core::RateLimiter::new(r, key)
+            }),
         }
     }
 }
@@ -181,6 +201,12 @@ pub struct Counters {
     pub ignored: AtomicU64,
     /// Datagrams or frames that are not NTP packets (including oversize and bad framing).
     pub malformed: AtomicU64,
+    /// Requests refused by the access rules (dropped, or answered with DENY / RSTR).
+    pub denied: AtomicU64,
+    /// Requests over their client's rate (dropped, or answered with RATE).
+    pub limited: AtomicU64,
+    /// Kisses-o'-death sent.
+    pub kissed: AtomicU64,
     /// TCP connections accepted (0 for UDP).
     pub connections: AtomicU64,
 }
@@ -194,6 +220,12 @@ pub struct CounterValues {
     pub ignored: u64,
     /// Not NTP packets.
     pub malformed: u64,
+    /// Refused by the access rules.
+    pub denied: u64,
+    /// Over their client's rate.
+    pub limited: u64,
+    /// Kisses-o'-death sent.
+    pub kissed: u64,
     /// TCP connections accepted.
     pub connections: u64,
 }
@@ -205,6 +237,9 @@ impl Counters {
             answered: self.answered.load(Ordering::Relaxed),
             ignored: self.ignored.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
+            denied: self.denied.load(Ordering::Relaxed),
+            limited: self.limited.load(Ordering::Relaxed),
+            kissed: self.kissed.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
         }
     }
@@ -227,6 +262,9 @@ impl Counters {
             &self.malformed,
             now.malformed - last.malformed + extra_malformed,
         );
+        add(&self.denied, now.denied - last.denied);
+        add(&self.limited, now.limited - last.limited);
+        add(&self.kissed, now.kissed - last.kissed);
         *last = now;
     }
 }
@@ -248,18 +286,28 @@ impl Shared {
         let u = self.udp.snapshot();
         let t = self.tcp.snapshot();
         format!(
-            "served: answered={} ignored={} malformed={}\n\
-             served udp: answered={} ignored={} malformed={}\n\
-             served tcp: answered={} ignored={} malformed={} connections={}\n",
+            "served: answered={} ignored={} malformed={} denied={} limited={} kissed={}\n\
+             served udp: answered={} ignored={} malformed={} denied={} limited={} kissed={}\n\
+             served tcp: answered={} ignored={} malformed={} denied={} limited={} kissed={} \
+             connections={}\n",
             u.answered + t.answered,
             u.ignored + t.ignored,
             u.malformed + t.malformed,
+            u.denied + t.denied,
+            u.limited + t.limited,
+            u.kissed + t.kissed,
             u.answered,
             u.ignored,
             u.malformed,
+            u.denied,
+            u.limited,
+            u.kissed,
             t.answered,
             t.ignored,
             t.malformed,
+            t.denied,
+            t.limited,
+            t.kissed,
             t.connections,
         )
     }
@@ -293,7 +341,12 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             }
         }
     }
-    let mut tcp = bind_tcp(&config.tcp, config.tcp_limits, config.verbose)?;
+    let mut tcp = bind_tcp(
+        &config.tcp,
+        config.tcp_limits,
+        config.policy(),
+        config.verbose,
+    )?;
 
     let mut out = io::stdout().lock();
     for socks in &udp_sockets {
@@ -341,7 +394,13 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let mut threads = Vec::new();
     for socks in udp_sockets {
         for sock in socks {
-            let worker = crate::udp::Worker::new(sock, clock.clone(), shared.clone(), &config);
+            let worker = crate::udp::Worker::new(
+                sock,
+                clock.clone(),
+                shared.clone(),
+                &config,
+                config.policy(),
+            );
             let name = format!("udp {}", worker.local_addr());
             let h = std::thread::Builder::new()
                 .name(name)
@@ -393,6 +452,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
 pub(crate) fn bind_tcp(
     addrs: &[SocketAddr],
     limits: TcpLimits,
+    policy: ntpkit_core::Policy,
     verbose: bool,
 ) -> Result<Option<TcpServer>, ServeError> {
     if addrs.is_empty() {
@@ -411,7 +471,7 @@ pub(crate) fn bind_tcp(
         })?;
         listeners.push(l);
     }
-    Ok(Some(TcpServer::new(listeners, limits, verbose)))
+    Ok(Some(TcpServer::new(listeners, limits, policy, verbose)))
 }
 
 /// Prints the counters to stdout, as at exit.

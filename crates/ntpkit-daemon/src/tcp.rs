@@ -16,7 +16,7 @@
 use crate::framing::{self, FrameDecoder, FrameError};
 use crate::serve::Counters;
 use crate::served_clock::ServedClock;
-use ntpkit_core::{Responder, ResponderStats, Response};
+use ntpkit_core::{Policy, Responder, ResponderStats, Response};
 use ntpkit_os::{Interest, PollSet, TcpListener, TcpStream};
 use std::collections::HashMap;
 use std::io;
@@ -327,14 +327,20 @@ pub struct TcpServer {
 const READ_CHUNK: usize = 4096;
 
 impl TcpServer {
-    /// A server on `listeners` with `limits`; `verbose` logs every request.
-    pub fn new(listeners: Vec<TcpListener>, limits: TcpLimits, verbose: bool) -> Self {
+    /// A server on `listeners` with `limits`, answering as `policy` allows; `verbose` logs
+    /// every request.
+    pub fn new(
+        listeners: Vec<TcpListener>,
+        limits: TcpLimits,
+        policy: Policy,
+        verbose: bool,
+    ) -> Self {
         TcpServer {
             listeners,
             table: Connections::new(limits),
             conns: Vec::new(),
             decoder: FrameDecoder::new(limits.max_frame),
-            responder: Responder::new(),
+            responder: Responder::with_policy(policy),
             published: ResponderStats::default(),
             bad_frames: 0,
             closes: CloseCounts::default(),
@@ -496,11 +502,16 @@ impl TcpServer {
                     }
                     let state = clock.state_at(rx);
                     let room = request.len().min(reply.len());
-                    match self
-                        .responder
-                        .respond(request, rx, state, &mut reply[..room])
-                    {
-                        Response::Reply(len) => {
+                    let response = self.responder.respond_from(
+                        request,
+                        c.peer.ip(),
+                        now,
+                        rx,
+                        state,
+                        &mut reply[..room],
+                    );
+                    match response {
+                        Response::Reply(len) | Response::Kiss(len, _) => {
                             let at = framing::encode(&reply[..len], &mut c.outbuf)
                                 .expect("reply of 1..=1024 bytes");
                             c.unstamped.push(at);

@@ -12,7 +12,7 @@
 
 use crate::serve::{Counters, ServeConfig, Shared};
 use crate::served_clock::ServedClock;
-use ntpkit_core::{Responder, ResponderStats, Response};
+use ntpkit_core::{Policy, Responder, ResponderStats, Response};
 use ntpkit_os::{RecvBatch, SendBatch, UdpSocket, UdpSocketOptions};
 use std::io;
 use std::net::SocketAddr;
@@ -77,11 +77,17 @@ pub struct UdpServer {
 }
 
 impl UdpServer {
-    /// A server on `sock` with buffers for `batch` datagrams.
-    pub fn new(sock: UdpSocket, batch: usize, mode: SendMode, verbose: bool) -> Self {
+    /// A server on `sock` with buffers for `batch` datagrams, answering as `policy` allows.
+    pub fn new(
+        sock: UdpSocket,
+        batch: usize,
+        mode: SendMode,
+        policy: Policy,
+        verbose: bool,
+    ) -> Self {
         UdpServer {
             sock,
-            responder: Responder::new(),
+            responder: Responder::with_policy(policy),
             published: ResponderStats::default(),
             recv: RecvBatch::new(batch, DATAGRAM_BUF),
             send: SendBatch::new(batch, DATAGRAM_BUF),
@@ -171,6 +177,9 @@ impl UdpServer {
                 truncated += 1;
                 continue;
             }
+            let Some(from) = self.recv.source(i) else {
+                continue;
+            };
             let now = clock.read_at(d.rx_nanos);
             let state = clock.state_at(now);
             let Some(buf) = self.send.next_buf() else {
@@ -178,8 +187,16 @@ impl UdpServer {
             };
             // A reply buffer no longer than the request: the responder can never amplify.
             let room = d.data.len().min(buf.len());
-            match self.responder.respond(d.data, now, state, &mut buf[..room]) {
-                Response::Reply(len) => {
+            let response = self.responder.respond_from(
+                d.data,
+                from.ip(),
+                d.rx_nanos,
+                now,
+                state,
+                &mut buf[..room],
+            );
+            match response {
+                Response::Reply(len) | Response::Kiss(len, _) => {
                     self.send.commit_reply(len, &self.recv, i);
                     if self.verbose {
                         self.replied.push(i);
@@ -208,15 +225,16 @@ pub struct Worker {
 
 impl Worker {
     /// A worker for a blocking `sock` (see [`bind`]), with buffers for `config.batch`
-    /// datagrams.
+    /// datagrams, answering as `policy` allows.
     pub fn new(
         sock: UdpSocket,
         clock: ServedClock,
         shared: Arc<Shared>,
         cfg: &ServeConfig,
+        policy: Policy,
     ) -> Self {
         Worker {
-            server: UdpServer::new(sock, cfg.batch, SendMode::Batched, cfg.verbose),
+            server: UdpServer::new(sock, cfg.batch, SendMode::Batched, policy, cfg.verbose),
             clock,
             shared,
         }

@@ -45,7 +45,13 @@ to a stratum-N server.
 
 The reference time is refreshed to the current time about once per second; the precision is \
 measured from the system clock at start. Counters are printed on exit (SIGINT, SIGTERM) and on \
-SIGUSR1, first line `served: answered=N ignored=N malformed=N`.
+SIGUSR1, first line `served: answered=N ignored=N malformed=N denied=N limited=N kissed=N`.
+
+Abuse: every client address (IPv6: each /64) may send on average one request per second, with \
+bursts of 16 (far above what honest clients send); beyond, one request in 16 gets a RATE \
+kiss-o'-death and the rest nothing. Each serving thread keeps its own table of clients. \
+--access rules choose who is served at all (e.g. --access 'allow 192.0.2.0/24' --access 'deny \
+all kod').
 
 Port 123 needs root or CAP_NET_BIND_SERVICE; unprivileged example:
   ntpkit serve --listen 127.0.0.1:1123 --listen [::1]:1123 --tcp 127.0.0.1:1123";
@@ -89,6 +95,31 @@ struct ServeArgs {
     /// Most TCP connections open at once from one IP address.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     tcp_per_address: u32,
+    /// An access rule (repeatable, in order; the first that matches a client wins):
+    /// `allow NET` or `deny NET [drop|kod|rstr]`, NET an address, ADDR/PREFIX or `all`.
+    /// With rules, a client no rule matches is not served. [default: everybody is served]
+    #[arg(long = "access", value_name = "RULE", value_parser = parse_rule)]
+    access: Vec<ntpkit_core::Rule>,
+    /// Turn per-client rate limiting off.
+    #[arg(long)]
+    no_rate_limit: bool,
+    /// Rate limit: a client may send on average one request per 2^N seconds.
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i8).range(-4..=12))]
+    rate_limit_interval: i8,
+    /// Rate limit: requests a client may send at once above the average.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    rate_limit_burst: u16,
+    /// Rate limit: over the limit, one request in 2^N gets a RATE kiss-o'-death, the rest
+    /// nothing.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u8).range(0..=16))]
+    rate_limit_kod: u8,
+    /// Rate limit: an IPv6 client is its address's first N bits (its /N network).
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    rate_limit_ipv6_prefix: u8,
     /// Log every request and response (and dropped packets) to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -126,6 +157,10 @@ struct QueryArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_rule(s: &str) -> Result<ntpkit_core::Rule, String> {
+    s.parse()
 }
 
 fn parse_refid(s: &str) -> Result<RefId, String> {
@@ -276,6 +311,14 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
             write_timeout: positive_secs(a.tcp_write_timeout, "--tcp-write-timeout")?,
             ..defaults.tcp_limits
         },
+        access: ntpkit_core::AccessList::new(a.access),
+        rate_limit: (!a.no_rate_limit).then_some(ntpkit_core::RateLimit {
+            interval: a.rate_limit_interval,
+            burst: a.rate_limit_burst,
+            kod_leak: a.rate_limit_kod,
+            ipv6_prefix: a.rate_limit_ipv6_prefix,
+            ..ntpkit_core::RateLimit::default()
+        }),
         verbose: a.verbose,
         ..defaults
     };

@@ -614,6 +614,8 @@ fn tcp_abuse_does_not_starve_honest_clients() {
             "2",
             "--tcp-write-timeout",
             "2",
+            // The client that never reads must get its replies (to pile them up).
+            "--no-rate-limit",
         ],
     );
     let ns = std::sync::Arc::new(std::fs::File::open(format!("/run/netns/{}", lab.ns)).unwrap());

@@ -678,7 +678,18 @@ fn udp_junk_is_counted_and_survived() {
     const DATAGRAMS: usize = 100_000;
     const BATCH: usize = 50; // then one request/reply, so the socket buffer never overflows
     let lab = Lab::new("junk");
-    let server = ntp::serve(&lab, &["--listen", "127.0.0.1:123", "--stratum", "2"]);
+    // Thousands of requests from one address: without rate limits, so that every well-formed
+    // request is answered and the counts can be matched exactly.
+    let server = ntp::serve(
+        &lab,
+        &[
+            "--listen",
+            "127.0.0.1:123",
+            "--stratum",
+            "2",
+            "--no-rate-limit",
+        ],
+    );
     let before = lab.udp_counters();
     let t0 = Instant::now();
     let (malformed, ignored, probes) = lab.in_netns(|| {

@@ -34,6 +34,13 @@ pub struct DaemonConfig {
     /// Limits of the TCP listeners.
     #[serde(default)]
     pub tcp_limits: TcpLimitsSection,
+    /// Who is served, as ordered rules (`allow NET`, `deny NET [drop|kod|rstr]`; the first
+    /// that matches wins). None configured: nobody is served.
+    #[serde(default)]
+    pub access: Vec<String>,
+    /// Per-client rate limits of the NTP listeners.
+    #[serde(default)]
+    pub rate_limit: RateLimitSection,
     /// The clock to discipline.
     #[serde(default)]
     pub clock: ClockSection,
@@ -105,6 +112,55 @@ pub struct TcpLimitsSection {
     /// Seconds replies may wait for a client that does not read them.
     #[serde(default = "default_tcp_write")]
     pub write_timeout: f64,
+}
+
+/// Per-client rate limits (`[rate-limit]`); see [`ntpkit_core::RateLimit`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RateLimitSection {
+    /// Off: every request of an allowed client is answered.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// On average one request per 2^interval seconds per client.
+    #[serde(default)]
+    pub interval: i8,
+    /// Requests a client may send at once above the average.
+    #[serde(default = "default_burst")]
+    pub burst: u16,
+    /// Over the limit, one request in 2^kod-leak gets a RATE kiss-o'-death.
+    #[serde(default = "default_kod_leak")]
+    pub kod_leak: u8,
+    /// Bits of an IPv4 address that make one client.
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    /// Bits of an IPv6 address that make one client.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// The table remembers 2^table-bits clients.
+    #[serde(default = "default_table_bits")]
+    pub table_bits: u8,
+}
+
+impl Default for RateLimitSection {
+    fn default() -> Self {
+        toml::from_str("").expect("all fields have defaults")
+    }
+}
+
+fn default_burst() -> u16 {
+    ntpkit_core::RateLimit::default().burst
+}
+fn default_kod_leak() -> u8 {
+    ntpkit_core::RateLimit::default().kod_leak
+}
+fn default_ipv4_prefix() -> u8 {
+    ntpkit_core::RateLimit::default().ipv4_prefix
+}
+fn default_ipv6_prefix() -> u8 {
+    ntpkit_core::RateLimit::default().ipv6_prefix
+}
+fn default_table_bits() -> u8 {
+    ntpkit_core::RateLimit::default().table_bits
 }
 
 impl Default for TcpLimitsSection {
@@ -537,6 +593,36 @@ impl DaemonConfig {
                 }
             }
         }
+        for rule in &self.access {
+            if let Err(e) = rule.parse::<ntpkit_core::Rule>() {
+                out.push(format!("access: {e}"));
+            }
+        }
+        let r = &self.rate_limit;
+        if !(-4..=12).contains(&r.interval) {
+            out.push(format!(
+                "rate-limit.interval = {}: must be −4…12 (log2 seconds)",
+                r.interval
+            ));
+        }
+        if r.burst == 0 {
+            out.push("rate-limit.burst = 0: must be at least 1".into());
+        }
+        if r.kod_leak > 16 {
+            out.push(format!(
+                "rate-limit.kod-leak = {}: must be 0–16",
+                r.kod_leak
+            ));
+        }
+        if r.ipv4_prefix > 32 || r.ipv6_prefix > 128 {
+            out.push("rate-limit.ipv4-prefix must be 0–32 and ipv6-prefix 0–128".into());
+        }
+        if !(8..=24).contains(&r.table_bits) {
+            out.push(format!(
+                "rate-limit.table-bits = {}: must be 8–24",
+                r.table_bits
+            ));
+        }
         if self.serve_threads > 64 {
             out.push(format!(
                 "serve-threads = {}: at most 64",
@@ -587,6 +673,28 @@ impl DaemonConfig {
             holdover: self.sync.holdover,
             ..SystemConfig::default()
         }
+    }
+
+    /// Who is served: the `access` rules, or nobody without any.
+    pub fn access_list(&self) -> ntpkit_core::AccessList {
+        if self.access.is_empty() {
+            return ntpkit_core::AccessList::nobody();
+        }
+        // Checked when loading: every rule parses.
+        ntpkit_core::AccessList::new(self.access.iter().filter_map(|r| r.parse().ok()).collect())
+    }
+
+    /// The rate limits, if on.
+    pub fn rate_limit(&self) -> Option<ntpkit_core::RateLimit> {
+        let r = &self.rate_limit;
+        r.enabled.then_some(ntpkit_core::RateLimit {
+            interval: r.interval,
+            burst: r.burst,
+            kod_leak: r.kod_leak,
+            ipv4_prefix: r.ipv4_prefix,
+            ipv6_prefix: r.ipv6_prefix,
+            table_bits: r.table_bits,
+        })
     }
 
     /// The TCP listeners' limits.

@@ -127,8 +127,16 @@ impl Daemon {
             tcp: config.tcp.clone(),
             precision: Some(precision),
             tcp_limits: config.tcp_limits(),
+            access: config.access_list(),
+            rate_limit: config.rate_limit(),
             ..ServeConfig::default()
         };
+        if config.access.is_empty() && !(config.listen.is_empty() && config.tcp.is_empty()) {
+            tracing::warn!(
+                "listening, but no `access` rule allows anyone: nobody is served; add e.g. \
+                 access = [\"allow 192.0.2.0/24\"] (or \"allow all\")"
+            );
+        }
         let bind_error = |addr, transport, source| {
             DaemonError::Socket(
                 crate::serve::ServeError::Bind {
@@ -152,6 +160,7 @@ impl Daemon {
                         sock,
                         serve_cfg.batch,
                         SendMode::EachAlone,
+                        serve_cfg.policy(),
                         false,
                     ));
                 } else {
@@ -159,8 +168,9 @@ impl Daemon {
                 }
             }
         }
-        let tcp = crate::serve::bind_tcp(&config.tcp, serve_cfg.tcp_limits, false)
-            .map_err(|e| DaemonError::Socket(e.to_string()))?;
+        let tcp =
+            crate::serve::bind_tcp(&config.tcp, serve_cfg.tcp_limits, serve_cfg.policy(), false)
+                .map_err(|e| DaemonError::Socket(e.to_string()))?;
         for a in tcp.iter().flat_map(|t| t.local_addrs()) {
             tracing::info!("NTP server listening on {a} (tcp)");
         }
@@ -183,6 +193,7 @@ impl Daemon {
                     ServedClock::shared(published.clone()),
                     shared.clone(),
                     &serve_cfg,
+                    serve_cfg.policy(),
                 );
                 workers.push(
                     std::thread::Builder::new()
@@ -466,7 +477,14 @@ pub(crate) fn os_seed() -> u64 {
 
 fn counters_json(c: &crate::serve::Counters) -> serde_json::Value {
     let v = c.snapshot();
-    serde_json::json!({ "answered": v.answered, "ignored": v.ignored, "malformed": v.malformed })
+    serde_json::json!({
+        "answered": v.answered,
+        "ignored": v.ignored,
+        "malformed": v.malformed,
+        "denied": v.denied,
+        "limited": v.limited,
+        "kissed": v.kissed,
+    })
 }
 
 fn save_drift(path: &Option<PathBuf>, ppm: f64) {

@@ -881,10 +881,17 @@ pub mod daemon {
         daemon_at(lab, name, toml, &lab.path(&format!("{name}.sock")))
     }
 
-    /// A daemon started from `toml` in the lab, its control socket at `sock`.
+    /// A daemon started from `toml` in the lab, its control socket at `sock`. Unless `toml`
+    /// has its own `access` rules, everybody is served (a daemon serves nobody without them;
+    /// the lab's namespace is private).
     pub fn daemon_at<'l>(lab: &'l Lab, name: &str, toml: &str, sock: &Path) -> Proc<'l> {
+        let access = if toml.contains("access =") {
+            ""
+        } else {
+            "access = [\"allow all\"]\n"
+        };
         let conf = format!(
-            "control-socket = \"{}\"\nlog-level = \"debug\"\n{toml}",
+            "control-socket = \"{}\"\nlog-level = \"debug\"\n{access}{toml}",
             sock.display()
         );
         let path = lab.write(&format!("{name}.toml"), &conf);
