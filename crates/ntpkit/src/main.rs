@@ -105,7 +105,7 @@ struct ServeArgs {
     no_rate_limit: bool,
     /// Rate limit: a client may send on average one request per 2^N seconds.
     #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true,
-          value_parser = clap::value_parser!(i8).range(-4..=12))]
+          value_parser = clap::value_parser!(i8).range(-20..=12))]
     rate_limit_interval: i8,
     /// Rate limit: requests a client may send at once above the average.
     #[arg(long, value_name = "N", default_value_t = 16,

@@ -599,9 +599,9 @@ impl DaemonConfig {
             }
         }
         let r = &self.rate_limit;
-        if !(-4..=12).contains(&r.interval) {
+        if !(-20..=12).contains(&r.interval) {
             out.push(format!(
-                "rate-limit.interval = {}: must be −4…12 (log2 seconds)",
+                "rate-limit.interval = {}: must be −20…12 (log2 seconds)",
                 r.interval
             ));
         }

@@ -1022,6 +1022,12 @@ pub mod ntp {
         pub ignored: u64,
         /// Datagrams that are not NTP packets.
         pub malformed: u64,
+        /// Requests refused by the access rules.
+        pub denied: u64,
+        /// Requests over their client's rate.
+        pub limited: u64,
+        /// Kisses-o'-death sent.
+        pub kissed: u64,
     }
 
     /// Starts `ntpkit serve ARGS` and waits until it printed one listening line per
@@ -1098,6 +1104,9 @@ pub mod ntp {
                 answered: field("answered"),
                 ignored: field("ignored"),
                 malformed: field("malformed"),
+                denied: field("denied"),
+                limited: field("limited"),
+                kissed: field("kissed"),
             }
         }
     }
