@@ -219,6 +219,7 @@ def ntpkit_conf(node):
     lines = ['log-level = "info"']
     if node.role in ("server", "relay"):
         lines.append('listen = ["0.0.0.0:123"]')
+        lines.append('access = ["allow all"]')
     for u in node.upstreams:
         lines += ["[[server]]", f'address = "{BASE}{u}"']
         if node.poll:

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod confine;
 pub mod daemon;
 pub mod framing;
 pub mod query;

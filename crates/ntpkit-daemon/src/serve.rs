@@ -55,6 +55,10 @@ pub struct ServeConfig {
     pub rate_limit: Option<ntpkit_core::RateLimit>,
     /// Log every request and response.
     pub verbose: bool,
+    /// User to run as once the sockets are bound.
+    pub user: Option<String>,
+    /// Install the system-call filter once started.
+    pub seccomp: bool,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +80,8 @@ impl Default for ServeConfig {
             access: ntpkit_core::AccessList::default(),
             rate_limit: Some(ntpkit_core::RateLimit::default()),
             verbose: false,
+            user: None,
+            seccomp: true,
         }
     }
 }
@@ -134,6 +140,9 @@ pub enum ServeError {
     },
     /// Any other OS failure (thread or runtime creation, signal handlers).
     Io(io::Error),
+    /// Switching user, dropping capabilities or installing the system-call filter failed; the
+    /// message says why and what to do.
+    Privileges(String),
 }
 
 impl std::fmt::Display for ServeError {
@@ -180,6 +189,7 @@ impl std::fmt::Display for ServeError {
                 }
             }
             ServeError::Io(e) => write!(f, "{e}"),
+            ServeError::Privileges(e) => write!(f, "{e}"),
         }
     }
 }
@@ -391,6 +401,10 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     )
     .map_err(ServeError::Io)?;
 
+    // Nothing privileged is left to do: serving needs no capability at all.
+    crate::confine::drop_privileges(config.user.as_deref(), &[], &[])
+        .map_err(ServeError::Privileges)?;
+    crate::confine::install_seccomp(config.seccomp).map_err(ServeError::Privileges)?;
     let mut threads = Vec::new();
     for socks in udp_sockets {
         for sock in socks {

@@ -6,7 +6,8 @@
 //! wake-up descriptor and signal handlers ([`poll`]); descriptor flags and peer credentials
 //! ([`fd`]); reading the realtime and monotonic clocks, measuring their precision and reading
 //! the kernel's clock status with a read-only `adjtimex` ([`clock`]); raising the open-file
-//! limit ([`raise_nofile_limit`]).
+//! limit ([`raise_nofile_limit`]); dropping privileges after start ([`privilege`]) and
+//! confining the running process to the system calls it makes ([`seccomp`]).
 //!
 //! Every socket is made with plain calls (no flags in the socket type, no `accept4`, no
 //! `epoll`), so that the daemon also runs unmodified under clknetsim, the simulator that
@@ -26,6 +27,8 @@ pub mod adjust;
 pub mod clock;
 pub mod fd;
 pub mod poll;
+pub mod privilege;
+pub mod seccomp;
 pub mod tcp;
 pub mod udp;
 

@@ -53,6 +53,10 @@ kiss-o'-death and the rest nothing. Each serving thread keeps its own table of c
 --access rules choose who is served at all (e.g. --access 'allow 192.0.2.0/24' --access 'deny \
 all kod').
 
+Privileges: once its sockets are bound, serve drops every capability (with --user NAME it \
+also switches to that user) and installs a seccomp filter that kills the process on any system \
+call a server does not make.
+
 Port 123 needs root or CAP_NET_BIND_SERVICE; unprivileged example:
   ntpkit serve --listen 127.0.0.1:1123 --listen [::1]:1123 --tcp 127.0.0.1:1123";
 
@@ -120,6 +124,14 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u8).range(0..=128))]
     rate_limit_ipv6_prefix: u8,
+    /// Once the sockets are bound, run as this user (and its group) with no capability left.
+    /// Needs to be started as root (or with CAP_SETUID and CAP_SETGID).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Do not install the system-call filter (seccomp) that confines the running server to the
+    /// calls it makes.
+    #[arg(long)]
+    no_seccomp: bool,
     /// Log every request and response (and dropped packets) to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -320,6 +332,8 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
             ..ntpkit_core::RateLimit::default()
         }),
         verbose: a.verbose,
+        user: a.user,
+        seccomp: !a.no_seccomp,
         ..defaults
     };
     serve::run(cfg)?;

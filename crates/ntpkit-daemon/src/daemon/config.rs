@@ -54,6 +54,12 @@ pub struct DaemonConfig {
     /// Log level: error, warn, info, debug, trace.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// User to run as once sockets are bound (started as root); its primary group too.
+    pub user: Option<String>,
+    /// Confine the running daemon to the system calls it makes (a seccomp filter); on by
+    /// default where the kernel supports it.
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
 }
 
 /// One upstream server.
@@ -640,6 +646,16 @@ impl DaemonConfig {
                 if let Some(problem) = directory_problem(p) {
                     out.push(format!("{key} = {:?}: {problem}", p.display().to_string()));
                 }
+            }
+        }
+        if let Some(user) = &self.user {
+            match ntpkit_os::privilege::lookup_user(user) {
+                Ok(Some(_)) => {}
+                Ok(None) => out.push(format!(
+                    "user = {user:?}: no such user; create it (e.g. `useradd --system \
+                     --no-create-home --shell /usr/sbin/nologin {user}`) or remove `user`"
+                )),
+                Err(e) => out.push(format!("user = {user:?}: cannot look it up: {e}")),
             }
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {

@@ -30,10 +30,11 @@ use crate::served_clock::{ServedClock, SharedClock};
 use crate::tcp::TcpServer;
 use crate::udp::{SendMode, UdpServer};
 use clock::{ClockBackend, ClockError};
-use config::DaemonConfig;
+use config::{ClockBackendKind, DaemonConfig};
 use control::{ControlServer, DaemonStatus, Request};
 use ntpkit_core::sync::{Event, SyncSystem};
 use ntpkit_core::MonoTime;
+use ntpkit_os::privilege::Capability;
 use ntpkit_os::{monotonic_nanos, realtime_nanos, Interest, PollSet, Signal, Waker};
 use rand_core::{SeedableRng, TryRngCore};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -61,6 +62,9 @@ pub enum DaemonError {
     /// A listening socket or the control socket failed.
     #[error("{0}")]
     Socket(String),
+    /// Switching user, dropping capabilities or installing the system-call filter failed.
+    #[error("{0}")]
+    Privileges(String),
     /// Waiting on the sockets, threads, signals.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -178,6 +182,20 @@ impl Daemon {
             Some(path) => Some(ControlServer::bind(path).map_err(DaemonError::Socket)?),
             None => None,
         };
+        // Everything privileged is done: sockets bound, drift file read, the clock probed.
+        let keep: &[Capability] = match config.clock.backend {
+            ClockBackendKind::System => &[Capability::SysTime],
+            ClockBackendKind::Observe | ClockBackendKind::Virtual => &[],
+        };
+        let writable: Vec<(&str, &std::path::Path)> = config
+            .drift_file
+            .iter()
+            .map(|p| ("drift file", p.as_path()))
+            .collect();
+        crate::confine::drop_privileges(config.user.as_deref(), keep, &writable)
+            .map_err(DaemonError::Privileges)?;
+        // Before any thread starts: the filter holds for the threads started from here.
+        crate::confine::install_seccomp(config.seccomp).map_err(DaemonError::Privileges)?;
         let (published, workers) = if worker_sockets.is_empty() {
             (None, Vec::new())
         } else {

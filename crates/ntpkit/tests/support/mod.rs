@@ -74,6 +74,18 @@ pub enum Need {
     Root,
 }
 
+/// Polls `cond` every 20 ms until it holds; panics after `limit`.
+pub fn wait(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Checks the prerequisites of `test` and fails it, saying what is missing, if any is.
 ///
 /// Skipping is explicit and happens at build time: with `NTPKIT_SKIP_INTEROP=1` in the
@@ -436,6 +448,11 @@ impl Run {
         }
     }
 
+    /// stdout followed by stderr, for matching messages wherever they went.
+    pub fn stdout_and_stderr(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
     /// Panics with the whole output unless the command exited with 0.
     pub fn assert_ok(&self) -> &Run {
         assert!(self.status.success(), "{self}");
@@ -549,8 +566,21 @@ impl Proc<'_> {
         unsafe { libc::kill(pid as libc::pid_t, signal) };
     }
 
+    /// The command's `/proc/PID/status` as key → value (e.g. "Uid" → "65534\t65534\t…").
+    pub fn proc_status(&self) -> HashMap<String, String> {
+        let pid = self
+            .command_pid()
+            .unwrap_or_else(|| panic!("{}: no running command\n{}", self.name, self.output()));
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("{}: /proc/{pid}/status: {e}", self.name))
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect()
+    }
+
     /// PID of the command under the `timeout` / `ip netns exec` / `setpriv` chain.
-    fn command_pid(&self) -> Option<u32> {
+    pub fn command_pid(&self) -> Option<u32> {
         let base = Path::new(&self.program)
             .file_name()
             .map(|s| s.to_string_lossy().to_string())
