@@ -539,7 +539,7 @@ mod tests {
         let r = s.report();
         assert_eq!(
             r.lines().next(),
-            Some("served: answered=7 ignored=0 malformed=1")
+            Some("served: answered=7 ignored=0 malformed=1 denied=0 limited=0 kissed=0")
         );
     }
 }
