@@ -2,6 +2,8 @@
 //! parse arguments, call the driver, print, choose the exit status.
 #![forbid(unsafe_code)]
 
+mod control_cli;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ntpkit_daemon::query::{self, QueryConfig, SampleOutcome};
@@ -30,7 +32,15 @@ enum Command {
     /// Synchronize a clock to upstream servers and serve it downstream (config file, TOML).
     Daemon(DaemonArgs),
     /// Show a running daemon's sources and tracking, like `chronyc sources` + `tracking`.
-    Status(StatusArgs),
+    Status(control_cli::ControlArgs),
+    /// Show a running daemon's sources, like `chronyc sources`.
+    Sources(control_cli::ControlArgs),
+    /// Add, remove or burst sources of a running daemon (root or the daemon's user).
+    #[command(subcommand)]
+    Source(control_cli::SourceCommand),
+    /// Step a running daemon's clock by its whole estimated offset now, like `chronyc
+    /// makestep` (root or the daemon's user).
+    Makestep(control_cli::ControlArgs),
     /// Run a scenario in the deterministic simulator (the real core, simulated clocks and links).
     Simulate(ntpkit_sim::cli::SimulateArgs),
 }
@@ -214,25 +224,6 @@ struct DaemonArgs {
     check: bool,
 }
 
-/// Arguments of `ntpkit status`.
-#[derive(Args, Debug)]
-struct StatusArgs {
-    /// The daemon's control socket (its config's control-socket).
-    #[arg(
-        long,
-        short = 's',
-        value_name = "PATH",
-        default_value = "/run/ntpkit.sock"
-    )]
-    socket: std::path::PathBuf,
-    /// Print the status as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
-    timeout: f64,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon's config chooses its own log level; a config error is reported below.
@@ -250,7 +241,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd(args),
         Command::Query(args) => query_cmd(args),
         Command::Daemon(args) => daemon_cmd(args, daemon_config.expect("loaded above")),
-        Command::Status(args) => status_cmd(args),
+        Command::Status(args) => control_cli::status(&args),
+        Command::Sources(args) => control_cli::sources(&args),
+        Command::Source(c) => control_cli::source(c),
+        Command::Makestep(args) => control_cli::makestep(&args),
         Command::Simulate(args) => ntpkit_sim::cli::run(args),
     };
     match result {
@@ -286,17 +280,6 @@ fn daemon_cmd(
         return Ok(ExitCode::SUCCESS);
     }
     ntpkit_daemon::daemon::run(config)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn status_cmd(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let timeout = secs(a.timeout, "--timeout")?;
-    let status = ntpkit_daemon::daemon::control::query(&a.socket, timeout)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", status.render());
-    }
     Ok(ExitCode::SUCCESS)
 }
 

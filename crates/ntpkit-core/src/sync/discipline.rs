@@ -390,6 +390,23 @@ impl Discipline {
         self.steer(now, poll_interval);
     }
 
+    /// Steps the clock at once by the whole offset estimated at `now`, ending any slew (an
+    /// operator's request, as `chronyc makestep`; whatever the step and panic thresholds).
+    /// Returns the step, or None before the first sample.
+    pub fn step_now(&mut self, now: MonoTime) -> Option<f64> {
+        if !self.started || self.config.mode == DisciplineMode::Naive {
+            return None;
+        }
+        self.advance(now);
+        let m = self.models[self.best()];
+        if m.theta != 0.0 {
+            self.step(m.theta);
+        }
+        self.set_correction(now, -m.nu);
+        self.exceeds_panic(0.0);
+        Some(m.theta)
+    }
+
     /// Next clock command to apply, in order.
     pub fn poll_command(&mut self) -> Option<ClockCommand> {
         self.commands.pop()

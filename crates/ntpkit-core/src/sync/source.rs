@@ -426,6 +426,15 @@ impl Source {
         }
     }
 
+    /// Sends a burst of requests from `now` on (four, two seconds apart or one poll interval
+    /// if shorter), then polls as before; nothing if the server denied us.
+    pub fn burst(&mut self, now: MonoTime) {
+        if self.denied.is_none() {
+            self.burst_left = BURST_LEN;
+            self.next_poll = self.next_poll.min(now);
+        }
+    }
+
     /// Sets the poll exponent the system suggests, within this source's limits.
     pub fn set_poll(&mut self, exponent: i8) {
         let poll = exponent.clamp(
@@ -675,6 +684,38 @@ mod tests {
         }
         s.transmit(now, T0, &mut rng(), &mut buf, 0).unwrap();
         assert!((s.next_deadline().unwrap().secs_since(now) - 64.0).abs() < 3.0);
+    }
+
+    #[test]
+    fn a_burst_sends_four_requests_two_seconds_apart_then_polls_as_before() {
+        let config = SourceConfig {
+            iburst: false,
+            ..SourceConfig::default()
+        };
+        let mut s = Source::new(
+            "192.0.2.1:123".parse().unwrap(),
+            config,
+            MonoTime(0),
+            &mut rng(),
+        );
+        let mut buf = [0u8; 48];
+        // Polling every 64 s.
+        let first = s.next_deadline().unwrap();
+        s.transmit(first, T0, &mut rng(), &mut buf, 0).unwrap();
+        let now = s.next_deadline().unwrap();
+        assert!((now.secs_since(first) - 64.0).abs() < 3.0);
+        let asked = now.add_secs_f64(-30.0);
+        s.burst(asked);
+        assert_eq!(s.next_deadline(), Some(asked), "due at once");
+        let mut at = asked;
+        for _ in 0..BURST_LEN {
+            s.transmit(at, T0, &mut rng(), &mut buf, 0).unwrap();
+            let next = s.next_deadline().unwrap();
+            assert!((next.secs_since(at) - 2.0).abs() < 0.1);
+            at = next;
+        }
+        s.transmit(at, T0, &mut rng(), &mut buf, 0).unwrap();
+        assert!((s.next_deadline().unwrap().secs_since(at) - 64.0).abs() < 3.0);
     }
 
     #[test]

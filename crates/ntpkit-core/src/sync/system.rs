@@ -282,7 +282,8 @@ impl SyncSystem {
         self.unresolved = count.try_into().unwrap_or(u32::MAX);
     }
 
-    /// Removes a source (e.g. a pool member that went away).
+    /// Removes a source (a pool member that went bad, an operator's request); selection runs
+    /// again at the next [`poll_transmit`](Self::poll_transmit).
     pub fn remove_source(&mut self, id: SourceId) {
         if let Some(slot) = self.sources.get_mut(id.0 as usize) {
             *slot = None;
@@ -290,6 +291,31 @@ impl SyncSystem {
         if self.system_peer == Some(id.0 as usize) {
             self.system_peer = None;
         }
+        self.reselect_pending = true;
+    }
+
+    /// Sends a burst of four requests to source `id` (every source if None) from `now` on, as
+    /// `chronyc burst` does; returns how many sources burst (denied ones do not).
+    pub fn burst(&mut self, now: MonoTime, id: Option<SourceId>) -> usize {
+        let mut n = 0;
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let Some(s) = s else { continue };
+            if id.is_none_or(|id| id.0 as usize == i) && s.denied().is_none() {
+                s.burst(now);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Steps the clock at once by the whole offset the discipline estimates at `now`, ending
+    /// any slew, as `chronyc makestep` does (whatever the step and panic thresholds: an
+    /// operator asked). Returns the step (seconds), or None if the clock has had no update yet.
+    /// The step comes out of [`poll_clock_command`](Self::poll_clock_command) with its event.
+    pub fn make_step(&mut self, now: MonoTime) -> Option<f64> {
+        let step = self.discipline.step_now(now)?;
+        self.drain_discipline();
+        Some(step)
     }
 
     /// The next request due at `now`, written into `buf` (≥ 48 bytes). `clock` is the local
@@ -725,6 +751,14 @@ impl SyncSystem {
                 self.system_peer = self.selection.system_peer;
                 self.no_selection = None;
                 if self.system_peer != previous || previous_reason.is_some() {
+                    // A new peer of a node that serves its time (not refusing, not
+                    // unsynchronized): serve through the new peer at once, not from the next
+                    // update on.
+                    if let (Some(_), Some((_, at))) = (self.served, self.last_update) {
+                        if !self.discipline.is_refusing() {
+                            self.serve_peer(now, at);
+                        }
+                    }
                     if let Some(p) = self.system_peer {
                         let address = self.sources[p].as_ref().expect("peer exists").address();
                         self.events.push_back(Event::Selected {
@@ -767,18 +801,17 @@ impl SyncSystem {
         }
     }
 
-    /// After a discipline update: commands, served state, poll interval.
-    fn after_update(&mut self, now: MonoTime, clock: ClockTime) {
-        self.drain_discipline();
-        if self.discipline.is_refusing() {
-            self.served = None;
-            return;
-        }
-        let Some(peer) = self.system_peer else { return };
+    /// Serves the system peer's time: its leap and stratum + 1, the root delay and dispersion
+    /// through it, its reference ID, `reference_time` as the last update. False if the peer has
+    /// no estimate yet.
+    fn serve_peer(&mut self, now: MonoTime, reference_time: ClockTime) -> bool {
+        let Some(peer) = self.system_peer else {
+            return false;
+        };
         let phase = self.discipline.phase_at(now);
         let src = self.sources[peer].as_ref().expect("peer exists");
         let (Some(info), Some(e)) = (src.info(), src.estimate(phase)) else {
-            return;
+            return false;
         };
         let d = self.discipline.state(now);
         let root_delay = info.root_delay + e.delay;
@@ -792,8 +825,23 @@ impl SyncSystem {
             root_delay: (root_delay * 1e9) as i64,
             root_dispersion: (root_dispersion * 1e9) as i64,
             reference_id: RefId::from_ip(src.ip()),
-            reference_time: clock,
+            reference_time,
         });
+        true
+    }
+
+    /// After a discipline update: commands, served state, poll interval.
+    fn after_update(&mut self, now: MonoTime, clock: ClockTime) {
+        self.drain_discipline();
+        if self.discipline.is_refusing() {
+            self.served = None;
+            return;
+        }
+        let Some(peer) = self.system_peer else { return };
+        if !self.serve_peer(now, clock) {
+            return;
+        }
+        let src = self.sources[peer].as_ref().expect("peer exists");
         self.last_update = Some((now, clock));
         self.holdover_expired = false;
         let adjust = self.discipline.poll_adjustment(src.interval());
@@ -1101,6 +1149,65 @@ mod tests {
         assert_eq!(st.tracking.state, SyncState::Synchronized);
         assert_eq!(st.sources[0].state, SourceState::Selected);
         assert_eq!(st.sources[0].address, "192.0.2.1:123");
+    }
+
+    #[test]
+    fn removing_the_peer_serves_through_the_next_one_at_once() {
+        let mut b = Bench::fast(&[0.0, 0.0], (0.0, 0.0));
+        b.run_for(30, |_, _| {});
+        let peer = b.served().reference_id;
+        let (gone, other) = if peer == RefId::from_ip("192.0.2.1".parse().unwrap()) {
+            (b.ids[0], "192.0.2.2")
+        } else {
+            (b.ids[1], "192.0.2.1")
+        };
+        b.sys.remove_source(gone);
+        let mut buf = [0u8; 64];
+        let now = MonoTime(b.t);
+        while b
+            .sys
+            .poll_transmit(now, b.clock.read(EPOCH + b.t), &mut b.rng, &mut buf)
+            .is_some()
+        {}
+        let served = b.served();
+        assert_eq!(served.reference_id, RefId::from_ip(other.parse().unwrap()));
+        assert_eq!(served.stratum, 2);
+        assert_eq!(b.status().tracking.state, SyncState::Synchronized);
+    }
+
+    #[test]
+    fn make_step_corrects_the_whole_offset_at_once() {
+        // 50 ms off, no step at start and at most 500 ppm of slew: it takes 100 s to slew away.
+        let mut cfg = SystemConfig::default();
+        cfg.discipline.step_at_startup = false;
+        cfg.discipline.max_slew_ppm = 500.0;
+        let src = SourceConfig {
+            minpoll: 0,
+            maxpoll: 2,
+            iburst: true,
+        };
+        let mut b = Bench::new(&[0.0], (0.05, 0.0), cfg, src);
+        b.run_for(12, |_, _| {});
+        assert!(b.error().abs() > 0.01, "still slewing: {}", b.error());
+        let now = MonoTime(b.t);
+        let step = b.sys.make_step(now).expect("has had updates");
+        while let Some(c) = b.sys.poll_clock_command() {
+            b.clock.apply(EPOCH + b.t, c);
+        }
+        let events: Vec<Event> = std::iter::from_fn(|| b.sys.poll_event()).collect();
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Stepped { .. })),
+            "{events:?}"
+        );
+        assert!(step.abs() > 0.01, "{step}");
+        assert!(b.error().abs() < 1e-3, "after the step: {}", b.error());
+        // And it stays synchronized afterwards.
+        b.run_for(20, |_, _| {});
+        assert!(b.error().abs() < 1e-3, "{}", b.error());
+        assert_eq!(b.status().tracking.state, SyncState::Synchronized);
+        // Before any update there is nothing to step by.
+        let mut fresh = SyncSystem::new(SystemConfig::default(), MonoTime(0), ClockTime(EPOCH));
+        assert_eq!(fresh.make_step(MonoTime(S)), None);
     }
 
     #[test]

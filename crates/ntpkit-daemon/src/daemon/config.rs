@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DaemonConfig {
     /// Upstream servers (`[[server]]` tables).
@@ -60,6 +60,21 @@ pub struct DaemonConfig {
     /// default where the kernel supports it.
     #[serde(default = "default_true")]
     pub seccomp: bool,
+    /// Send each request to a source from a new socket (a random source port); false: one
+    /// socket per source for its life.
+    #[serde(default = "default_true")]
+    pub port_per_request: bool,
+    /// Users besides root and the daemon's own user who may change the daemon through the
+    /// control socket (add and remove sources, burst, step the clock).
+    #[serde(default)]
+    pub control_users: Vec<String>,
+}
+
+impl Default for DaemonConfig {
+    /// What an empty file gives.
+    fn default() -> Self {
+        toml::from_str("").expect("all fields have defaults")
+    }
 }
 
 /// One upstream server.
@@ -263,17 +278,26 @@ impl Default for SyncSection {
 fn default_log_level() -> String {
     "info".into()
 }
+/// Shortest poll interval of a source unless configured, log2 s.
+pub const DEFAULT_MINPOLL: i8 = 6;
+/// Longest poll interval of a source unless configured, log2 s.
+pub const DEFAULT_MAXPOLL: i8 = 10;
+/// Most members of a pool unless configured.
+pub const DEFAULT_POOL_MAX: usize = 4;
+/// Most members a pool may have.
+pub const MAX_POOL_SOURCES: usize = 16;
+
 fn default_minpoll() -> i8 {
-    6
+    DEFAULT_MINPOLL
 }
 fn default_maxpoll() -> i8 {
-    10
+    DEFAULT_MAXPOLL
 }
 fn default_true() -> bool {
     true
 }
 fn default_pool_max() -> usize {
-    4
+    DEFAULT_POOL_MAX
 }
 fn default_minsources() -> usize {
     1
@@ -478,7 +502,7 @@ impl DaemonConfig {
             if let Err(e) = parse_host_port(&p.name, 123) {
                 out.push(format!("{what}: {e}"));
             }
-            if p.max_sources == 0 || p.max_sources > 16 {
+            if p.max_sources == 0 || p.max_sources > MAX_POOL_SOURCES {
                 out.push(format!(
                     "{what}: max-sources = {} must be 1–16",
                     p.max_sources
@@ -647,6 +671,22 @@ impl DaemonConfig {
                     out.push(format!("{key} = {:?}: {problem}", p.display().to_string()));
                 }
             }
+        }
+        for user in &self.control_users {
+            match ntpkit_os::privilege::lookup_user(user) {
+                Ok(Some(_)) => {}
+                Ok(None) => out.push(format!(
+                    "control-users: no user {user:?}; remove it or create the user"
+                )),
+                Err(e) => out.push(format!("control-users: cannot look up {user:?}: {e}")),
+            }
+        }
+        if !self.control_users.is_empty() && self.control_socket.is_none() {
+            out.push(
+                "control-users is set but there is no control-socket to use it on; add \
+                 control-socket = \"/run/ntpkit/ntpkit.sock\" or remove control-users"
+                    .into(),
+            );
         }
         if let Some(user) = &self.user {
             match ntpkit_os::privilege::lookup_user(user) {

@@ -1,10 +1,13 @@
-//! The control socket: a Unix socket where `ntpkit status` reads the daemon's state.
+//! The control socket: a Unix socket where `ntpkit status` reads the daemon's state and
+//! `ntpkit source …` / `ntpkit makestep` change it.
 //!
-//! Protocol (ntpkit's own): the client writes one line, the request, and reads one JSON
-//! document until the daemon closes the connection. `status` answers a [`DaemonStatus`]; any
-//! user may ask it (the socket is world-writable, as chronyc's and ntp-ctl's reading commands
-//! are open to all). Requests that change state are only taken from root or the daemon's own
-//! user (checked with `SO_PEERCRED`). Errors come back as `{"error": "..."}`.
+//! Protocol (ntpkit's own): the client writes one line, the request — a [`ControlCommand`] as
+//! a JSON object, or the bare word `status` — and reads one JSON document until the daemon
+//! closes the connection. `status` answers a [`DaemonStatus`]; any user may ask it (the socket
+//! is world-writable, as chronyc's and ntp-ctl's reading commands are open to all). Commands
+//! that change state are only taken from root, the daemon's own user and the configured
+//! `control-users` (checked with `SO_PEERCRED`) and answer `{"ok": true, "message": "..."}`.
+//! Errors come back as `{"error": "..."}`.
 //!
 //! The daemon serves the socket from its event loop ([`ControlServer`]): non-blocking, a
 //! deadline per connection, the answer built when the request is complete.
@@ -24,6 +27,81 @@ use std::time::Duration;
 const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
 /// Longest request line.
 const MAX_REQUEST: usize = 4096;
+
+/// A request on the control socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ControlCommand {
+    /// The whole status (anyone).
+    Status,
+    /// Adds a server or a pool.
+    SourceAdd {
+        /// `host[:port]` as in the configuration.
+        address: String,
+        /// A pool: every address of the name becomes a source (up to `max_sources`).
+        #[serde(default)]
+        pool: bool,
+        /// Shortest poll interval, log2 s (default 6).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        minpoll: Option<i8>,
+        /// Longest poll interval, log2 s (default 10).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        maxpoll: Option<i8>,
+        /// Start with a burst (default true).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iburst: Option<bool>,
+        /// A pool's most members (default 4).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_sources: Option<usize>,
+    },
+    /// Removes a server, a pool, or one source by its address.
+    SourceRemove {
+        /// As configured, or a source's address.
+        address: String,
+    },
+    /// Sends a burst of requests to one source (or all).
+    Burst {
+        /// A source's address or a configured name; all sources if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
+    /// Steps the clock by the whole estimated offset at once.
+    MakeStep,
+}
+
+impl ControlCommand {
+    /// Parses a request line.
+    pub fn parse(line: &str) -> Result<ControlCommand, String> {
+        if line == "status" {
+            return Ok(ControlCommand::Status);
+        }
+        serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+    }
+
+    /// True for the commands only privileged users may send.
+    pub fn changes_state(&self) -> bool {
+        !matches!(self, ControlCommand::Status)
+    }
+
+    /// The command's name as the command line spells it.
+    pub fn cli_name(&self) -> &'static str {
+        match self {
+            ControlCommand::Status => "status",
+            ControlCommand::SourceAdd { .. } => "source add",
+            ControlCommand::SourceRemove { .. } => "source remove",
+            ControlCommand::Burst { .. } => "source burst",
+            ControlCommand::MakeStep => "makestep",
+        }
+    }
+}
+
+/// The answer to a command that changed something.
+pub fn ok_answer(message: &str) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&serde_json::json!({ "ok": true, "message": message }))
+        .expect("serializes");
+    v.push(b'\n');
+    v
+}
 
 /// Everything the daemon reports.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -98,6 +176,14 @@ impl DaemonStatus {
         }
         let _ = writeln!(w);
         let _ = writeln!(w);
+        out + &self.render_sources()
+    }
+
+    /// Renders the sources like `chronyc sources` (nothing without sources).
+    pub fn render_sources(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let w = &mut out;
         if self.system.sources.is_empty() {
             return out;
         }
@@ -138,6 +224,8 @@ impl DaemonStatus {
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
+    /// Users besides root and the daemon's own who may change state.
+    privileged_uids: Vec<u32>,
     clients: Vec<Client>,
     /// Poll-set index of the listener, then of each client in order.
     first: usize,
@@ -157,14 +245,17 @@ struct Client {
 pub struct Request {
     /// The request line, trimmed.
     pub line: String,
-    /// True if the client runs as root or as the daemon's user.
+    /// True if the client runs as root, as the daemon's user or as one of `control-users`.
     pub privileged: bool,
+    /// The client's user ID, if the kernel told.
+    pub uid: Option<u32>,
 }
 
 impl ControlServer {
     /// Creates the socket at `path` (removing a stale one left by a crash; refusing one a live
-    /// daemon answers on), readable and writable by every user.
-    pub fn bind(path: &Path) -> Result<ControlServer, String> {
+    /// daemon answers on), readable and writable by every user; `privileged_uids` may change
+    /// state besides root and the daemon's own user.
+    pub fn bind(path: &Path, privileged_uids: Vec<u32>) -> Result<ControlServer, String> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
@@ -200,6 +291,7 @@ impl ControlServer {
         Ok(ControlServer {
             listener,
             path: path.to_owned(),
+            privileged_uids,
             clients: Vec::new(),
             first: 0,
         })
@@ -231,7 +323,7 @@ impl ControlServer {
         for (k, mut c) in std::mem::take(&mut self.clients).into_iter().enumerate() {
             let at = self.first + 1 + k;
             let ok = if c.answer.is_none() && set.readable(at) {
-                c.read(&mut answer)
+                c.read(&mut answer, &self.privileged_uids)
             } else if c.answer.is_some() && set.writable(at) {
                 c.write()
             } else {
@@ -276,7 +368,11 @@ impl Drop for ControlServer {
 impl Client {
     /// Reads what is there; once the line is complete, builds the answer and starts sending
     /// it. False when the client is done with (closed, or broke the protocol).
-    fn read(&mut self, answer: &mut impl FnMut(&Request) -> Vec<u8>) -> bool {
+    fn read(
+        &mut self,
+        answer: &mut impl FnMut(&Request) -> Vec<u8>,
+        privileged_uids: &[u32],
+    ) -> bool {
         let mut buf = [0u8; 1024];
         match self.stream.read(&mut buf) {
             Ok(0) => return false,
@@ -291,8 +387,17 @@ impl Client {
             .trim()
             .to_string();
         let uid = ntpkit_os::fd::peer_uid(self.stream.as_raw_fd()).ok();
-        let privileged = uid.is_some_and(|u| u == 0 || u == ntpkit_os::fd::effective_uid());
-        self.answer = Some((answer(&Request { line, privileged }), 0));
+        let privileged = uid.is_some_and(|u| {
+            u == 0 || u == ntpkit_os::fd::effective_uid() || privileged_uids.contains(&u)
+        });
+        self.answer = Some((
+            answer(&Request {
+                line,
+                privileged,
+                uid,
+            }),
+            0,
+        ));
         self.write()
     }
 
@@ -321,6 +426,22 @@ pub fn error_answer(message: &str) -> Vec<u8> {
 
 /// Asks the daemon at `socket` for its status (blocking, with a timeout).
 pub fn query(socket: &Path, timeout: Duration) -> std::io::Result<DaemonStatus> {
+    let doc = request(socket, &ControlCommand::Status, timeout)?;
+    serde_json::from_value(doc).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad status from daemon: {e}"),
+        )
+    })
+}
+
+/// Sends `command` to the daemon at `socket` and returns its answer (blocking, with a
+/// timeout); an `{"error": …}` answer is an error.
+pub fn request(
+    socket: &Path,
+    command: &ControlCommand,
+    timeout: Duration,
+) -> std::io::Result<serde_json::Value> {
     let mut s = UnixStream::connect(socket).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::NotFound => format!(
@@ -351,18 +472,19 @@ pub fn query(socket: &Path, timeout: Duration) -> std::io::Result<DaemonStatus> 
     })?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    s.write_all(b"status\n")?;
+    let mut line = serde_json::to_vec(command).expect("serializes");
+    line.push(b'\n');
+    s.write_all(&line)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
-    if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(&buf) {
-        if let Some(serde_json::Value::String(e)) = m.get("error") {
-            return Err(std::io::Error::other(format!("the daemon answered: {e}")));
-        }
-    }
-    serde_json::from_slice(&buf).map_err(|e| {
+    let doc: serde_json::Value = serde_json::from_slice(&buf).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("bad status from daemon: {e}"),
+            format!("bad answer from the daemon: {e}"),
         )
-    })
+    })?;
+    if let Some(e) = doc.get("error").and_then(|e| e.as_str()) {
+        return Err(std::io::Error::other(format!("the daemon answered: {e}")));
+    }
+    Ok(doc)
 }

@@ -31,7 +31,7 @@ use crate::tcp::TcpServer;
 use crate::udp::{SendMode, UdpServer};
 use clock::{ClockBackend, ClockError};
 use config::{ClockBackendKind, DaemonConfig};
-use control::{ControlServer, DaemonStatus, Request};
+use control::{ControlCommand, ControlServer, DaemonStatus, Request};
 use ntpkit_core::sync::{Event, SyncSystem};
 use ntpkit_core::MonoTime;
 use ntpkit_os::privilege::Capability;
@@ -179,7 +179,10 @@ impl Daemon {
             tracing::info!("NTP server listening on {a} (tcp)");
         }
         let control = match &config.control_socket {
-            Some(path) => Some(ControlServer::bind(path).map_err(DaemonError::Socket)?),
+            Some(path) => Some(
+                ControlServer::bind(path, control_uids(&config.control_users)?)
+                    .map_err(DaemonError::Socket)?,
+            ),
             None => None,
         };
         // Everything privileged is done: sockets bound, drift file read, the clock probed.
@@ -299,8 +302,12 @@ impl Daemon {
                 t.handle_ready(&set, monotonic_nanos(), &mut clock, &self.shared.tcp);
             }
             if let Some(c) = &mut self.control {
-                let (system, clock, shared, upstreams) =
-                    (&self.system, &self.clock, &self.shared, &self.upstreams);
+                let (system, clock, shared, upstreams) = (
+                    &mut self.system,
+                    &self.clock,
+                    &self.shared,
+                    &mut self.upstreams,
+                );
                 c.handle_ready(&set, monotonic_nanos(), |request| {
                     answer(request, system, clock, shared, upstreams)
                 });
@@ -458,14 +465,25 @@ fn event_address(event: &Event) -> Option<String> {
 /// The answer to a control request.
 fn answer(
     request: &Request,
-    system: &SyncSystem,
+    system: &mut SyncSystem,
     clock: &ClockBackend,
     shared: &Shared,
-    upstreams: &Upstreams,
+    upstreams: &mut Upstreams,
 ) -> Vec<u8> {
-    match request.line.as_str() {
-        "status" => {
-            let now = mono();
+    let command = match ControlCommand::parse(&request.line) {
+        Ok(c) => c,
+        Err(e) => return control::error_answer(&e),
+    };
+    if command.changes_state() && !request.privileged {
+        return control::error_answer(&format!(
+            "permission denied: `ntpkit {}` changes the daemon; run it as root or as the \
+             daemon's user, or add your user to control-users",
+            command.cli_name()
+        ));
+    }
+    let now = mono();
+    let result = match command {
+        ControlCommand::Status => {
             let mut st = system.status(now);
             for s in &mut st.sources {
                 s.name = upstreams.name(s.id);
@@ -478,10 +496,128 @@ fn answer(
                     "tcp": counters_json(&shared.tcp),
                 }),
             );
-            serde_json::to_vec_pretty(&status).expect("serializes")
+            return serde_json::to_vec_pretty(&status).expect("serializes");
         }
-        other => control::error_answer(&format!("unknown request {other:?}; send `status`")),
+        ControlCommand::SourceAdd {
+            address,
+            pool,
+            minpoll,
+            maxpoll,
+            iburst,
+            max_sources,
+        } => add_source(
+            upstreams,
+            &address,
+            pool,
+            minpoll,
+            maxpoll,
+            iburst,
+            max_sources,
+        ),
+        ControlCommand::SourceRemove { address } => upstreams.remove(&address, system, now),
+        ControlCommand::Burst { address } => {
+            let ids = match &address {
+                Some(a) => upstreams.find(a),
+                None => Vec::new(),
+            };
+            if address.is_some() && ids.is_empty() {
+                Err(format!(
+                    "no source {}; `ntpkit sources` lists them",
+                    address.unwrap_or_default()
+                ))
+            } else {
+                let n = if address.is_none() {
+                    system.burst(now, None)
+                } else {
+                    ids.iter().map(|id| system.burst(now, Some(*id))).sum()
+                };
+                Ok(format!(
+                    "burst of 4 requests to {n} source{}",
+                    if n == 1 { "" } else { "s" }
+                ))
+            }
+        }
+        ControlCommand::MakeStep => match system.make_step(now) {
+            Some(step) => Ok(format!("stepping the clock by {step:+.9} s")),
+            None => Err("nothing to step by: the clock has had no update from a source yet".into()),
+        },
+    };
+    match result {
+        Ok(message) => {
+            if command_logged(&request.line) {
+                tracing::info!(
+                    "control (uid {}): {message}",
+                    request.uid.map_or("?".into(), |u| u.to_string())
+                );
+            }
+            control::ok_answer(&message)
+        }
+        Err(e) => control::error_answer(&e),
     }
+}
+
+/// Every command but `status` is logged.
+fn command_logged(line: &str) -> bool {
+    line != "status" && !line.contains("\"status\"")
+}
+
+/// `ntpkit source add`: checks the settings as the configuration would, then adds the entry.
+fn add_source(
+    upstreams: &mut Upstreams,
+    address: &str,
+    pool: bool,
+    minpoll: Option<i8>,
+    maxpoll: Option<i8>,
+    iburst: Option<bool>,
+    max_sources: Option<usize>,
+) -> Result<String, String> {
+    let defaults = ntpkit_core::sync::SourceConfig::default();
+    let (lo, hi) = ntpkit_core::sync::source::POLL_LIMITS;
+    let minpoll = minpoll.unwrap_or(config::DEFAULT_MINPOLL);
+    let maxpoll = maxpoll.unwrap_or(config::DEFAULT_MAXPOLL.max(minpoll));
+    if !(lo..=hi).contains(&minpoll) || !(lo..=hi).contains(&maxpoll) || minpoll > maxpoll {
+        return Err(format!(
+            "minpoll {minpoll} / maxpoll {maxpoll}: both within {lo}..={hi}, minpoll ≤ maxpoll"
+        ));
+    }
+    if !pool && max_sources.is_some() {
+        return Err("--max-sources is for pools (add --pool)".into());
+    }
+    let max = if pool {
+        max_sources.unwrap_or(config::DEFAULT_POOL_MAX)
+    } else {
+        1
+    };
+    if !(1..=config::MAX_POOL_SOURCES).contains(&max) {
+        return Err(format!("max-sources {max}: 1–{}", config::MAX_POOL_SOURCES));
+    }
+    let cfg = ntpkit_core::sync::SourceConfig {
+        minpoll,
+        maxpoll,
+        iburst: iburst.unwrap_or(defaults.iburst),
+    };
+    upstreams.add_entry(address, pool, cfg, max)?;
+    Ok(format!(
+        "added {} {address} (minpoll {minpoll}, maxpoll {maxpoll}, iburst {})",
+        if pool { "pool" } else { "server" },
+        cfg.iburst
+    ))
+}
+
+/// The user IDs of `control-users`.
+fn control_uids(users: &[String]) -> Result<Vec<u32>, DaemonError> {
+    users
+        .iter()
+        .map(|u| match ntpkit_os::privilege::lookup_user(u) {
+            Ok(Some(a)) => Ok(a.uid),
+            Ok(None) => Err(DaemonError::Privileges(format!(
+                "control-users: no user {u:?}"
+            ))),
+            Err(e) => Err(DaemonError::Privileges(format!(
+                "control-users: cannot look up {u:?}: {e}"
+            ))),
+        })
+        .collect()
 }
 
 /// A seed from the OS random source (the daemon's own RNG then runs from it).

@@ -9,6 +9,14 @@
 //! resolved again, and the member gives its place to a new address if there is one (it stays,
 //! and may recover, if there is none; an address given up is not taken back for an hour). A
 //! pool with fewer addresses than `max-sources` is resolved again now and then, quietly.
+//!
+//! Each request goes out from a new socket with a port the kernel picks at random (as chronyd
+//! does), closed when the next request goes out: an off-path attacker must guess the port as
+//! well as the 64-bit cookie, and a reply later than one poll interval finds the port closed. With
+//! `port-per-request = false` each source keeps one socket for its life instead.
+//!
+//! Servers and pools can be added and removed while running ([`Upstreams::add_entry`],
+//! [`Upstreams::remove`]), from the control socket.
 
 use super::config::{parse_host_port, DaemonConfig, Host};
 use ntpkit_core::sync::{SourceConfig, SourceId, SourceState, SyncSystem, SystemStatus};
@@ -54,6 +62,8 @@ struct Entry {
     strikes: HashMap<SourceId, u32>,
     /// Pool members found bad at the last check, to replace when new addresses come.
     bad: Vec<SourceId>,
+    /// Removed while running: nothing is resolved or added for it any more.
+    removed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -69,7 +79,9 @@ enum Resolution {
 /// A source's socket and where it sends.
 #[derive(Debug)]
 struct Link {
-    socket: UdpSocket,
+    /// The socket of the request in flight (or the source's only one); None between requests
+    /// with a port per request.
+    socket: Option<UdpSocket>,
     server: SocketAddr,
     entry: usize,
 }
@@ -87,12 +99,13 @@ pub struct Upstreams {
     next_pool_check: Option<MonoTime>,
     /// Source ids registered in the last poll set, in order, and the index of the first.
     registered: (usize, Vec<SourceId>),
+    /// A new socket (random port) for each request.
+    port_per_request: bool,
 }
 
 impl Upstreams {
     /// The upstreams of `config`, none resolved yet; resolver threads wake `waker`.
     pub fn new(config: &DaemonConfig, waker: Arc<Waker>) -> Self {
-        let mut entries = Vec::new();
         let servers = config
             .server
             .iter()
@@ -101,34 +114,143 @@ impl Upstreams {
             .pool
             .iter()
             .map(|p| (p.name.as_str(), p.source_config(), p.max_sources, true));
-        for (text, cfg, max, is_pool) in servers.chain(pools) {
-            // The configuration was checked: the address parses.
-            let Ok((host, port)) = parse_host_port(text, 123) else {
-                continue;
-            };
-            entries.push(Entry {
-                text: text.to_string(),
-                host,
-                port,
-                config: cfg,
-                max_members: max,
-                is_pool,
-                members: Vec::new(),
-                resolution: Resolution::RetryAt(MonoTime(i64::MIN), 0.0),
-                avoid: HashMap::new(),
-                strikes: HashMap::new(),
-                bad: Vec::new(),
-            });
-        }
-        let next_pool_check = None;
-        Upstreams {
-            entries,
+        let mut upstreams = Upstreams {
+            entries: Vec::new(),
             links: HashMap::new(),
             results: mpsc::channel(),
             waker,
-            next_pool_check,
+            next_pool_check: None,
             registered: (0, Vec::new()),
+            port_per_request: config.port_per_request,
+        };
+        for (text, cfg, max, is_pool) in servers.chain(pools) {
+            // The configuration was checked: the address parses.
+            let _ = upstreams.add_entry(text, is_pool, cfg, max);
         }
+        upstreams
+    }
+
+    /// Adds a server (`is_pool` false, `max_members` 1) or a pool; it is resolved at the next
+    /// [`handle_timeout`](Self::handle_timeout). Refused if the address does not parse or the
+    /// same host and port is configured already.
+    pub fn add_entry(
+        &mut self,
+        text: &str,
+        is_pool: bool,
+        config: SourceConfig,
+        max_members: usize,
+    ) -> Result<(), String> {
+        let (host, port) = parse_host_port(text, 123)?;
+        let taken = self
+            .entries
+            .iter()
+            .any(|e| !e.removed && e.host == host && e.port == port)
+            || matches!(host, Host::Ip(ip) if self.links.values().any(|l| l.server == SocketAddr::new(ip, port)));
+        if taken {
+            return Err(format!("{text} is a source already"));
+        }
+        self.entries.push(Entry {
+            text: text.to_string(),
+            host,
+            port,
+            config,
+            max_members: max_members.max(1),
+            is_pool,
+            members: Vec::new(),
+            resolution: Resolution::RetryAt(MonoTime(i64::MIN), 0.0),
+            avoid: HashMap::new(),
+            strikes: HashMap::new(),
+            bad: Vec::new(),
+            removed: false,
+        });
+        self.next_pool_check = None;
+        Ok(())
+    }
+
+    /// Removes what `address` names: a configured server or pool as written (`pool.example`,
+    /// `192.0.2.1:123`) with all its sources, or one source by its address (`192.0.2.1`,
+    /// `192.0.2.1:123`); a pool member so removed is not taken back for an hour and the pool
+    /// looks for another. Returns what was removed, in words.
+    pub fn remove(
+        &mut self,
+        address: &str,
+        system: &mut SyncSystem,
+        now: MonoTime,
+    ) -> Result<String, String> {
+        let parsed = parse_host_port(address, 123).ok();
+        let entry = self.entries.iter().position(|e| {
+            !e.removed && (e.text == address || parsed.as_ref() == Some(&(e.host.clone(), e.port)))
+        });
+        if let Some(i) = entry {
+            let members = std::mem::take(&mut self.entries[i].members);
+            for id in &members {
+                system.remove_source(*id);
+                self.links.remove(id);
+            }
+            let e = &mut self.entries[i];
+            e.removed = true;
+            e.resolution = Resolution::Done;
+            e.bad.clear();
+            e.strikes.clear();
+            let what = if e.is_pool { "pool" } else { "server" };
+            return Ok(format!(
+                "removed {what} {} ({} source{})",
+                e.text,
+                members.len(),
+                if members.len() == 1 { "" } else { "s" }
+            ));
+        }
+        let member = self.links.iter().find_map(|(id, l)| {
+            let matches = l.server.to_string() == address || l.server.ip().to_string() == address;
+            matches.then_some(*id)
+        });
+        let Some(id) = member else {
+            return Err(format!(
+                "no source {address}; `ntpkit sources` lists them (give the address or the name \
+                 as configured)"
+            ));
+        };
+        let link = self.links.remove(&id).expect("found above");
+        system.remove_source(id);
+        let e = &mut self.entries[link.entry];
+        e.members.retain(|m| *m != id);
+        e.strikes.remove(&id);
+        e.bad.retain(|m| *m != id);
+        if e.is_pool {
+            e.avoid.insert(link.server, now.add_secs_f64(AVOID_FOR));
+            if e.resolution == Resolution::Done {
+                e.resolution = Resolution::RetryAt(now, 0.0);
+            }
+            Ok(format!(
+                "removed {} from pool {}; the pool looks for another member",
+                link.server, e.text
+            ))
+        } else {
+            e.removed = true;
+            e.resolution = Resolution::Done;
+            Ok(format!("removed server {} ({})", e.text, link.server))
+        }
+    }
+
+    /// The source whose address is `address` (`192.0.2.1` or `192.0.2.1:123`), or the sources
+    /// of the server or pool configured as `address`.
+    pub fn find(&self, address: &str) -> Vec<SourceId> {
+        let by_entry: Vec<SourceId> = self
+            .entries
+            .iter()
+            .filter(|e| !e.removed && e.text == address)
+            .flat_map(|e| e.members.iter().copied())
+            .collect();
+        if !by_entry.is_empty() {
+            return by_entry;
+        }
+        self.links
+            .iter()
+            .filter(|(_, l)| {
+                l.server.to_string() == address || l.server.ip().to_string() == address
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// How to name source `id` in logs and status: the configured name with its address, or
@@ -208,7 +330,7 @@ impl Upstreams {
     fn pool_check_interval(&self) -> Option<f64> {
         self.entries
             .iter()
-            .filter(|e| e.is_pool)
+            .filter(|e| e.is_pool && !e.removed)
             .map(|e| {
                 (POOL_CHECK_POLLS * 2f64.powi(e.config.minpoll.into()))
                     .clamp(POOL_CHECK_LIMITS.0, POOL_CHECK_LIMITS.1)
@@ -219,6 +341,9 @@ impl Upstreams {
     /// Takes the resolver threads' answers: adds sources, or schedules retries.
     pub fn take_resolved(&mut self, system: &mut SyncSystem, now: MonoTime, rng: &mut dyn RngCore) {
         while let Ok((i, found)) = self.results.1.try_recv() {
+            if self.entries[i].removed {
+                continue;
+            }
             let backoff = match self.entries[i].resolution {
                 Resolution::InFlight(b) => b,
                 _ => 0.0,
@@ -299,7 +424,10 @@ impl Upstreams {
 
     /// Configured servers and pools with no source yet (names not resolved so far).
     pub fn unresolved(&self) -> usize {
-        self.entries.iter().filter(|e| e.members.is_empty()).count()
+        self.entries
+            .iter()
+            .filter(|e| !e.removed && e.members.is_empty())
+            .count()
     }
 
     /// Adds up to the entry's free places from `addrs` as sources; returns how many.
@@ -322,11 +450,16 @@ impl Upstreams {
             if in_use.contains(&addr) || e.avoid.contains_key(&addr) {
                 continue;
             }
-            let socket = match client_socket(addr) {
-                Ok(s) => s,
-                Err(err) => {
-                    tracing::warn!("{}: cannot open a client socket for {addr}: {err}", e.text);
-                    continue;
+            // With a port per request, the socket is opened when a request goes out.
+            let socket = if self.port_per_request {
+                None
+            } else {
+                match client_socket(addr) {
+                    Ok(s) => Some(s),
+                    Err(err) => {
+                        tracing::warn!("{}: cannot open a client socket for {addr}: {err}", e.text);
+                        continue;
+                    }
                 }
             };
             let id = system.add_source(addr, e.config, now, rng);
@@ -358,6 +491,7 @@ impl Upstreams {
     pub fn resolve_again(&mut self, now: MonoTime) {
         for e in &mut self.entries {
             if matches!(e.host, Host::Name(_))
+                && !e.removed
                 && e.members.len() < e.max_members
                 && !matches!(e.resolution, Resolution::InFlight(_))
             {
@@ -377,7 +511,7 @@ impl Upstreams {
         let states: HashMap<SourceId, SourceState> =
             status.sources.iter().map(|s| (s.id, s.state)).collect();
         for i in 0..self.entries.len() {
-            if !self.entries[i].is_pool {
+            if !self.entries[i].is_pool || self.entries[i].removed {
                 continue;
             }
             let e = &mut self.entries[i];
@@ -418,28 +552,44 @@ impl Upstreams {
             .min()
     }
 
-    /// Sends `request` to source `id`.
-    pub fn send(&self, id: SourceId, request: &[u8]) {
-        if let Some(l) = self.links.get(&id) {
-            if let Err(e) = l.socket.send_to(request, l.server) {
+    /// Sends `request` to source `id`: from a new socket with a port per request (closing the
+    /// previous request's), else from the source's socket.
+    pub fn send(&mut self, id: SourceId, request: &[u8]) {
+        let Some(l) = self.links.get_mut(&id) else {
+            return;
+        };
+        if self.port_per_request {
+            l.socket = None;
+            match client_socket(l.server) {
+                Ok(s) => l.socket = Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot open a client socket for {}: {e}", l.server);
+                    return;
+                }
+            }
+        }
+        if let Some(socket) = &l.socket {
+            if let Err(e) = socket.send_to(request, l.server) {
                 tracing::debug!("send to {}: {e}", l.server);
             }
         }
     }
 
-    /// Adds every source socket to `set`.
+    /// Adds every open source socket to `set`.
     pub fn register(&mut self, set: &mut PollSet) {
         self.registered.0 = set.len();
         self.registered.1.clear();
         for (id, l) in &self.links {
-            set.push(l.socket.as_raw_fd(), Interest::Read);
-            self.registered.1.push(*id);
+            if let Some(socket) = &l.socket {
+                set.push(socket.as_raw_fd(), Interest::Read);
+                self.registered.1.push(*id);
+            }
         }
     }
 
     /// The datagrams that `set` says arrived (one per readable socket): source, bytes, and
     /// receive time (Unix ns). Datagrams from any other address than the source's are dropped.
-    pub fn receive(&self, set: &PollSet, mut each: impl FnMut(SourceId, &[u8], i64)) {
+    pub fn receive(&mut self, set: &PollSet, mut each: impl FnMut(SourceId, &[u8], i64)) {
         let mut buf = [0u8; 2048];
         for (k, id) in self.registered.1.iter().enumerate() {
             if !set.readable(self.registered.0 + k) {
@@ -448,7 +598,10 @@ impl Upstreams {
             let Some(l) = self.links.get(id) else {
                 continue;
             };
-            match l.socket.recv_from(&mut buf) {
+            let Some(socket) = &l.socket else {
+                continue;
+            };
+            match socket.recv_from(&mut buf) {
                 Ok((n, from, rx)) if from == l.server => each(*id, &buf[..n], rx),
                 Ok((_, from, _)) => tracing::debug!(
                     "dropped a datagram from {from} on the socket of {}",
