@@ -27,7 +27,7 @@ fn stratum_hierarchy_converges() {
         "s1",
         "listen = [\"127.0.0.1:1123\"]\n[sync]\nlocal-stratum = 1\n",
     );
-    let drift = lab.path("s2a.drift");
+    let drift = lab.own_dir("state").join("s2a.drift");
     let mut s2a = daemon(
         &lab,
         "s2a",

@@ -465,7 +465,7 @@ fn signals_behave_like_a_daemons() {
     let _s1 = reference(&lab, "s1", "127.0.0.1:1123", 0.0);
     let mut ends = Vec::new();
     for (name, stop) in [("int", libc::SIGINT), ("term", libc::SIGTERM)] {
-        let drift = lab.path(&format!("{name}.drift"));
+        let drift = lab.own_dir("state").join(format!("{name}.drift"));
         let mut d = daemon(
             &lab,
             name,

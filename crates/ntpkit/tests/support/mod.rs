@@ -258,6 +258,17 @@ impl Lab {
         self.dir.join(name)
     }
 
+    /// A directory `name` in the public directory, owned by the test's own user, for files a
+    /// daemon that stays this user writes (drift files): the work directory belongs to
+    /// chronyd's user when chrony is installed, and a daemon started as root gives up the
+    /// capabilities to enter or write where its user may not.
+    pub fn own_dir(&self, name: &str) -> PathBuf {
+        let p = self.public_dir().join(name);
+        fs::create_dir_all(&p).expect("create directory");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod directory");
+        p
+    }
+
     /// Writes a file into the work directory (world-readable, so chronyd and ntpd can read it).
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let p = self.path(name);
