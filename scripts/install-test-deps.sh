@@ -2,7 +2,10 @@
 # Install the system tools that ntpkit's interop tests need (Debian 12 / bookworm), without
 # removing or replacing any installed package:
 #   ntpsec-ntpdate (ntpdig + `ntpdate` wrapper), iproute2, tcpdump, gcc, python3, make, g++,
-#   fonts-dejavu-core (the simulator's plot labels) (packages that conflict with nothing), and
+#   fonts-dejavu-core (the simulator's plot labels), systemd (systemd-analyze, which checks the
+#   unit in dist/; the package is only installed, never made the init system), man-db (`man`,
+#   which systemd-analyze verify uses to check the unit's Documentation= pages) (packages that
+#   conflict with nothing), and
 #   chrony (chronyd, chronyc) and NTPsec's ntpd, *unpacked* from their .debs into
 #   ${CHRONY_ROOT:-/opt/chrony} and ${NTPSEC_ROOT:-/opt/ntpsec}: both packages conflict with
 #   every other time daemon (a fresh machine ships systemd-timesyncd), so installing them would
@@ -23,7 +26,7 @@ exec </dev/null
 export DEBIAN_FRONTEND=noninteractive
 export APT_LISTCHANGES_FRONTEND=none NEEDRESTART_MODE=l
 
-PACKAGES=(ntpsec-ntpdate iproute2 tcpdump gcc g++ make python3 fonts-dejavu-core)
+PACKAGES=(ntpsec-ntpdate iproute2 tcpdump gcc g++ make python3 fonts-dejavu-core systemd man-db)
 CHRONY_ROOT=${CHRONY_ROOT:-/opt/chrony}
 NTPSEC_ROOT=${NTPSEC_ROOT:-/opt/ntpsec}
 # Shared libraries of the unpacked binaries (their packages' Depends); none conflicts.
@@ -174,7 +177,7 @@ fi
 
 # --- sanity: the tools the tests call --------------------------------------------
 TOOLS=("$CHRONY_ROOT/usr/sbin/chronyd" "$CHRONY_ROOT/usr/bin/chronyc" "$NTPSEC_ROOT/usr/sbin/ntpd"
-       ntpdig ntpdate ip tcpdump gcc make setpriv /usr/bin/python3)
+       ntpdig ntpdate ip tcpdump gcc make setpriv /usr/bin/python3 /usr/bin/systemd-analyze man)
 for t in "${TOOLS[@]}"; do
   command -v "$t" >/dev/null || die "$t not found after install"
 done

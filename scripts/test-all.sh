@@ -8,8 +8,9 @@
 #   4. cargo test --workspace (unit, property, integration and interop tests; the dev profile
 #      is optimised, see Cargo.toml, and a release build would take minutes longer). Benchmarks
 #      are not run; step 3 already type-checks them (--all-targets).
-#   5. every examples/*.toml through `ntpkit daemon --check --config F` and every
-#      scenarios/*.toml through `ntpkit simulate --check F`
+#   5. every examples/*.toml and dist/ntpkit.toml (the config installed with the systemd unit)
+#      through `ntpkit daemon --check --config F`, and every scenarios/*.toml through
+#      `ntpkit simulate --check F`
 #   6. the unmodified daemon binary in clknetsim against chronyd, a few seeds of a few models
 #      (scripts/clknetsim-compare.py --quick): fails if ntpkit crashes there, does not
 #      synchronize, or loses a cell it wins
@@ -75,25 +76,32 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 NTPKIT="$TARGET/debug/ntpkit"
 [ -x "$NTPKIT" ] || die "$NTPKIT was not built"
 shopt -s nullglob
-configs=(examples/*.toml)
+configs=(examples/*.toml dist/ntpkit.toml)
 scenarios=(scenarios/*.toml)
-step "validate ${#configs[@]} example config(s) and ${#scenarios[@]} scenario(s) with the binary"
-# The production examples keep their drift file in /var/lib/ntpkit, the state directory an
-# installation creates; --check rightly rejects a directory that does not exist, so it is
-# created here as an installation would (root), or the paths are pointed at a scratch directory.
+step "validate ${#configs[@]} config(s) and ${#scenarios[@]} scenario(s) with the binary"
+# The production configs keep their drift file in /var/lib/ntpkit and their control socket in
+# /run/ntpkit, the state and runtime directories that an installation (the systemd unit's
+# StateDirectory= and RuntimeDirectory=) creates; --check rightly rejects a directory that does
+# not exist, so they are created here as an installation would (root), or the paths are pointed
+# at a scratch directory.
 STATE=/var/lib/ntpkit
-if [ ! -d "$STATE" ] && [ "$(id -u)" = 0 ]; then
-  install -d -m 0755 "$STATE"
-  echo "created $STATE (the daemon's state directory, as an installation makes it)"
+RUNTIME=/run/ntpkit
+if [ "$(id -u)" = 0 ]; then
+  for d in "$STATE" "$RUNTIME"; do
+    if [ ! -d "$d" ]; then
+      install -d -m 0755 "$d"
+      echo "created $d (as an installation makes it)"
+    fi
+  done
 fi
 SCRATCH=$(mktemp -d /tmp/ntpkit-examples.XXXXXX)
 for f in "${configs[@]}"; do
   checked=$f
-  if [ ! -d "$STATE" ]; then
+  if [ ! -d "$STATE" ] || [ ! -d "$RUNTIME" ]; then
     checked="$SCRATCH/$(basename "$f")"
-    sed "s#$STATE#$SCRATCH#g" "$f" >"$checked"
+    sed -e "s#$STATE#$SCRATCH#g" -e "s#$RUNTIME#$SCRATCH#g" "$f" >"$checked"
   fi
-  "$NTPKIT" daemon --check --config "$checked" || die "example config $f does not validate"
+  "$NTPKIT" daemon --check --config "$checked" || die "config $f does not validate"
   echo "ok: $f"
 done
 rm -rf "$SCRATCH"

@@ -5,6 +5,9 @@
 //! whether a reply is valid, offset and delay — is the core's; this crate moves bytes and reads
 //! clocks (through `ntpkit-os`, the only crate with `unsafe`).
 //!
+//! It also tells a service manager (systemd) when a server is ready, what it is doing and that
+//! it is alive ([`notify`]).
+//!
 //! What it does not do: adjust any clock.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -12,6 +15,7 @@
 pub mod confine;
 pub mod daemon;
 pub mod framing;
+pub mod notify;
 pub mod query;
 pub mod serve;
 pub mod served_clock;

@@ -5,7 +5,8 @@
 //! thread runs an event loop (`poll`) over the TCP listeners and connections
 //! ([`crate::tcp`]) and a wake-up descriptor for signals. SIGINT and SIGTERM stop the server
 //! and print the counters; SIGUSR1 prints them and goes on; SIGHUP is logged (nothing to
-//! reload).
+//! reload). Under a service manager it sends `READY=1` once every socket is bound and its
+//! threads run, `STOPPING=1` on the way out, and watchdog pings if asked ([`crate::notify`]).
 //!
 //! [`Responder`]: ntpkit_core::Responder
 
@@ -359,15 +360,15 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     )?;
 
     let mut out = io::stdout().lock();
+    let mut listening = Vec::new();
     for socks in &udp_sockets {
-        let _ = writeln!(
-            out,
-            "NTP server listening on {} (udp)",
-            socks[0].local_addr()
-        );
+        listening.push(format!("{} (udp)", socks[0].local_addr()));
     }
     for a in tcp.iter().flat_map(|t| t.local_addrs()) {
-        let _ = writeln!(out, "NTP server listening on {a} (tcp)");
+        listening.push(format!("{a} (tcp)"));
+    }
+    for l in &listening {
+        let _ = writeln!(out, "NTP server listening on {l}");
     }
     let _ = writeln!(
         out,
@@ -424,7 +425,14 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
     }
 
-    // The event loop: signals, and the TCP listeners and connections.
+    crate::notify::ready(&format!(
+        "serving the local clock at stratum {} on {}",
+        config.stratum,
+        listening.join(", ")
+    ));
+    let mut watchdog = crate::notify::Watchdog::from_env(ntpkit_os::monotonic_nanos());
+
+    // The event loop: signals, watchdog pings, and the TCP listeners and connections.
     let mut set = PollSet::new();
     'serve: loop {
         set.clear();
@@ -432,9 +440,14 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         if let Some(t) = &mut tcp {
             t.register(&mut set);
         }
-        let timeout = tcp
-            .as_ref()
-            .and_then(|t| t.next_deadline())
+        let deadline = [
+            tcp.as_ref().and_then(|t| t.next_deadline()),
+            watchdog.as_ref().map(|w| w.deadline()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = deadline
             .map(|at| Duration::from_nanos((at - ntpkit_os::monotonic_nanos()).max(0) as u64));
         set.wait(timeout).map_err(ServeError::Io)?;
         for signal in ntpkit_os::take_signals() {
@@ -452,8 +465,12 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             t.handle_ready(&set, now, &mut clock, &shared.tcp);
             t.handle_timeout(ntpkit_os::monotonic_nanos());
         }
+        if let Some(w) = &mut watchdog {
+            w.handle_timeout(ntpkit_os::monotonic_nanos());
+        }
     }
     tracing::info!("stopping");
+    crate::notify::stopping();
     shared.stop.store(true, Ordering::SeqCst);
     for h in threads {
         let _ = h.join();

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Where the daemon's control socket is unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/ntpkit.sock";
+pub const DEFAULT_SOCKET: &str = "/run/ntpkit/ntpkit.sock";
 
 /// How to reach the daemon, and how to print its answer.
 #[derive(Args, Debug)]

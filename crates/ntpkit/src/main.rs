@@ -5,22 +5,55 @@
 mod control_cli;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use ntpkit_daemon::query::{self, QueryConfig, SampleOutcome};
 use ntpkit_daemon::serve::{self, ServeConfig, DEFAULT_STRATUM};
 use ntpkit_daemon::tcp::TcpLimits;
 use ntpkit_wire::RefId;
 use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+const CLI_AFTER_HELP: &str = "\
+Logging goes to standard error. NTPKIT_LOG sets the filter (a level such as debug, or \
+tracing-subscriber directives); without it `ntpkit daemon` uses its config's log-level, \
+`ntpkit serve -v` logs every request, and the rest logs warnings and errors. --log-format (or \
+NTPKIT_LOG_FORMAT) chooses text or JSON lines. Under systemd, when standard error is the journal \
+(JOURNAL_STREAM names it), lines carry no timestamp and start with a syslog priority (<3> error, \
+<4> warning, <6> info, <7> debug) instead of the level, which the journal keeps as the entry's \
+priority.
+
+Manual pages: `ntpkit man --dir DIR` writes one per command (ntpkit.1, ntpkit-daemon.1, …). \
+Shell completions: `ntpkit completions SHELL`.";
+
 /// Network time toolkit: NTP server, client, synchronization daemon and simulator.
 #[derive(Parser, Debug)]
-#[command(name = "ntpkit", version, about, propagate_version = true)]
+#[command(
+    name = "ntpkit",
+    version,
+    about,
+    propagate_version = true,
+    after_help = CLI_AFTER_HELP
+)]
 struct Cli {
+    /// Log format on standard error: `text` (one line per message) or `json` (one JSON object
+    /// per line: timestamp, level, message and fields). Without the flag, the environment
+    /// variable NTPKIT_LOG_FORMAT chooses. [default: text]
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Formats of the log on standard error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One line per message: time, level, message.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -43,6 +76,37 @@ enum Command {
     Makestep(control_cli::ControlArgs),
     /// Run a scenario in the deterministic simulator (the real core, simulated clocks and links).
     Simulate(ntpkit_sim::cli::SimulateArgs),
+    /// Write manual pages (roff): ntpkit.1 to standard output, or one page per command to a
+    /// directory.
+    Man(ManArgs),
+    /// Print a shell completion script to standard output.
+    Completions(CompletionsArgs),
+}
+
+/// Arguments of `ntpkit man`.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  ntpkit man | man -l -
+  ntpkit man --dir /usr/local/share/man/man1")]
+struct ManArgs {
+    /// Write ntpkit.1 and one page per command (ntpkit-serve.1, ntpkit-daemon.1, …) into DIR,
+    /// created if missing, instead of ntpkit.1 to standard output.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+/// Arguments of `ntpkit completions`.
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  ntpkit completions bash > /usr/share/bash-completion/completions/ntpkit
+  ntpkit completions zsh > /usr/local/share/zsh/site-functions/_ntpkit
+  ntpkit completions fish > ~/.config/fish/completions/ntpkit.fish")]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 const SERVE_AFTER_HELP: &str = "\
@@ -66,6 +130,9 @@ all kod').
 Privileges: once its sockets are bound, serve drops every capability (with --user NAME it \
 also switches to that user) and installs a seccomp filter that kills the process on any system \
 call a server does not make.
+
+Under systemd (Type=notify, NOTIFY_SOCKET set) it sends READY=1 once every socket is bound, \
+STOPPING=1 when stopping, and WATCHDOG=1 pings when WatchdogSec= is set.
 
 Port 123 needs root or CAP_NET_BIND_SERVICE; unprivileged example:
   ntpkit serve --listen 127.0.0.1:1123 --listen [::1]:1123 --tcp 127.0.0.1:1123";
@@ -208,24 +275,64 @@ fn secs(value: f64, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(value))
 }
 
+const DAEMON_AFTER_HELP: &str = "\
+Example configs: examples/*.toml, and dist/ntpkit.toml for the systemd unit; docs/config.md \
+describes every key. Clock backends: system (adjusts the OS clock; needs CAP_SYS_TIME), observe \
+(never adjusts it; reports what it would do), virtual (a software clock on top of the OS clock, \
+disciplined and served).
+
+Signals: SIGTERM and SIGINT stop the daemon (the drift file is saved); SIGHUP saves the drift \
+file and resolves source names again; SIGUSR1 prints the server counters.
+
+Under systemd (dist/ntpkit.service, Type=notify), when NOTIFY_SOCKET is set: READY=1 once every \
+socket is bound and the drift file is read, STATUS= lines with the selected source, WATCHDOG=1 \
+every half period of WatchdogSec= (WATCHDOG_USEC), STOPPING=1 when stopping. Without \
+NOTIFY_SOCKET nothing is sent.
+
+Files of the installed configuration: /etc/ntpkit/ntpkit.toml (config), /var/lib/ntpkit/drift \
+(drift file), /run/ntpkit/ntpkit.sock (control socket, read by `ntpkit status`).";
+
 /// Arguments of `ntpkit daemon`.
 #[derive(Args, Debug)]
-#[command(
-    after_help = "Example configs: examples/*.toml. Clock backends: system (adjusts the OS \
-clock; needs CAP_SYS_TIME), observe (never adjusts it; reports what it would do), virtual (a \
-software clock on top of the OS clock, disciplined and served)."
-)]
+#[command(after_help = DAEMON_AFTER_HELP)]
 struct DaemonArgs {
     /// Configuration file (TOML).
     #[arg(long, short = 'c', value_name = "FILE")]
-    config: std::path::PathBuf,
+    config: PathBuf,
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
 }
 
+/// The log format: `--log-format`, else `NTPKIT_LOG_FORMAT`, else text.
+fn log_format(flag: Option<LogFormat>) -> Result<LogFormat, String> {
+    if let Some(f) = flag {
+        return Ok(f);
+    }
+    match std::env::var("NTPKIT_LOG_FORMAT") {
+        Err(std::env::VarError::NotPresent) => Ok(LogFormat::Text),
+        Ok(v) if v.is_empty() => Ok(LogFormat::Text),
+        Ok(v) => LogFormat::from_str(&v, true).map_err(|_| {
+            format!(
+                "NTPKIT_LOG_FORMAT={v:?} is not a log format; set it to `text` or `json`, or \
+                 unset it"
+            )
+        }),
+        Err(std::env::VarError::NotUnicode(v)) => Err(format!(
+            "NTPKIT_LOG_FORMAT={v:?} is not a log format; set it to `text` or `json`, or unset it"
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = match log_format(cli.log_format) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // The daemon's config chooses its own log level; a config error is reported below.
     let daemon_config = match &cli.command {
         Command::Daemon(a) => Some(ntpkit_daemon::daemon::config::DaemonConfig::load(&a.config)),
@@ -236,7 +343,7 @@ fn main() -> ExitCode {
         (Command::Daemon(_), Some(Ok(c))) => c.log_level.clone(),
         _ => "warn".to_string(),
     };
-    init_logging(&level);
+    init_logging(&level, format);
     let result = match cli.command {
         Command::Serve(args) => serve_cmd(args),
         Command::Query(args) => query_cmd(args),
@@ -246,6 +353,8 @@ fn main() -> ExitCode {
         Command::Source(c) => control_cli::source(c),
         Command::Makestep(args) => control_cli::makestep(&args),
         Command::Simulate(args) => ntpkit_sim::cli::run(args),
+        Command::Man(args) => man_cmd(args),
+        Command::Completions(args) => completions_cmd(args),
     };
     match result {
         Ok(code) => code,
@@ -256,15 +365,217 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
+/// Logging to standard error at the `NTPKIT_LOG` filter (else `default`), as text or JSON;
+/// in the journal's form when standard error is the journal.
+fn init_logging(default: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("NTPKIT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let journal = journal::stderr_is_journal();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_target(false);
+    match (format, journal) {
+        (LogFormat::Text, false) => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        // The priority prefix is the level; the journal adds its own timestamps.
+        (LogFormat::Text, true) => builder
+            .with_writer(journal::PriorityWriter)
+            .with_ansi(false)
+            .with_level(false)
+            .without_time()
+            .init(),
+        (LogFormat::Json, false) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .init(),
+        (LogFormat::Json, true) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(journal::PriorityWriter)
+            .init(),
+    }
+}
+
+/// Writing log lines to the systemd journal through standard error.
+mod journal {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    use tracing::Level;
+
+    /// True when standard error is the stream systemd connected to the journal: the
+    /// `JOURNAL_STREAM` variable (`DEVICE:INODE`) names exactly standard error's file (a
+    /// redirected standard error of a child, or a shell's, is another file).
+    pub fn stderr_is_journal() -> bool {
+        let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+            return false;
+        };
+        let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+            return false;
+        };
+        let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+            return false;
+        };
+        let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+            return false;
+        };
+        std::fs::File::from(fd)
+            .metadata()
+            .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    }
+
+    /// syslog priority prefix of a level, which the journal takes as the entry's priority.
+    pub fn prefix(level: &Level) -> &'static str {
+        match *level {
+            Level::ERROR => "<3>",
+            Level::WARN => "<4>",
+            Level::INFO => "<6>",
+            Level::DEBUG | Level::TRACE => "<7>",
+        }
+    }
+
+    /// Makes, for each message, a writer that starts every line with the message's priority.
+    #[derive(Debug, Clone, Copy)]
+    pub struct PriorityWriter;
+
+    /// One message's lines, prefixed, written to standard error at once when dropped.
+    #[derive(Debug)]
+    pub struct PriorityLines {
+        prefix: &'static str,
+        buf: Vec<u8>,
+        at_line_start: bool,
+    }
+
+    impl Write for PriorityLines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            for line in bytes.split_inclusive(|b| *b == b'\n') {
+                if self.at_line_start {
+                    self.buf.extend_from_slice(self.prefix.as_bytes());
+                }
+                self.buf.extend_from_slice(line);
+                self.at_line_start = line.ends_with(b"\n");
+            }
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Drop for PriorityLines {
+        fn drop(&mut self) {
+            let _ = std::io::stderr().lock().write_all(&self.buf);
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for PriorityWriter {
+        type Writer = PriorityLines;
+
+        fn make_writer(&'a self) -> PriorityLines {
+            PriorityLines {
+                prefix: prefix(&Level::INFO),
+                buf: Vec::new(),
+                at_line_start: true,
+            }
+        }
+
+        fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> PriorityLines {
+            PriorityLines {
+                prefix: prefix(meta.level()),
+                buf: Vec::new(),
+                at_line_start: true,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn every_line_of_a_message_carries_its_priority() {
+            let mut w = PriorityLines {
+                prefix: prefix(&Level::WARN),
+                buf: Vec::new(),
+                at_line_start: true,
+            };
+            w.write_all(b"first ").unwrap();
+            w.write_all(b"line\nsecond line\n").unwrap();
+            assert_eq!(
+                String::from_utf8(std::mem::take(&mut w.buf)).unwrap(),
+                "<4>first line\n<4>second line\n"
+            );
+            assert_eq!(prefix(&Level::ERROR), "<3>");
+            assert_eq!(prefix(&Level::INFO), "<6>");
+            assert_eq!(prefix(&Level::TRACE), "<7>");
+        }
+    }
+}
+
+/// `ntpkit man`: the manual pages, made from the command line's own definition.
+fn man_cmd(a: ManArgs) -> anyhow::Result<ExitCode> {
+    // `help` is no page of its own: every page has --help.
+    let cmd = Cli::command().disable_help_subcommand(true);
+    match a.dir {
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            out.flush()?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| {
+                format!(
+                    "cannot create {}; choose a directory you can write to, e.g. --dir ./man",
+                    dir.display()
+                )
+            })?;
+            clap_mangen::generate_to(cmd, &dir).with_context(|| {
+                format!(
+                    "cannot write the manual pages into {}; choose a directory you can write \
+                     to, e.g. --dir ./man",
+                    dir.display()
+                )
+            })?;
+            let mut cmd = Cli::command().disable_help_subcommand(true);
+            cmd.build();
+            let mut pages = Vec::new();
+            man_pages(&cmd, &mut pages);
+            for page in &pages {
+                anyhow::ensure!(
+                    dir.join(page).is_file(),
+                    "{} was not written into {}",
+                    page,
+                    dir.display()
+                );
+            }
+            println!("wrote {} in {}", pages.join(" "), dir.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The file names of the pages `clap_mangen::generate_to` writes for `cmd` (built).
+fn man_pages(cmd: &clap::Command, pages: &mut Vec<String>) {
+    pages.push(format!(
+        "{}.1",
+        cmd.get_display_name().unwrap_or_else(|| cmd.get_name())
+    ));
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        man_pages(sub, pages);
+    }
+}
+
+/// `ntpkit completions SHELL`.
+fn completions_cmd(a: CompletionsArgs) -> anyhow::Result<ExitCode> {
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(a.shell, &mut cmd, "ntpkit", &mut out);
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn daemon_cmd(

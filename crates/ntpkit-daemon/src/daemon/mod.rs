@@ -16,6 +16,10 @@
 //! Signals: SIGTERM and SIGINT stop it (the drift file is saved); SIGHUP saves the drift file
 //! and resolves source names again; SIGUSR1 prints the server counters.
 //!
+//! Under a service manager ([`crate::notify`]): `READY=1` once every socket is bound and the
+//! drift file read, `STATUS=` lines on selection changes, `STOPPING=1` on the way out, and
+//! `WATCHDOG=1` pings as one more deadline of the loop, so a loop that hangs stops pinging.
+//!
 //! Layout: [`config`] (TOML), [`clock`] (system / observe / virtual backends), [`drift`] (the
 //! drift file), [`control`] (the status socket), [`upstream`] (sources, names and pools).
 
@@ -25,6 +29,7 @@ pub mod control;
 pub mod drift;
 pub mod upstream;
 
+use crate::notify;
 use crate::serve::{ServeConfig, Shared};
 use crate::served_clock::{ServedClock, SharedClock};
 use crate::tcp::TcpServer;
@@ -94,6 +99,10 @@ struct Daemon {
     waker: Arc<Waker>,
     next_drift_save: MonoTime,
     next_wander: Option<MonoTime>,
+    /// Keep-alive pings for a service manager's watchdog, if one asks for them.
+    watchdog: Option<notify::Watchdog>,
+    /// What the node listens on, for status lines ("NTP on ADDR (udp), …").
+    serving: String,
 }
 
 fn mono() -> MonoTime {
@@ -154,9 +163,13 @@ impl Daemon {
         let threads = config.serve_threads;
         let mut udp = Vec::new();
         let mut worker_sockets = Vec::new();
+        let mut listening = Vec::new();
         for &addr in &config.listen {
             let socks = crate::udp::bind(addr, &serve_cfg, threads.max(1), threads == 0)
                 .map_err(|e| bind_error(addr, crate::serve::Transport::Udp, e))?;
+            if let Some(first) = socks.first() {
+                listening.push(format!("{} (udp)", first.local_addr()));
+            }
             for sock in socks {
                 tracing::info!("NTP server listening on {} (udp)", sock.local_addr());
                 if threads == 0 {
@@ -177,7 +190,13 @@ impl Daemon {
                 .map_err(|e| DaemonError::Socket(e.to_string()))?;
         for a in tcp.iter().flat_map(|t| t.local_addrs()) {
             tracing::info!("NTP server listening on {a} (tcp)");
+            listening.push(format!("{a} (tcp)"));
         }
+        let serving = if listening.is_empty() {
+            "client only (no NTP listener)".to_string()
+        } else {
+            format!("NTP on {}", listening.join(", "))
+        };
         let control = match &config.control_socket {
             Some(path) => Some(
                 ControlServer::bind(path, control_uids(&config.control_users)?)
@@ -240,11 +259,23 @@ impl Daemon {
             waker,
             next_drift_save: now.add_secs_f64(DRIFT_SAVE_INTERVAL),
             next_wander,
+            watchdog: None,
+            serving,
         })
     }
 
     fn run(mut self) -> Result<(), DaemonError> {
         let mut set = PollSet::new();
+        // Every socket is bound and the drift file read: ready for the service manager.
+        let sources = self.config.server.len();
+        let pools = self.config.pool.len();
+        notify::ready(&format!(
+            "starting: {sources} server{} and {pools} pool{} configured; {}",
+            if sources == 1 { "" } else { "s" },
+            if pools == 1 { "" } else { "s" },
+            self.serving
+        ));
+        self.watchdog = notify::Watchdog::from_env(monotonic_nanos());
         self.handle_timeouts(mono())?;
         loop {
             self.drain_core()?;
@@ -360,6 +391,9 @@ impl Daemon {
             self.save_drift();
             self.next_drift_save = now.add_secs_f64(DRIFT_SAVE_INTERVAL);
         }
+        if let Some(w) = &mut self.watchdog {
+            w.handle_timeout(now.0);
+        }
         Ok(())
     }
 
@@ -375,6 +409,7 @@ impl Daemon {
             self.control.as_ref().and_then(|c| c.next_deadline()),
             self.next_wander.map(|t| t.0),
             Some(self.next_drift_save.0),
+            self.watchdog.as_ref().map(|w| w.deadline()),
         ];
         deadlines
             .into_iter()
@@ -427,6 +462,12 @@ impl Daemon {
         } else {
             tracing::info!("{text}");
         }
+        if matches!(
+            event,
+            Event::Selected { .. } | Event::NoSelection { .. } | Event::HoldoverExpired { .. }
+        ) {
+            notify::status(&format!("{text}; {}", self.serving));
+        }
     }
 
     fn save_drift(&self) {
@@ -434,6 +475,7 @@ impl Daemon {
     }
 
     fn stop(mut self) -> Result<(), DaemonError> {
+        notify::stopping();
         self.save_drift();
         self.shared.stop.store(true, Ordering::Relaxed);
         for w in std::mem::take(&mut self.workers) {
