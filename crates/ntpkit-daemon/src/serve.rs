@@ -5,7 +5,8 @@
 //! thread runs an event loop (`poll`) over the TCP listeners and connections
 //! ([`crate::tcp`]) and a wake-up descriptor for signals. SIGINT and SIGTERM stop the server
 //! and print the counters; SIGUSR1 prints them and goes on; SIGHUP is logged (nothing to
-//! reload).
+//! reload). With `--metrics`, one more thread serves the counters to Prometheus
+//! ([`crate::metrics`]).
 //!
 //! [`Responder`]: ntpkit_core::Responder
 
@@ -53,6 +54,8 @@ pub struct ServeConfig {
     pub access: ntpkit_core::AccessList,
     /// Per-client rate limits (None: off).
     pub rate_limit: Option<ntpkit_core::RateLimit>,
+    /// Address of the Prometheus metrics endpoint (None: none).
+    pub metrics: Option<SocketAddr>,
     /// Log every request and response.
     pub verbose: bool,
 }
@@ -75,6 +78,7 @@ impl Default for ServeConfig {
             tcp_limits: TcpLimits::default(),
             access: ntpkit_core::AccessList::default(),
             rate_limit: Some(ntpkit_core::RateLimit::default()),
+            metrics: None,
             verbose: false,
         }
     }
@@ -132,6 +136,8 @@ pub enum ServeError {
         /// The OS error.
         source: io::Error,
     },
+    /// The metrics endpoint could not be bound; the message says why and what to do.
+    Metrics(String),
     /// Any other OS failure (thread or runtime creation, signal handlers).
     Io(io::Error),
 }
@@ -179,6 +185,7 @@ impl std::fmt::Display for ServeError {
                     _ => write!(f, "{source}"),
                 }
             }
+            ServeError::Metrics(e) => write!(f, "{e}"),
             ServeError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -209,6 +216,8 @@ pub struct Counters {
     pub kissed: AtomicU64,
     /// TCP connections accepted (0 for UDP).
     pub connections: AtomicU64,
+    /// TCP connections open now (0 for UDP).
+    pub open: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -228,6 +237,8 @@ pub struct CounterValues {
     pub kissed: u64,
     /// TCP connections accepted.
     pub connections: u64,
+    /// TCP connections open.
+    pub open: u64,
 }
 
 impl Counters {
@@ -241,6 +252,7 @@ impl Counters {
             limited: self.limited.load(Ordering::Relaxed),
             kissed: self.kissed.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            open: self.open.load(Ordering::Relaxed),
         }
     }
 
@@ -347,6 +359,13 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         config.policy(),
         config.verbose,
     )?;
+    let metrics = match config.metrics {
+        Some(addr) => Some(
+            crate::metrics::Endpoint::bind(addr, |a| format!("--metrics {a}"))
+                .map_err(ServeError::Metrics)?,
+        ),
+        None => None,
+    };
 
     let mut out = io::stdout().lock();
     for socks in &udp_sockets {
@@ -358,6 +377,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     for a in tcp.iter().flat_map(|t| t.local_addrs()) {
         let _ = writeln!(out, "NTP server listening on {a} (tcp)");
+    }
+    if let Some(m) = &metrics {
+        let _ = writeln!(out, "Metrics on http://{}/metrics", m.local_addr());
     }
     let _ = writeln!(
         out,
@@ -410,6 +432,10 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
     }
 
+    if let Some(m) = metrics {
+        m.spawn(shared.clone()).map_err(ServeError::Io)?;
+    }
+
     // The event loop: signals, and the TCP listeners and connections.
     let mut set = PollSet::new();
     'serve: loop {
@@ -436,7 +462,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         if let Some(t) = &mut tcp {
             let now = ntpkit_os::monotonic_nanos();
             t.handle_ready(&set, now, &mut clock, &shared.tcp);
-            t.handle_timeout(ntpkit_os::monotonic_nanos());
+            t.handle_timeout(ntpkit_os::monotonic_nanos(), &shared.tcp);
         }
     }
     tracing::info!("stopping");

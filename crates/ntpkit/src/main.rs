@@ -53,6 +53,13 @@ kiss-o'-death and the rest nothing. Each serving thread keeps its own table of c
 --access rules choose who is served at all (e.g. --access 'allow 192.0.2.0/24' --access 'deny \
 all kod').
 
+Metrics: --metrics 127.0.0.1:9975 serves the counters to Prometheus over HTTP at \
+http://127.0.0.1:9975/metrics: \
+ntpkit_server_{answered,ignored,malformed,denied,rate_limited,kisses}_total{transport=\"udp\"|\"tcp\"}, \
+ntpkit_server_tcp_connections_total and ntpkit_server_tcp_open_connections. A thread of its own \
+answers one scrape at a time, apart from the NTP threads. There is no authentication: keep it \
+on loopback or a monitoring network.
+
 Port 123 needs root or CAP_NET_BIND_SERVICE; unprivileged example:
   ntpkit serve --listen 127.0.0.1:1123 --listen [::1]:1123 --tcp 127.0.0.1:1123";
 
@@ -120,6 +127,9 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u8).range(0..=128))]
     rate_limit_ipv6_prefix: u8,
+    /// Serve Prometheus metrics (the counters) over HTTP at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
     /// Log every request and response (and dropped packets) to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -319,6 +329,7 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
             ipv6_prefix: a.rate_limit_ipv6_prefix,
             ..ntpkit_core::RateLimit::default()
         }),
+        metrics: a.metrics,
         verbose: a.verbose,
         ..defaults
     };

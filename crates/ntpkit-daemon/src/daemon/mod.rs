@@ -11,7 +11,9 @@
 //! Only `poll`, plain socket calls and `clock_adjtime` are used, from that one thread, so the
 //! unmodified binary also runs under clknetsim (which preloads those calls). Other threads run
 //! only where configured: `serve-threads` (batched UDP serving, reading the clock through a
-//! [`SharedClock`]), and short-lived resolver threads for names (never for IP addresses).
+//! [`SharedClock`]), `metrics` (the Prometheus endpoint, which asks this loop for the state
+//! through the wake-up descriptor), and short-lived resolver threads for names (never for IP
+//! addresses).
 //!
 //! Signals: SIGTERM and SIGINT stop it (the drift file is saved); SIGHUP saves the drift file
 //! and resolves source names again; SIGUSR1 prints the server counters.
@@ -82,6 +84,8 @@ struct Daemon {
     udp: Vec<UdpServer>,
     tcp: Option<TcpServer>,
     control: Option<ControlServer>,
+    /// Scrapes of the metrics endpoint waiting for the state (None: no endpoint).
+    metrics: Option<crate::metrics::SnapshotRequests>,
     /// Server counters (shared with serving threads, if any).
     shared: Arc<Shared>,
     /// What serving threads serve, if there are any, and the threads.
@@ -178,6 +182,16 @@ impl Daemon {
             Some(path) => Some(ControlServer::bind(path).map_err(DaemonError::Socket)?),
             None => None,
         };
+        let metrics = match config.metrics_addr() {
+            Some(addr) => {
+                let endpoint =
+                    crate::metrics::Endpoint::bind(addr, |a| format!("metrics = \"{a}\""))
+                        .map_err(DaemonError::Socket)?;
+                tracing::info!("metrics on http://{}/metrics", endpoint.local_addr());
+                Some(endpoint.spawn_for_daemon(shared.clone(), waker.clone())?)
+            }
+            None => None,
+        };
         let (published, workers) = if worker_sockets.is_empty() {
             (None, Vec::new())
         } else {
@@ -213,6 +227,7 @@ impl Daemon {
             udp,
             tcp,
             control,
+            metrics,
             shared,
             published,
             workers,
@@ -264,6 +279,9 @@ impl Daemon {
                     .take_resolved(&mut self.system, mono(), &mut self.rng);
                 self.system
                     .set_unresolved_sources(self.upstreams.unresolved());
+                if let Some(m) = &self.metrics {
+                    m.answer(|| self.metrics_snapshot());
+                }
             }
             self.receive_replies(&set)?;
             for (k, u) in self.udp.iter_mut().enumerate() {
@@ -322,7 +340,7 @@ impl Daemon {
             self.upstreams.check_pools(&status, now);
         }
         if let Some(t) = &mut self.tcp {
-            t.handle_timeout(now.0);
+            t.handle_timeout(now.0, &self.shared.tcp);
         }
         if let Some(c) = &mut self.control {
             c.handle_timeout(now.0);
@@ -401,6 +419,21 @@ impl Daemon {
             tracing::warn!("{text}");
         } else {
             tracing::info!("{text}");
+        }
+    }
+
+    /// The state a metrics scrape shows, now.
+    fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let now = mono();
+        let mut system = self.system.status(now);
+        for s in &mut system.sources {
+            s.name = self.upstreams.name(s.id);
+        }
+        crate::metrics::Snapshot {
+            system,
+            clock: self.clock.report(realtime_nanos()),
+            leap: self.system.served_state(now).leap as u8,
+            unresolved: self.upstreams.unresolved(),
         }
     }
 
