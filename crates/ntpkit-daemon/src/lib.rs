@@ -1,9 +1,10 @@
 //! `ntpkit-daemon`: the drivers that connect `ntpkit-core` to real sockets and the OS clock.
 //!
 //! What it does: `ntpkit serve` ([`serve`]: UDP workers in [`udp`], TCP in [`tcp`] with the
-//! framing of [`framing`]) and `ntpkit query` ([`query`]). Every decision — what to answer,
-//! whether a reply is valid, offset and delay — is the core's; this crate moves bytes and reads
-//! clocks (through `ntpkit-os`, the only crate with `unsafe`).
+//! framing of [`framing`]), `ntpkit query` ([`query`]), the daemon ([`daemon`]) and their
+//! Prometheus endpoint ([`metrics`]). Every decision — what to answer, whether a reply is
+//! valid, offset and delay — is the core's; this crate moves bytes and reads clocks (through
+//! `ntpkit-os`, the only crate with `unsafe`).
 //!
 //! It also tells a service manager (systemd) when a server is ready, what it is doing and that
 //! it is alive ([`notify`]).
@@ -15,6 +16,7 @@
 pub mod confine;
 pub mod daemon;
 pub mod framing;
+pub mod metrics;
 pub mod notify;
 pub mod query;
 pub mod serve;

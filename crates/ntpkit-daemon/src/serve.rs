@@ -7,6 +7,7 @@
 //! and print the counters; SIGUSR1 prints them and goes on; SIGHUP is logged (nothing to
 //! reload). Under a service manager it sends `READY=1` once every socket is bound and its
 //! threads run, `STOPPING=1` on the way out, and watchdog pings if asked ([`crate::notify`]).
+//! With `--metrics`, one more thread serves the counters to Prometheus ([`crate::metrics`]).
 //!
 //! [`Responder`]: ntpkit_core::Responder
 
@@ -54,6 +55,8 @@ pub struct ServeConfig {
     pub access: ntpkit_core::AccessList,
     /// Per-client rate limits (None: off).
     pub rate_limit: Option<ntpkit_core::RateLimit>,
+    /// Address of the Prometheus metrics endpoint (None: none).
+    pub metrics: Option<SocketAddr>,
     /// Log every request and response.
     pub verbose: bool,
     /// User to run as once the sockets are bound.
@@ -80,6 +83,7 @@ impl Default for ServeConfig {
             tcp_limits: TcpLimits::default(),
             access: ntpkit_core::AccessList::default(),
             rate_limit: Some(ntpkit_core::RateLimit::default()),
+            metrics: None,
             verbose: false,
             user: None,
             seccomp: true,
@@ -139,6 +143,8 @@ pub enum ServeError {
         /// The OS error.
         source: io::Error,
     },
+    /// The metrics endpoint could not be bound; the message says why and what to do.
+    Metrics(String),
     /// Any other OS failure (thread or runtime creation, signal handlers).
     Io(io::Error),
     /// Switching user, dropping capabilities or installing the system-call filter failed; the
@@ -189,6 +195,7 @@ impl std::fmt::Display for ServeError {
                     _ => write!(f, "{source}"),
                 }
             }
+            ServeError::Metrics(e) => write!(f, "{e}"),
             ServeError::Io(e) => write!(f, "{e}"),
             ServeError::Privileges(e) => write!(f, "{e}"),
         }
@@ -220,6 +227,8 @@ pub struct Counters {
     pub kissed: AtomicU64,
     /// TCP connections accepted (0 for UDP).
     pub connections: AtomicU64,
+    /// TCP connections open now (0 for UDP).
+    pub open: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -239,6 +248,8 @@ pub struct CounterValues {
     pub kissed: u64,
     /// TCP connections accepted.
     pub connections: u64,
+    /// TCP connections open.
+    pub open: u64,
 }
 
 impl Counters {
@@ -252,6 +263,7 @@ impl Counters {
             limited: self.limited.load(Ordering::Relaxed),
             kissed: self.kissed.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            open: self.open.load(Ordering::Relaxed),
         }
     }
 
@@ -358,6 +370,13 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         config.policy(),
         config.verbose,
     )?;
+    let metrics = match config.metrics {
+        Some(addr) => Some(
+            crate::metrics::Endpoint::bind(addr, |a| format!("--metrics {a}"))
+                .map_err(ServeError::Metrics)?,
+        ),
+        None => None,
+    };
 
     let mut out = io::stdout().lock();
     let mut listening = Vec::new();
@@ -369,6 +388,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     for l in &listening {
         let _ = writeln!(out, "NTP server listening on {l}");
+    }
+    if let Some(m) = &metrics {
+        let _ = writeln!(out, "Metrics on http://{}/metrics", m.local_addr());
     }
     let _ = writeln!(
         out,
@@ -425,6 +447,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
     }
 
+    if let Some(m) = metrics {
+        m.spawn(shared.clone()).map_err(ServeError::Io)?;
+    }
     crate::notify::ready(&format!(
         "serving the local clock at stratum {} on {}",
         config.stratum,
@@ -463,7 +488,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         if let Some(t) = &mut tcp {
             let now = ntpkit_os::monotonic_nanos();
             t.handle_ready(&set, now, &mut clock, &shared.tcp);
-            t.handle_timeout(ntpkit_os::monotonic_nanos());
+            t.handle_timeout(ntpkit_os::monotonic_nanos(), &shared.tcp);
         }
         if let Some(w) = &mut watchdog {
             w.handle_timeout(ntpkit_os::monotonic_nanos());

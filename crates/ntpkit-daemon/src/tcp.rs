@@ -420,6 +420,7 @@ impl TcpServer {
         self.registered.1 = slots;
         let bad_frames = std::mem::take(&mut self.bad_frames);
         counters.publish(self.responder.stats(), &mut self.published, bad_frames);
+        self.publish_open(counters);
     }
 
     /// The earliest deadline of a connection (monotonic ns).
@@ -428,10 +429,18 @@ impl TcpServer {
     }
 
     /// Closes the connections whose deadline passed by `now`.
-    pub fn handle_timeout(&mut self, now: i64) {
+    pub fn handle_timeout(&mut self, now: i64, counters: &Counters) {
         for (slot, why) in self.table.expired(now) {
             self.close(slot, why);
         }
+        self.publish_open(counters);
+    }
+
+    fn publish_open(&self, counters: &Counters) {
+        counters.open.store(
+            self.table.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn accept(&mut self, listener: usize, now: i64, counters: &Counters) {

@@ -134,6 +134,13 @@ call a server does not make.
 Under systemd (Type=notify, NOTIFY_SOCKET set) it sends READY=1 once every socket is bound, \
 STOPPING=1 when stopping, and WATCHDOG=1 pings when WatchdogSec= is set.
 
+Metrics: --metrics 127.0.0.1:9975 serves the counters to Prometheus over HTTP at \
+http://127.0.0.1:9975/metrics: \
+ntpkit_server_{answered,ignored,malformed,denied,rate_limited,kisses}_total{transport=\"udp\"|\"tcp\"}, \
+ntpkit_server_tcp_connections_total and ntpkit_server_tcp_open_connections. A thread of its own \
+answers one scrape at a time, apart from the NTP threads. There is no authentication: keep it \
+on loopback or a monitoring network.
+
 Port 123 needs root or CAP_NET_BIND_SERVICE; unprivileged example:
   ntpkit serve --listen 127.0.0.1:1123 --listen [::1]:1123 --tcp 127.0.0.1:1123";
 
@@ -209,6 +216,9 @@ struct ServeArgs {
     /// calls it makes.
     #[arg(long)]
     no_seccomp: bool,
+    /// Serve Prometheus metrics (the counters) over HTTP at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
     /// Log every request and response (and dropped packets) to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -625,6 +635,7 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
             ipv6_prefix: a.rate_limit_ipv6_prefix,
             ..ntpkit_core::RateLimit::default()
         }),
+        metrics: a.metrics,
         verbose: a.verbose,
         user: a.user,
         seccomp: !a.no_seccomp,

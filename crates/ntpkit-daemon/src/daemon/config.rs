@@ -51,6 +51,8 @@ pub struct DaemonConfig {
     pub drift_file: Option<PathBuf>,
     /// Unix socket where `ntpkit status` reads the daemon's state (any user may read it).
     pub control_socket: Option<PathBuf>,
+    /// `IP:PORT` of the Prometheus metrics endpoint (HTTP, `GET /metrics`); none: off.
+    pub metrics: Option<String>,
     /// Log level: error, warn, info, debug, trace.
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -698,6 +700,9 @@ impl DaemonConfig {
                 Err(e) => out.push(format!("user = {user:?}: cannot look it up: {e}")),
             }
         }
+        if let Some(problem) = self.metrics_problem() {
+            out.push(problem);
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             out.push(format!(
                 "log-level = {:?}: use one of error, warn, info, debug, trace",
@@ -705,6 +710,43 @@ impl DaemonConfig {
             ));
         }
         out
+    }
+
+    /// The metrics endpoint's address, if configured (checked when loading).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_deref().and_then(|m| m.trim().parse().ok())
+    }
+
+    fn metrics_problem(&self) -> Option<String> {
+        let text = self.metrics.as_deref()?;
+        let example = "e.g. metrics = \"127.0.0.1:9975\" (this host only) or \"[::]:9975\" \
+                       (every interface)";
+        let Ok(addr) = text.trim().parse::<SocketAddr>() else {
+            return Some(format!(
+                "metrics = {text:?}: not an IP address and port; write IP:PORT or [IPv6]:PORT, \
+                 {example}"
+            ));
+        };
+        if addr.port() == 0 {
+            return Some(format!(
+                "metrics = {text:?}: port 0 would be a different port at every start; give the \
+                 port Prometheus scrapes, {example}"
+            ));
+        }
+        // The endpoint's `[::]` takes IPv4 too; the NTP listeners' `[::]` is IPv6 only.
+        let clash = |a: &SocketAddr| {
+            let same_family = a.is_ipv4() == addr.is_ipv4();
+            a.port() == addr.port()
+                && (a.ip() == addr.ip()
+                    || (same_family && (a.ip().is_unspecified() || addr.ip().is_unspecified()))
+                    || (addr.is_ipv6() && addr.ip().is_unspecified()))
+        };
+        self.tcp.iter().find(|a| clash(a)).map(|a| {
+            format!(
+                "metrics = {text:?}: the same TCP port as tcp {a}; give the metrics endpoint a \
+                 port of its own, {example}"
+            )
+        })
     }
 
     /// The core's system configuration.
@@ -938,6 +980,42 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn metrics_address_is_checked() {
+        let base = "[sync]\nlocal-stratum = 1\n";
+        let ok = parse(&format!("metrics = \"127.0.0.1:9975\"\n{base}")).unwrap();
+        assert_eq!(ok.metrics_addr(), Some("127.0.0.1:9975".parse().unwrap()));
+        assert_eq!(parse(base).unwrap().metrics_addr(), None);
+        let ok = parse(&format!(
+            "metrics = \"[::1]:9975\"\ntcp = [\"[::1]:123\"]\n{base}"
+        ));
+        assert!(ok.is_ok());
+        for (value, want) in [
+            (
+                "localhost:9975",
+                "not an IP address and port; write IP:PORT",
+            ),
+            ("127.0.0.1", "not an IP address and port"),
+            ("127.0.0.1:99999", "not an IP address and port"),
+            (
+                "127.0.0.1:0",
+                "port 0 would be a different port at every start",
+            ),
+        ] {
+            let e = parse(&format!("metrics = \"{value}\"\n{base}")).unwrap_err();
+            assert!(
+                e.contains(&format!("metrics = \"{value}\": {want}"))
+                    && e.contains("metrics = \"127.0.0.1:9975\""),
+                "{value}: {e}"
+            );
+        }
+        let e = parse(&format!(
+            "metrics = \"127.0.0.1:4460\"\ntcp = [\"0.0.0.0:4460\"]\n{base}"
+        ))
+        .unwrap_err();
+        assert!(e.contains("the same TCP port as tcp 0.0.0.0:4460"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! Only `poll`, plain socket calls and `clock_adjtime` are used, from that one thread, so the
 //! unmodified binary also runs under clknetsim (which preloads those calls). Other threads run
 //! only where configured: `serve-threads` (batched UDP serving, reading the clock through a
-//! [`SharedClock`]), and short-lived resolver threads for names (never for IP addresses).
+//! [`SharedClock`]), `metrics` (the Prometheus endpoint, which asks this loop for the state
+//! through the wake-up descriptor), and short-lived resolver threads for names (never for IP
+//! addresses).
 //!
 //! Signals: SIGTERM and SIGINT stop it (the drift file is saved); SIGHUP saves the drift file
 //! and resolves source names again; SIGUSR1 prints the server counters.
@@ -91,6 +93,8 @@ struct Daemon {
     udp: Vec<UdpServer>,
     tcp: Option<TcpServer>,
     control: Option<ControlServer>,
+    /// Scrapes of the metrics endpoint waiting for the state (None: no endpoint).
+    metrics: Option<crate::metrics::SnapshotRequests>,
     /// Server counters (shared with serving threads, if any).
     shared: Arc<Shared>,
     /// What serving threads serve, if there are any, and the threads.
@@ -204,6 +208,16 @@ impl Daemon {
             ),
             None => None,
         };
+        let metrics = match config.metrics_addr() {
+            Some(addr) => {
+                let endpoint =
+                    crate::metrics::Endpoint::bind(addr, |a| format!("metrics = \"{a}\""))
+                        .map_err(DaemonError::Socket)?;
+                tracing::info!("metrics on http://{}/metrics", endpoint.local_addr());
+                Some(endpoint)
+            }
+            None => None,
+        };
         // Everything privileged is done: sockets bound, drift file read, the clock probed.
         let keep: &[Capability] = match config.clock.backend {
             ClockBackendKind::System => &[Capability::SysTime],
@@ -218,6 +232,10 @@ impl Daemon {
             .map_err(DaemonError::Privileges)?;
         // Before any thread starts: the filter holds for the threads started from here.
         crate::confine::install_seccomp(config.seccomp).map_err(DaemonError::Privileges)?;
+        let metrics = match metrics {
+            Some(endpoint) => Some(endpoint.spawn_for_daemon(shared.clone(), waker.clone())?),
+            None => None,
+        };
         let (published, workers) = if worker_sockets.is_empty() {
             (None, Vec::new())
         } else {
@@ -253,6 +271,7 @@ impl Daemon {
             udp,
             tcp,
             control,
+            metrics,
             shared,
             published,
             workers,
@@ -316,6 +335,9 @@ impl Daemon {
                     .take_resolved(&mut self.system, mono(), &mut self.rng);
                 self.system
                     .set_unresolved_sources(self.upstreams.unresolved());
+                if let Some(m) = &self.metrics {
+                    m.answer(|| self.metrics_snapshot());
+                }
             }
             self.receive_replies(&set)?;
             for (k, u) in self.udp.iter_mut().enumerate() {
@@ -378,7 +400,7 @@ impl Daemon {
             self.upstreams.check_pools(&status, now);
         }
         if let Some(t) = &mut self.tcp {
-            t.handle_timeout(now.0);
+            t.handle_timeout(now.0, &self.shared.tcp);
         }
         if let Some(c) = &mut self.control {
             c.handle_timeout(now.0);
@@ -467,6 +489,21 @@ impl Daemon {
             Event::Selected { .. } | Event::NoSelection { .. } | Event::HoldoverExpired { .. }
         ) {
             notify::status(&format!("{text}; {}", self.serving));
+        }
+    }
+
+    /// The state a metrics scrape shows, now.
+    fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let now = mono();
+        let mut system = self.system.status(now);
+        for s in &mut system.sources {
+            s.name = self.upstreams.name(s.id);
+        }
+        crate::metrics::Snapshot {
+            system,
+            clock: self.clock.report(realtime_nanos()),
+            leap: self.system.served_state(now).leap as u8,
+            unresolved: self.upstreams.unresolved(),
         }
     }
 
