@@ -1,14 +1,17 @@
 //! `ntpkit-daemon`: the drivers that connect `ntpkit-core` to real sockets and the OS clock.
 //!
 //! What it does: `ntpkit serve` ([`serve`]: UDP workers in [`udp`], TCP in [`tcp`] with the
-//! framing of [`framing`]) and `ntpkit query` ([`query`]). Every decision — what to answer,
-//! whether a reply is valid, offset and delay — is the core's; this crate moves bytes and reads
-//! clocks (through `ntpkit-os`, the only crate with `unsafe`).
+//! framing of [`framing`]), `ntpkit query` ([`query`]) and the load generator of `ntpkit bench`
+//! ([`bench`]). Every protocol decision — what to answer, whether a reply is valid, offset and
+//! delay — is the core's; this crate moves bytes and reads clocks (through `ntpkit-os`, the
+//! only crate with `unsafe`). The load generator decides nothing about time: it only counts
+//! which replies answer its requests, and how fast.
 //!
 //! What it does not do: adjust any clock.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod daemon;
 pub mod framing;
 pub mod query;
