@@ -938,7 +938,7 @@ fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -974,7 +974,7 @@ pub fn validate(cfg: &BenchConfig) -> Result<(), BenchError> {
         return err("--duration must be more than 0 seconds");
     }
     match cfg.load {
-        Load::Closed { window } if window == 0 => err("--window must be at least 1"),
+        Load::Closed { window: 0 } => err("--window must be at least 1"),
         Load::Open { rate } if !(rate.is_finite() && rate > 0.0) => {
             err("--rate must be more than 0 requests/s")
         }
