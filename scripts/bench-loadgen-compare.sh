@@ -11,14 +11,20 @@
 # 2. Open loop at RATE requests/s, then an open-loop flood, once per tool and server: replies/s,
 #    loss and latency percentiles (ntpload prints p50, p99 and p99.9 only).
 #
+# On a machine shared with other work: run it under `nice -n -10` (the servers and the tools
+# inherit it, so other processes take less of their time), and/or give -i MAXSECS to wait before
+# each round and each open-loop run, at most that long, for the CPUs to be 90 % idle.
+#
 # Usage: scripts/bench-loadgen-compare.sh [-r ROUNDS] [-t SECS] [-s SOCKETS] [-w WINDOW] [-R RATE]
+#                                         [-i MAXSECS]
 # Run from the repository root after `cargo build --release -p ntpkit`, as root (setpriv), with
 # gcc and chronyd (/opt/chrony/usr/sbin or PATH). NTPLOAD_SRC overrides the C source's path.
 set -u
-ROUNDS=5 SECS=3 SOCKS=4 WIN=32 RATE=50000
-while getopts "r:t:s:w:R:" o; do
+ROUNDS=5 SECS=3 SOCKS=4 WIN=32 RATE=50000 IDLE_WAIT=0
+while getopts "r:t:s:w:R:i:" o; do
   case $o in
     r) ROUNDS=$OPTARG ;; t) SECS=$OPTARG ;; s) SOCKS=$OPTARG ;; w) WIN=$OPTARG ;; R) RATE=$OPTARG ;;
+    i) IDLE_WAIT=$OPTARG ;;
     *) exit 2 ;;
   esac
 done
@@ -79,12 +85,24 @@ run_ntpload() { # PORT ARGS...
     /^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] } }
     END { printf "%s %s %s %s - %s %s - %s\n", r["replies_ps"], r["sent_ps"], r["loss_pct"], p50, p99, p999, r["gen_cpu_pct"] }'
 }
+# Waits until the CPUs were >= 90 % idle over half a second (at most IDLE_WAIT s).
+wait_idle() {
+  local i a b
+  [ "$IDLE_WAIT" -gt 0 ] || return 0
+  for i in $(seq $((IDLE_WAIT * 2))); do
+    a=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8, $5}' /proc/stat); sleep 0.5
+    b=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8, $5}' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); exit !((y[2]-x[2]) >= 0.9*(y[1]-x[1]))}' && return
+  done
+  echo "(machine still busy after $IDLE_WAIT s: measuring anyway)"
+}
 med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "closed loop: $SOCKS sockets x $WIN in flight, $SECS s + 0.5 s warm-up per run, $ROUNDS rounds"
 echo "round server tool replies/s sent/s loss% p50 p90 p99 p99.9 max(us) gen-cpu%"
 declare -A R Q
 for r in $(seq "$ROUNDS"); do
+  wait_idle
   if [ $((r % 2)) -eq 1 ]; then order="bench ntpload"; else order="ntpload bench"; fi
   for server in ntpkit chronyd; do
     p=$(port_of $server)
@@ -119,7 +137,9 @@ for mode in rate flood; do
   echo "server tool replies/s sent/s loss% p50 p90 p99 p99.9 max(us) gen-cpu%"
   for server in ntpkit chronyd; do
     p=$(port_of $server)
+    wait_idle
     echo "$server bench $(run_bench "$p" --duration "$SECS" --sockets "$SOCKS" "${bargs[@]}")"
+    wait_idle
     echo "$server ntpload $(run_ntpload "$p" -t "$SECS" -s "$SOCKS" "${largs[@]}")"
   done
 done
