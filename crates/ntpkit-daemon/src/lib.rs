@@ -1,10 +1,12 @@
 //! `ntpkit-daemon`: the drivers that connect `ntpkit-core` to real sockets and the OS clock.
 //!
 //! What it does: `ntpkit serve` ([`serve`]: UDP workers in [`udp`], TCP in [`tcp`] with the
-//! framing of [`framing`]), `ntpkit query` ([`query`]), the daemon ([`daemon`]) and their
-//! Prometheus endpoint ([`metrics`]). Every decision — what to answer, whether a reply is
-//! valid, offset and delay — is the core's; this crate moves bytes and reads clocks (through
-//! `ntpkit-os`, the only crate with `unsafe`).
+//! framing of [`framing`]), `ntpkit query` ([`query`]), the daemon ([`daemon`]), their
+//! Prometheus endpoint ([`metrics`]) and the load generator of `ntpkit bench` ([`bench`]).
+//! Every protocol decision — what to answer, whether a reply is valid, offset and delay — is
+//! the core's; this crate moves bytes and reads clocks (through `ntpkit-os`, the only crate
+//! with `unsafe`). The load generator decides nothing about time: it only counts which replies
+//! answer its requests, and how fast.
 //!
 //! It also tells a service manager (systemd) when a server is ready, what it is doing and that
 //! it is alive ([`notify`]).
@@ -13,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod confine;
 pub mod daemon;
 pub mod framing;

@@ -9,6 +9,10 @@
 //!
 //! A client uses the single-datagram helpers [`UdpSocket::send_to`] and
 //! [`UdpSocket::recv_from`], which also report the kernel receive timestamp.
+//!
+//! A load generator [`connect`](UdpSocket::connect)s its sockets to one server, queues requests
+//! without a destination ([`SendBatch::commit_connected`]) and sends them with
+//! [`UdpSocket::send_batch_in_order`], which says exactly which of them went out.
 
 use crate::clock::realtime_nanos;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -82,6 +86,22 @@ impl UdpSocket {
     /// The bound address (with the kernel's port if 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Connects the socket to `peer`: datagrams queued without a destination go there, and the
+    /// kernel delivers only datagrams from `peer`. A socket bound to an unspecified address gets
+    /// the local address of the route to `peer` (see [`local_addr`](Self::local_addr)).
+    pub fn connect(&mut self, peer: SocketAddr) -> io::Result<()> {
+        self.sock.connect(&SockAddr::from(peer))?;
+        if let Some(local) = self.sock.local_addr()?.as_socket() {
+            self.local = local;
+        }
+        Ok(())
+    }
+
+    /// The address the socket is connected to, if it is.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.sock.peer_addr().ok().and_then(|a| a.as_socket())
     }
 
     /// Sets `SO_RCVTIMEO`; `None` blocks forever.
@@ -176,10 +196,7 @@ impl UdpSocket {
         let mut off = 0;
         let mut sent = 0;
         let mut first_err = None;
-        for i in 0..total {
-            batch.iovs[i].iov_len = batch.lens[i];
-            batch.hdrs[i].msg_hdr.msg_namelen = batch.addr_lens[i];
-        }
+        batch.prepare_headers();
         while off < total {
             // SAFETY: entries off..total are valid mmsghdrs pointing into `batch`'s own buffers.
             let n = unsafe {
@@ -212,6 +229,44 @@ impl UdpSocket {
 }
 
 impl UdpSocket {
+    /// Sends the datagrams queued in `batch` in order with `sendmmsg`, stopping at the first one
+    /// the kernel refuses (on a non-blocking socket, typically a full send buffer:
+    /// `WouldBlock`), then clears the batch. Returns how many went out: always the first `n`
+    /// queued, none of the rest. Fails only if the first datagram was refused; an error after
+    /// that is left to the next call.
+    pub fn send_batch_in_order(&self, batch: &mut SendBatch) -> io::Result<usize> {
+        let total = batch.count;
+        let mut off = 0;
+        batch.prepare_headers();
+        let result = loop {
+            if off == total {
+                break Ok(off);
+            }
+            // SAFETY: entries off..total are valid mmsghdrs pointing into `batch`'s own buffers.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.sock.as_raw_fd(),
+                    batch.hdrs.as_mut_ptr().add(off),
+                    (total - off) as libc::c_uint,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break if off == 0 { Err(e) } else { Ok(off) };
+            }
+            if n == 0 {
+                break Ok(off);
+            }
+            off += n as usize;
+        };
+        batch.count = 0;
+        result
+    }
+
     /// Sends the datagrams queued in `batch` one `sendmsg` each (for event loops that may run
     /// where `sendmmsg` is not available, e.g. under a preloaded simulator), then clears it.
     /// A datagram the kernel refuses is skipped. Returns how many were sent.
@@ -219,9 +274,8 @@ impl UdpSocket {
         let total = batch.count;
         let mut sent = 0;
         let mut first_err = None;
+        batch.prepare_headers();
         for i in 0..total {
-            batch.iovs[i].iov_len = batch.lens[i];
-            batch.hdrs[i].msg_hdr.msg_namelen = batch.addr_lens[i];
             // SAFETY: entry i is a valid msghdr pointing into `batch`'s own buffers.
             let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &batch.hdrs[i].msg_hdr, 0) };
             if n < 0 {
@@ -566,6 +620,17 @@ impl SendBatch {
         self.count += 1;
     }
 
+    /// Queues the first `len` bytes written into [`next_buf`](Self::next_buf) without a
+    /// destination, for a [connected](UdpSocket::connect) socket (the kernel refuses it on any
+    /// other: `EDESTADDRREQ`).
+    pub fn commit_connected(&mut self, len: usize) {
+        let i = self.count;
+        assert!(i < self.capacity, "send batch full");
+        self.addr_lens[i] = 0;
+        self.lens[i] = len.min(self.buf_size);
+        self.count += 1;
+    }
+
     /// Queues the first `len` bytes written into [`next_buf`](Self::next_buf) as a reply to
     /// datagram `index` of `recv` (its source address copied as the kernel gave it).
     pub fn commit_reply(&mut self, len: usize, recv: &RecvBatch, index: usize) {
@@ -576,6 +641,21 @@ impl SendBatch {
         self.addr_lens[i] = recv.hdrs[index].msg_hdr.msg_namelen;
         self.lens[i] = len.min(self.buf_size);
         self.count += 1;
+    }
+
+    /// Fills in the lengths of the queued datagrams' headers before a send; a datagram without a
+    /// destination gets a null name, as `sendmsg` on a connected socket expects.
+    fn prepare_headers(&mut self) {
+        for i in 0..self.count {
+            self.iovs[i].iov_len = self.lens[i];
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_namelen = self.addr_lens[i];
+            h.msg_name = if self.addr_lens[i] == 0 {
+                std::ptr::null_mut()
+            } else {
+                (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast()
+            };
+        }
     }
 
     /// Visits every queued datagram mutably, e.g. to stamp transmit timestamps just before
@@ -672,6 +752,84 @@ mod tests {
         assert_eq!(server.recv_batch(&mut recv).unwrap(), 1);
         assert!(recv.get(0).truncated);
         assert_eq!(recv.get(0).data.len(), 100);
+    }
+
+    #[test]
+    fn connected_batches_reach_the_peer_and_only_the_peer_is_heard() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let server = sock(addr);
+            let stranger = sock(addr);
+            let unspecified = if addr.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let mut client = sock(unspecified);
+            assert_eq!(client.peer_addr(), None);
+            client.connect(server.local_addr()).unwrap();
+            assert_eq!(client.peer_addr(), Some(server.local_addr()));
+            // Bound to the unspecified address, it now has the route's local address.
+            assert_eq!(client.local_addr().ip(), server.local_addr().ip());
+            assert_ne!(client.local_addr().port(), 0);
+
+            let mut send = SendBatch::new(8, 64);
+            for i in 0..5u8 {
+                send.next_buf().unwrap()[..4].copy_from_slice(&[i; 4]);
+                send.commit_connected(4);
+            }
+            assert_eq!(client.send_batch_in_order(&mut send).unwrap(), 5);
+            assert!(send.is_empty());
+            let mut recv = RecvBatch::new(8, 64);
+            let mut got = Vec::new();
+            while got.len() < 5 {
+                let n = server.recv_batch(&mut recv).unwrap();
+                for i in 0..n {
+                    assert_eq!(recv.source(i), Some(client.local_addr()));
+                    got.push(recv.get(i).data.to_vec());
+                }
+            }
+            let want: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 4]).collect();
+            assert_eq!(got, want);
+
+            // A datagram from anyone but the peer is not delivered to a connected socket.
+            stranger.send_to(b"noise", client.local_addr()).unwrap();
+            server.send_to(b"reply", client.local_addr()).unwrap();
+            let mut buf = [0u8; 16];
+            let (n, from, _) = client.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (&b"reply"[..], server.local_addr()));
+        }
+    }
+
+    #[test]
+    fn in_order_send_stops_at_the_first_refused_datagram() {
+        let server = sock("127.0.0.1:0");
+        let client = sock("127.0.0.1:0");
+        let mut send = SendBatch::new(4, 64);
+        // Not connected: the kernel refuses a datagram without a destination (EDESTADDRREQ).
+        send.next_buf().unwrap()[0] = 1;
+        send.commit(1, &server.local_addr());
+        send.next_buf().unwrap()[0] = 2;
+        send.commit_connected(1);
+        send.next_buf().unwrap()[0] = 3;
+        send.commit(1, &server.local_addr());
+        assert_eq!(client.send_batch_in_order(&mut send).unwrap(), 1);
+        assert!(send.is_empty());
+        let mut buf = [0u8; 8];
+        let (n, _, _) = server.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[1]);
+        server
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        assert!(
+            server.recv_from(&mut buf).is_err(),
+            "nothing after the refused one"
+        );
+
+        send.next_buf().unwrap()[0] = 4;
+        send.commit_connected(1);
+        let e = client.send_batch_in_order(&mut send).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EDESTADDRREQ), "{e}");
+        assert!(send.is_empty());
     }
 
     #[test]

@@ -62,6 +62,9 @@ enum Command {
     Serve(ServeArgs),
     /// Ask an NTP server for the time and show offset and delay.
     Query(QueryArgs),
+    /// Load an NTP server with requests and measure replies/s, loss and latency (loopback only,
+    /// unless --allow-remote).
+    Bench(BenchArgs),
     /// Synchronize a clock to upstream servers and serve it downstream (config file, TOML).
     Daemon(DaemonArgs),
     /// Show a running daemon's sources and tracking, like `chronyc sources` + `tracking`.
@@ -258,6 +261,77 @@ struct QueryArgs {
     json: bool,
 }
 
+const BENCH_AFTER_HELP: &str = "\
+Loads: the default closed loop keeps --window requests in flight on each socket and sends a new \
+one as each reply comes back (a server's capacity); --rate R sends R requests/s in all whatever \
+the replies do, a millisecond's worth at a time (latency at a given load); --flood sends as fast \
+as the sockets take requests (overload). Requests go out with sendmmsg on --sockets connected \
+UDP sockets (one source port each), replies come in with recvmmsg.
+
+Each request carries a unique 64-bit cookie as its transmit timestamp. A reply is valid if its \
+origin timestamp is the cookie of a request not answered yet, it is in server mode and its \
+stratum is 1-15; kiss-o'-death replies are counted by code (RATE, DENY, RSTR, other), anything \
+else as invalid (unknown origin, duplicate, bad mode, bad stratum, malformed). Latency runs from \
+just before the send to just after the receive, on CLOCK_MONOTONIC. Rates count the measured \
+window (after --warmup, for --duration); loss is the share of the window's requests still \
+unanswered --grace seconds after it. The run stops by itself. Exit status: 0 if at least one \
+valid reply came, 1 otherwise.
+
+A load generator sends as much as the server takes: only loopback targets (127.0.0.0/8, ::1) \
+are accepted unless --allow-remote is given, which is for servers you run yourself, e.g. in a \
+network namespace of your own.
+
+Example: ntpkit bench 127.0.0.1:1123 --sockets 4 --window 32 --duration 5";
+
+#[derive(Args, Debug)]
+#[command(after_help = BENCH_AFTER_HELP)]
+struct BenchArgs {
+    /// Server: HOST, HOST:PORT, IPv4:PORT, [IPv6]:PORT (port 123 by default).
+    #[arg(value_name = "HOST[:PORT]")]
+    server: String,
+    /// Seconds measured (after the warm-up).
+    #[arg(short, long, default_value_t = 5.0, value_name = "SECS")]
+    duration: f64,
+    /// Seconds of load before the measured window.
+    #[arg(long, default_value_t = 0.5, value_name = "SECS")]
+    warmup: f64,
+    /// Connected UDP sockets (source ports).
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    sockets: u16,
+    /// Closed loop: requests in flight per socket.
+    #[arg(short, long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    window: u32,
+    /// Open loop at this many requests per second in all.
+    #[arg(short, long, value_name = "REQ/S", conflicts_with_all = ["flood", "window"])]
+    rate: Option<f64>,
+    /// Open loop as fast as possible.
+    #[arg(long, conflicts_with = "window")]
+    flood: bool,
+    /// Most requests per sendmmsg.
+    #[arg(short, long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    batch: u16,
+    /// Threads, each with its share of the sockets (and of --rate).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
+    /// Closed loop: a request unanswered this long frees its place in the window (a late
+    /// reply still counts).
+    #[arg(long, default_value_t = 0.1, value_name = "SECS")]
+    timeout: f64,
+    /// Seconds to wait for late replies after the window; requests still unanswered then are
+    /// lost.
+    #[arg(long, default_value_t = 0.5, value_name = "SECS")]
+    grace: f64,
+    /// Stop sending after this many requests in all (warm-up included).
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    requests: Option<u64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Accept a target outside loopback (only a server you run yourself).
+    #[arg(long)]
+    allow_remote: bool,
+}
+
 fn parse_rule(s: &str) -> Result<ntpkit_core::Rule, String> {
     s.parse()
 }
@@ -357,6 +431,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve_cmd(args),
         Command::Query(args) => query_cmd(args),
+        Command::Bench(args) => bench_cmd(args),
         Command::Daemon(args) => daemon_cmd(args, daemon_config.expect("loaded above")),
         Command::Status(args) => control_cli::status(&args),
         Command::Sources(args) => control_cli::sources(&args),
@@ -643,6 +718,71 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     serve::run(cfg)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench_cmd(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    use ntpkit_daemon::bench::{self, BenchConfig, BenchReport, Load};
+    let load = match (a.rate, a.flood) {
+        (Some(rate), _) => {
+            anyhow::ensure!(
+                rate.is_finite() && rate > 0.0 && rate <= 1e9,
+                "--rate must be more than 0 and at most 1e9 requests/s"
+            );
+            Load::Open { rate }
+        }
+        (None, true) => Load::Flood,
+        (None, false) => Load::Closed { window: a.window },
+    };
+    anyhow::ensure!(
+        a.threads <= a.sockets,
+        "--threads ({}) must not exceed --sockets ({})",
+        a.threads,
+        a.sockets
+    );
+    let duration = positive_secs(a.duration, "--duration")?;
+    anyhow::ensure!(
+        duration <= Duration::from_secs(3600),
+        "--duration must be at most 3600 seconds"
+    );
+    let warmup = secs(a.warmup, "--warmup")?;
+    let grace = secs(a.grace, "--grace")?;
+    anyhow::ensure!(
+        warmup <= Duration::from_secs(600) && grace <= Duration::from_secs(600),
+        "--warmup and --grace must be at most 600 seconds"
+    );
+    let target = query::resolve(&a.server)?;
+    bench::check_target(target, a.allow_remote)?;
+    let cfg = BenchConfig {
+        target,
+        load,
+        sockets: a.sockets as usize,
+        threads: a.threads as usize,
+        batch: a.batch as usize,
+        warmup,
+        duration,
+        grace,
+        timeout: positive_secs(a.timeout, "--timeout")?,
+        max_requests: a.requests,
+    };
+    let tally = bench::run(&cfg)?;
+    let report = BenchReport::new(&cfg, &tally);
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        write!(out, "{}", report.render_text())?;
+    }
+    if tally.valid_total > 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if tally.refused > 0 {
+        eprintln!(
+            "error: no valid reply from {target}: connection refused (no server on that port)"
+        );
+    } else {
+        eprintln!("error: no valid reply from {target}");
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 fn query_cmd(a: QueryArgs) -> anyhow::Result<ExitCode> {

@@ -1,4 +1,5 @@
-//! Smoke tests of `ntpkit serve` and `ntpkit query` as real processes on loopback.
+//! Smoke tests of `ntpkit serve`, `ntpkit query` and `ntpkit bench` as real processes on
+//! loopback.
 //!
 //! Every process runs without CAP_SYS_TIME (setpriv) and under a deadline; servers listen on
 //! port 0 and the tests read the bound ports from the "NTP server listening on" lines.
@@ -313,6 +314,130 @@ fn query_timeout_and_kiss_of_death_fail() {
         err.contains(&format!("server {kaddr} sent kiss-o'-death RATE")),
         "{err}"
     );
+}
+
+// --- ntpkit bench ---
+
+#[test]
+fn bench_loads_a_server_and_reports_json_and_text() {
+    let server = Server::start(&["--listen", "127.0.0.1:0"]);
+    let addr = server.udp[0].to_string();
+    // An open loop at a modest rate for 1 s: light enough not to disturb the other tests.
+    let out = run(ntpkit().args([
+        "bench",
+        &addr,
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--rate",
+        "4000",
+        "--sockets",
+        "2",
+        "--json",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["target"], addr);
+    assert_eq!(v["mode"], "open");
+    assert_eq!(v["sockets"], 2);
+    let valid = v["valid"].as_u64().unwrap();
+    let sent = v["sent"].as_u64().unwrap();
+    assert!(valid > 0 && sent > 0, "{v}");
+    let rate = v["sent_per_s"].as_f64().unwrap();
+    assert!((3000.0..5000.0).contains(&rate), "{rate} requests/s");
+    let loss = v["loss_pct"].as_f64().unwrap();
+    assert!(loss < 1.0, "loss {loss} %");
+    let lat = &v["latency_us"];
+    let p50 = lat["p50"].as_f64().unwrap();
+    let p999 = lat["p99_9"].as_f64().unwrap();
+    let max = lat["max"].as_f64().unwrap();
+    assert!(0.0 < p50 && p50 <= p999 && p999 <= max, "{lat}");
+    assert!(p50 < 100_000.0, "median latency {p50} µs on loopback");
+    assert_eq!(v["invalid"]["unknown_origin"], 0);
+    assert_eq!(v["invalid"]["duplicate"], 0);
+    assert_eq!(v["kod"]["rate"], 0);
+
+    // A closed loop bounded by a request count: ends as soon as all are answered.
+    let out = run(ntpkit().args([
+        "bench",
+        &addr,
+        "--requests",
+        "2000",
+        "--warmup",
+        "0",
+        "--window",
+        "8",
+        "--sockets",
+        "2",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        &format!("target {addr}: closed loop, 8 in flight per socket, 2 sockets, 1 thread;")[..],
+        "(2,000 sent)",
+        "loss:     0.000 %",
+        "latency:  p50 ",
+        "kiss-o'-death: 0 (RATE 0, DENY 0, RSTR 0, other 0)",
+        "invalid: 0 (",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing in\n{text}");
+    }
+    let (answered, ignored, malformed) = server.stop();
+    let total_sent = v["total"]["sent"].as_u64().unwrap();
+    assert_eq!((ignored, malformed), (0, 0));
+    assert!(answered >= valid + 2000, "{answered} answered");
+    assert!(answered <= total_sent + 2000, "{answered} answered");
+}
+
+#[test]
+fn bench_refuses_targets_outside_loopback() {
+    for target in ["192.0.2.1:123", "[2001:db8::1]:123", "0.0.0.0:123"] {
+        let started = Instant::now();
+        // A run would take 5.5 s at least (warm-up, duration, grace).
+        let out = run(ntpkit().args(["bench", target, "--duration", "5"]));
+        let line = one_error_line(&out);
+        assert!(
+            line.contains(&format!(
+                "refusing to load {target}: it is not a loopback address"
+            )),
+            "{line}"
+        );
+        assert!(line.contains("127.0.0.0/8 and ::1"), "{line}");
+        assert!(line.contains("--allow-remote"), "{line}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "refused at once"
+        );
+    }
+}
+
+#[test]
+fn bench_without_a_server_fails_and_says_why() {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string(); // the socket is closed again: nothing listens there
+    let out = run(ntpkit().args([
+        "bench",
+        &port,
+        "--rate",
+        "200",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0",
+        "--grace",
+        "0.1",
+    ]));
+    let line = one_error_line(&out);
+    assert!(
+        line.contains(&format!("no valid reply from {port}: connection refused")),
+        "{line}"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("loss:     100.000 %"), "{text}");
 }
 
 // --- ntpkit simulate ---
