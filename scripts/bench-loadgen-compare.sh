@@ -55,7 +55,7 @@ cmdport 0
 bindcmdaddress $W/chronyd.sock
 pidfile $W/chronyd.pid
 EOF
-"${NOTIME[@]}" "$NTPKIT" serve --listen 127.0.0.1:$PN >"$W/serve.log" 2>&1 & PIDS+=($!)
+"${NOTIME[@]}" "$NTPKIT" serve --no-rate-limit --listen 127.0.0.1:$PN >"$W/serve.log" 2>&1 & PIDS+=($!)
 "${NOTIME[@]}" "$CHRONYD" -x -d -f "$W/chrony.conf" >"$W/chronyd.log" 2>&1 & PIDS+=($!)
 sleep 2
 for i in 0 1; do

@@ -27,6 +27,13 @@ use std::time::Duration;
 /// outrank a real time source in a client's selection.
 pub const DEFAULT_STRATUM: u8 = 10;
 
+/// `SO_RCVBUF` of serving UDP sockets unless configured, bytes. The kernel doubles it and
+/// each queued request costs about 830 bytes of it, so about 157 requests wait at most: half a
+/// millisecond at the 300,000 requests/s one core serves. Under overload, what does not fit is
+/// dropped at once instead of answered tens of milliseconds late (a 4 MiB buffer held 30 ms of
+/// requests); below overload the queue stays far shorter than this.
+pub const DEFAULT_UDP_RECV_BUFFER: u32 = 64 << 10;
+
 /// What `ntpkit serve` is asked to do.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -79,7 +86,7 @@ impl Default for ServeConfig {
             precision: None,
             udp_threads: 1,
             batch: 64,
-            recv_buffer: 4 << 20,
+            recv_buffer: DEFAULT_UDP_RECV_BUFFER as usize,
             tcp_limits: TcpLimits::default(),
             access: ntpkit_core::AccessList::default(),
             rate_limit: Some(ntpkit_core::RateLimit::default()),

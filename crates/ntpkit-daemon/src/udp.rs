@@ -22,6 +22,8 @@ use std::time::Duration;
 
 /// Largest datagram read whole; longer ones are truncated by the kernel and counted malformed.
 const DATAGRAM_BUF: usize = 2048;
+/// `SO_SNDBUF` of serving sockets: room for several whole batches of replies.
+const SEND_BUFFER: usize = 1 << 20;
 /// How often an idle worker thread checks the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(200);
 
@@ -38,7 +40,7 @@ pub fn bind(
     let opts = UdpSocketOptions {
         timestamps: true,
         recv_buffer: Some(config.recv_buffer),
-        send_buffer: Some(config.recv_buffer),
+        send_buffer: Some(SEND_BUFFER),
         read_timeout: (!nonblocking).then_some(STOP_POLL),
         reuse_port: threads > 1,
         nonblocking,

@@ -211,6 +211,12 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u8).range(0..=128))]
     rate_limit_ipv6_prefix: u8,
+    /// Receive buffer of each UDP socket, bytes (SO_RCVBUF; the kernel doubles it and caps it
+    /// at net.core.rmem_max). Small keeps replies prompt under overload: what does not fit is
+    /// dropped rather than answered late.
+    #[arg(long, value_name = "BYTES", default_value_t = serve::DEFAULT_UDP_RECV_BUFFER,
+          value_parser = clap::value_parser!(u32).range(4096..=(64 << 20)))]
+    udp_recv_buffer: u32,
     /// Once the sockets are bound, run as this user (and its group) with no capability left.
     /// Needs to be started as root (or with CAP_SETUID and CAP_SETGID).
     #[arg(long, value_name = "NAME")]
@@ -714,6 +720,7 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
         verbose: a.verbose,
         user: a.user,
         seccomp: !a.no_seccomp,
+        recv_buffer: a.udp_recv_buffer as usize,
         ..defaults
     };
     serve::run(cfg)?;

@@ -443,7 +443,10 @@ fn the_unit_is_hardened_and_grants_what_the_daemon_needs() {
         .map(str::to_string)
         .collect();
     ambient.sort_unstable();
-    assert_eq!(ambient, caps, "the unprivileged account gets exactly the bounding set");
+    assert_eq!(
+        ambient, caps,
+        "the unprivileged account gets exactly the bounding set"
+    );
     assert!(
         !unit.lines().any(|l| l.starts_with("ProtectClock=")),
         "ProtectClock= would forbid adjusting the clock"
