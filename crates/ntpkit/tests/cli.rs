@@ -320,7 +320,8 @@ fn query_timeout_and_kiss_of_death_fail() {
 
 #[test]
 fn bench_loads_a_server_and_reports_json_and_text() {
-    let server = Server::start(&["--listen", "127.0.0.1:0"]);
+    // Every request comes from one address: without --no-rate-limit nearly all would be limited.
+    let server = Server::start(&["--listen", "127.0.0.1:0", "--no-rate-limit"]);
     let addr = server.udp[0].to_string();
     // An open loop at a modest rate for 1 s: light enough not to disturb the other tests.
     let out = run(ntpkit().args([
@@ -388,6 +389,31 @@ fn bench_loads_a_server_and_reports_json_and_text() {
     assert_eq!((ignored, malformed), (0, 0));
     assert!(answered >= valid + 2000, "{answered} answered");
     assert!(answered <= total_sent + 2000, "{answered} answered");
+
+    // A server that limits the one client: bench counts its RATE kisses apart, not as replies.
+    let limited = Server::start(&["--listen", "127.0.0.1:0"]);
+    let addr = limited.udp[0].to_string();
+    let out = run(ntpkit().args([
+        "bench",
+        &addr,
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--rate",
+        "2000",
+        "--json",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let kisses = v["kod"]["rate"].as_u64().unwrap();
+    let valid = v["valid"].as_u64().unwrap();
+    assert!(kisses > 0, "no RATE kiss from a rate-limited server: {v}");
+    assert!(
+        valid < 100,
+        "{valid} replies past a limit of 1/s with bursts of 16: {v}"
+    );
+    assert_eq!(v["invalid"]["unknown_origin"], 0);
 }
 
 #[test]
