@@ -924,15 +924,24 @@ pub mod daemon {
 
     /// A daemon started from `toml` in the lab, its control socket at `sock`. Unless `toml`
     /// has its own `access` rules, everybody is served (a daemon serves nobody without them;
-    /// the lab's namespace is private).
+    /// the lab's namespace is private); unless it has a `[rate-limit]` table, each address may
+    /// send 8 requests/s.
     pub fn daemon_at<'l>(lab: &'l Lab, name: &str, toml: &str, sock: &Path) -> Proc<'l> {
         let access = if toml.contains("access =") {
             ""
         } else {
             "access = [\"allow all\"]\n"
         };
+        // Lab daemons poll every second, and every client socket takes 127.0.0.1 as its source
+        // (the route's address), so several clients of one daemon share one address: their
+        // server allows 8 requests/s per address (bursts still get RATE kisses).
+        let rate = if toml.contains("[rate-limit]") {
+            ""
+        } else {
+            "\n[rate-limit]\ninterval = -3\n"
+        };
         let conf = format!(
-            "control-socket = \"{}\"\nlog-level = \"debug\"\n{access}{toml}",
+            "control-socket = \"{}\"\nlog-level = \"debug\"\n{access}{toml}{rate}",
             sock.display()
         );
         let path = lab.write(&format!("{name}.toml"), &conf);
