@@ -679,7 +679,8 @@ fn udp_junk_is_counted_and_survived() {
     const BATCH: usize = 50; // then one request/reply, so the socket buffer never overflows
     let lab = Lab::new("junk");
     // Thousands of requests from one address: without rate limits, so that every well-formed
-    // request is answered and the counts can be matched exactly.
+    // request is answered and the counts can be matched exactly; and a receive buffer that holds
+    // a batch of 50 datagrams of up to 64 KiB each (the default 64 KiB sheds load instead).
     let server = ntp::serve(
         &lab,
         &[
@@ -688,6 +689,8 @@ fn udp_junk_is_counted_and_survived() {
             "--stratum",
             "2",
             "--no-rate-limit",
+            "--udp-recv-buffer",
+            "4194304",
         ],
     );
     let before = lab.udp_counters();
