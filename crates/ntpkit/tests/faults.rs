@@ -476,10 +476,12 @@ fn signals_behave_like_a_daemons() {
                 virtual_clock(0.0, 30.0)
             ),
         );
+        // A frequency estimate the drift file can be checked against (within 2.5 ppm below);
+        // on a loaded machine its uncertainty can stay above 2 ppm for minutes at 1 s polls.
         wait_until(&lab, &[name], SECS(90), |_, st| {
             let t = tracking(st);
             (t["frequency_ppm"].as_f64().unwrap() - 30.0).abs() < 1.0
-                && t["frequency_sd_ppm"].as_f64().unwrap() < 0.5
+                && t["frequency_sd_ppm"].as_f64().unwrap() < 2.5
         });
         d.signal_command(libc::SIGUSR1);
         d.wait_for("served:", SECS(5));
