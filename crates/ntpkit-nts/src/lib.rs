@@ -10,6 +10,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod aead;
+pub mod cookie;
+pub mod keys;
+
+pub use aead::AeadError;
+pub use cookie::{make_cookie, open_cookie, CookieError};
+pub use keys::{CookieKey, CookieKeyring, KeyError};
+
 /// The AEAD algorithms NTS can negotiate (numbers of IANA's "AEAD Algorithms" registry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AeadAlgorithm {
