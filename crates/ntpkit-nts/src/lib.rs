@@ -12,11 +12,15 @@
 
 pub mod aead;
 pub mod cookie;
+pub mod ef;
 pub mod keys;
+pub mod server;
 
 pub use aead::AeadError;
 pub use cookie::{make_cookie, open_cookie, CookieError};
+pub use ef::{build_request, BuildError, PendingRequest, ReplyError, ReplyVerdict};
 pub use keys::{CookieKey, CookieKeyring, KeyError};
+pub use server::{process_request, DropReason, ServerOutcome};
 
 /// The AEAD algorithms NTS can negotiate (numbers of IANA's "AEAD Algorithms" registry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
