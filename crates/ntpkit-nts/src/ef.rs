@@ -107,6 +107,9 @@ pub enum AuthenticatorError {
     /// Nonce and additional padding take less than the 16 bytes RFC 8915 requires.
     #[error("authenticator nonce with padding is shorter than 16 bytes")]
     NonceTooShort,
+    /// A padding byte is not zero.
+    #[error("authenticator padding is not zero")]
+    NonZeroPadding,
 }
 
 impl<'a> Authenticator<'a> {
@@ -131,6 +134,14 @@ impl<'a> Authenticator<'a> {
         }
         if rest.len() - ct_padded < NONCE_ROOM {
             return Err(AuthenticatorError::NonceTooShort);
+        }
+        // Padding lies outside the AEAD; requiring zeros means no bit of the field can change
+        // unnoticed.
+        let padding = rest[nonce_len..nonce_padded]
+            .iter()
+            .chain(&rest[nonce_padded + ct_len..]);
+        if padding.into_iter().any(|&b| b != 0) {
+            return Err(AuthenticatorError::NonZeroPadding);
         }
         Ok(Authenticator {
             nonce: &rest[..nonce_len],
@@ -441,6 +452,18 @@ mod tests {
         let a = Authenticator::parse(&v).unwrap();
         assert_eq!(a.nonce, [5]);
         assert_eq!(a.ciphertext, [6; 16]);
+        v[5] = 1;
+        assert_eq!(
+            Authenticator::parse(&v),
+            Err(AuthenticatorError::NonZeroPadding)
+        );
+        v[5] = 0;
+        let last = v.len() - 1;
+        v[last] = 1;
+        assert_eq!(
+            Authenticator::parse(&v),
+            Err(AuthenticatorError::NonZeroPadding)
+        );
         v.truncate(v.len() - 4);
         assert_eq!(
             Authenticator::parse(&v),

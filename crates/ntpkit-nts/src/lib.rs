@@ -13,12 +13,14 @@
 pub mod aead;
 pub mod cookie;
 pub mod ef;
+pub mod jar;
 pub mod keys;
 pub mod server;
 
 pub use aead::AeadError;
 pub use cookie::{make_cookie, open_cookie, CookieError};
 pub use ef::{build_request, BuildError, PendingRequest, ReplyError, ReplyVerdict};
+pub use jar::{CookieJar, JarError, JAR_CAPACITY};
 pub use keys::{CookieKey, CookieKeyring, KeyError};
 pub use server::{process_request, DropReason, ServerOutcome};
 
