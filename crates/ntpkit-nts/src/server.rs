@@ -379,6 +379,13 @@ mod tests {
         let mut longer = x.reply.clone();
         longer.extend_from_slice(&[0; 20]);
         assert_eq!(pending.verify_reply(&longer), Err(ReplyError::TrailingMac));
+        let mut appended = x.reply.clone();
+        push_ef(&mut appended, COOKIE, &[1; 102]);
+        assert_eq!(
+            pending.verify_reply(&appended),
+            Err(ReplyError::FieldsAfterAuthenticator)
+        );
+        assert!(pending.verify_reply(&x.reply).is_ok());
     }
 
     #[test]
