@@ -10,6 +10,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ke;
+
+pub use ke::{KeClient, KeError, KeOutcome, KeServer, KeServerError, KeServerSettings};
+
 /// The AEAD algorithms NTS can negotiate (numbers of IANA's "AEAD Algorithms" registry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AeadAlgorithm {
