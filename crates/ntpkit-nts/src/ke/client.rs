@@ -539,6 +539,53 @@ mod tests {
         );
     }
 
+    fn server_with_alpn(p: &Pki, alpn: Vec<Vec<u8>>) -> KeServer {
+        let mut cfg = (*server_cfg(p)).clone();
+        cfg.alpn_protocols = alpn;
+        KeServer::new(std::sync::Arc::new(cfg), KeServerSettings::default()).unwrap()
+    }
+
+    #[test]
+    fn a_server_without_alpn_is_not_nts_ke() {
+        let p = pki("ke.test");
+        let mut client = KeClient::new(client_cfg(&p.ca), "ke.test").unwrap();
+        let mut server = server_with_alpn(&p, vec![]);
+        let mut seen = Vec::new();
+        pump(
+            &mut client,
+            &mut server,
+            &mut cookie_maker(&mut seen),
+            usize::MAX,
+        );
+        let err = client.outcome().unwrap().unwrap_err();
+        assert_eq!(
+            err,
+            KeError::NotNtsKe {
+                server: "ke.test".into()
+            }
+        );
+        assert!(err.to_string().contains("host and port"), "{err}");
+        assert!(seen.is_empty(), "the request was never sent");
+    }
+
+    #[test]
+    fn a_server_with_another_alpn_ends_with_an_alert() {
+        let p = pki("ke.test");
+        let mut client = KeClient::new(client_cfg(&p.ca), "ke.test").unwrap();
+        let mut server = server_with_alpn(&p, vec![b"http/1.1".to_vec()]);
+        pump(
+            &mut client,
+            &mut server,
+            &mut |_: &NtsKeys| vec![1],
+            usize::MAX,
+        );
+        let err = client.outcome().unwrap().unwrap_err();
+        assert!(
+            matches!(&err, KeError::TlsAlert { alert, .. } if alert.contains("NoApplicationProtocol")),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn a_connection_closed_early_is_reported() {
         let p = pki("ke.test");
