@@ -14,6 +14,7 @@ pub mod aead;
 pub mod cookie;
 pub mod ef;
 pub mod jar;
+pub mod ke;
 pub mod keys;
 pub mod server;
 
@@ -21,6 +22,7 @@ pub use aead::AeadError;
 pub use cookie::{make_cookie, open_cookie, CookieError};
 pub use ef::{build_request, BuildError, PendingRequest, ReplyError, ReplyVerdict};
 pub use jar::{CookieJar, JarError, JAR_CAPACITY};
+pub use ke::{KeClient, KeError, KeOutcome, KeServer, KeServerError, KeServerSettings};
 pub use keys::{CookieKey, CookieKeyring, KeyError};
 pub use server::{process_request, DropReason, ServerOutcome};
 
