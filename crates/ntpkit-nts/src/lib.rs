@@ -6,7 +6,24 @@
 //! arguments, as everywhere in ntpkit's core, so the simulator and the daemon drive the same
 //! code.
 //!
-//! What it does not do: open sockets, read files or clocks.
+//! What it does not do: open sockets, read files or clocks. TLS needs randomness and a clock
+//! for certificate validity: the driver hands rustls its crypto provider and time provider.
+//!
+//! ```text
+//!  client                                     NTS-KE server          NTP server (any host
+//!                                                                    with the same master)
+//!  KeClient ──TLS 1.3 "ntske/1" records──▶  KeServer
+//!     ◀── keys (exporter §5.1), 8 cookies ──   make_cookie(keyring)
+//!  CookieJar
+//!  build_request ─ unique id, cookie, placeholders, authenticator(c2s) ─▶ process_request
+//!  verify_reply  ◀─ unique id, authenticator(s2c){new cookies} ─────────  (or NTSN NAK)
+//! ```
+//!
+//! Cookies carry the association's keys, sealed under a cookie key that [`keys`] derives from
+//! a master secret and the rotation period's number (HKDF-SHA256). A server keeps no state per
+//! client, and every server holding the same master opens every other's cookies: NTS-KE and
+//! NTP may run on different hosts, and rotation needs no coordination. Cookies of the
+//! previous, current and next period open.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

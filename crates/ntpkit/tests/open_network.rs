@@ -55,7 +55,20 @@ fn a_flood_is_limited_and_honest_clients_keep_every_reply() {
     );
     let _load = support::loading();
     let lab = Lab::new("ratelimit");
-    let server = ntp::serve(&lab, &["--listen", "127.0.0.1:123", "--stratum", "2"]);
+    // The limiter is under test, not load shedding: a receive buffer deep enough that the
+    // kernel keeps every request while a loaded test machine deschedules the server for tens
+    // of milliseconds (the default 64 KiB holds about 15 ms of this flood).
+    let server = ntp::serve(
+        &lab,
+        &[
+            "--listen",
+            "127.0.0.1:123",
+            "--stratum",
+            "2",
+            "--udp-recv-buffer",
+            "4194304",
+        ],
+    );
     let to: SocketAddr = "127.0.0.1:123".parse().unwrap();
     let flood = socket_from(&lab, Ipv4Addr::new(127, 0, 0, 1), to);
     flood.set_nonblocking(true).unwrap();
