@@ -19,7 +19,8 @@ const KE_PORT: u16 = 11965;
 
 /// A self-signed certificate for `localhost` (SAN DNS localhost and IP 127.0.0.1) and its
 /// key, written as `NAME.crt` and `NAME.key` into the lab's directory, readable by chronyd.
-fn self_signed(lab: &Lab, name: &str) -> (PathBuf, PathBuf) {
+/// With `ca`, it carries basic constraints CA:TRUE, as `openssl req -x509` makes them.
+fn self_signed(lab: &Lab, name: &str, ca: bool) -> (PathBuf, PathBuf) {
     let key = rcgen::KeyPair::generate().expect("key pair");
     let mut params =
         rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
@@ -27,6 +28,9 @@ fn self_signed(lab: &Lab, name: &str) -> (PathBuf, PathBuf) {
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "localhost");
+    if ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }
     let cert = params.self_signed(&key).expect("self-signed certificate");
     let crt = lab.write(&format!("{name}.crt"), &cert.pem());
     let key_path = lab.write(&format!("{name}.key"), &key.serialize_pem());
@@ -91,7 +95,7 @@ fn query_nts_against_chronyd() {
         &[Need::Tool(CHRONYD), Need::Tool(CHRONYC)],
     );
     let lab = Lab::new("ntsq");
-    let (crt, key) = self_signed(&lab, "server");
+    let (crt, key) = self_signed(&lab, "server", false);
     let server = nts_server(&lab, &crt, &key);
 
     let (r, v) = query_nts(&lab, &crt, &["--json"]);
@@ -143,8 +147,8 @@ fn query_nts_untrusted_certificate() {
         &[Need::Tool(CHRONYD), Need::Tool(CHRONYC)],
     );
     let lab = Lab::new("ntsbad");
-    let (crt, key) = self_signed(&lab, "server");
-    let (other, _) = self_signed(&lab, "other");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let (other, _) = self_signed(&lab, "other", false);
     let _server = nts_server(&lab, &crt, &key);
 
     let (r, _) = query_nts(&lab, &other, &[]);
@@ -152,5 +156,25 @@ fn query_nts_untrusted_certificate() {
     let err = r.stderr.trim();
     assert!(err.contains("not trusted"), "{r}");
     assert!(err.contains("--ca-file"), "{r}");
+    assert_eq!(err.lines().count(), 1, "{r}");
+}
+
+/// A self-signed certificate with CA:TRUE as the server's own: chronyd serves it, but the
+/// certificate verifier refuses a CA certificate as a server's; the message says so.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn query_nts_ca_certificate_as_server_certificate() {
+    support::require(
+        "query_nts_ca_certificate_as_server_certificate",
+        &[Need::Tool(CHRONYD), Need::Tool(CHRONYC)],
+    );
+    let lab = Lab::new("ntsca");
+    let (crt, key) = self_signed(&lab, "server", true);
+    let _server = nts_server(&lab, &crt, &key);
+
+    let (r, _) = query_nts(&lab, &crt, &[]);
+    assert!(!r.status.success(), "{r}");
+    let err = r.stderr.trim();
+    assert!(err.contains("CA:TRUE") && err.contains("--ca-file"), "{r}");
     assert_eq!(err.lines().count(), 1, "{r}");
 }
