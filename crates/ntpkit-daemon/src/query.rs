@@ -734,6 +734,83 @@ mod tests {
     use super::*;
     use ntpkit_wire::RefId;
 
+    /// A plain NTP reply to an NTS request is dropped and counted, never used.
+    #[test]
+    fn unauthenticated_reply_to_nts_request_is_dropped() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let answer = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let (n, from) = server.recv_from(&mut buf).unwrap();
+            let req = Header::parse(&buf[..n]).unwrap();
+            let reply = Header {
+                version: 4,
+                mode: Mode::Server,
+                stratum: 1,
+                origin_ts: req.transmit_ts,
+                receive_ts: NtpTimestamp::from_unix_nanos(ntpkit_os::realtime_nanos()),
+                transmit_ts: NtpTimestamp::from_unix_nanos(ntpkit_os::realtime_nanos()),
+                ..Header::default()
+            };
+            let mut out = [0u8; HEADER_LEN];
+            reply.emit(&mut out);
+            server.send_to(&out, from).unwrap();
+            n
+        });
+        let cfg = QueryConfig {
+            server: addr.to_string(),
+            samples: 1,
+            interval: Duration::ZERO,
+            timeout: Duration::from_millis(300),
+            tcp: false,
+            allow_unsynced: true,
+            nts: None,
+        };
+        let mut jar = CookieJar::new();
+        jar.install(
+            ntpkit_nts::NtsKeys {
+                aead: ntpkit_nts::AeadAlgorithm::AesSivCmac256,
+                c2s: vec![1; 32],
+                s2c: vec![2; 32],
+            },
+            vec![vec![7u8; 100]],
+        );
+        let mut nts = NtsState {
+            host: "127.0.0.1".into(),
+            port: 4460,
+            config: nts_ke::ke_config(rustls::RootCertStore::empty()).unwrap(),
+            timeout: cfg.timeout,
+            jar,
+            summary: NtsSummary::default(),
+        };
+        let opts = UdpSocketOptions {
+            timestamps: true,
+            ..Default::default()
+        };
+        let sock = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let mut transport = Transport::Udp(sock);
+        let outcome = exchange(&mut transport, addr, 1, &cfg, Some(&mut nts)).unwrap();
+        let sent = answer.join().unwrap();
+        assert!(
+            sent > HEADER_LEN + 100,
+            "request of {sent} bytes carries no cookie"
+        );
+        assert!(
+            matches!(outcome, SampleOutcome::Timeout { index: 1 }),
+            "{outcome:?}"
+        );
+        assert_eq!(nts.summary.dropped, 1);
+        assert!(
+            nts.summary
+                .last_drop
+                .as_deref()
+                .unwrap_or("")
+                .contains("unique identifiers"),
+            "{:?}",
+            nts.summary.last_drop
+        );
+    }
+
     #[test]
     fn resolves_address_forms() {
         assert_eq!(
