@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod framing;
 pub mod metrics;
 pub mod notify;
+pub mod nts_ke;
 pub mod query;
 pub mod serve;
 pub mod served_clock;

@@ -8,7 +8,9 @@
 //! [`ntpkit_core::exchange`]'s.
 
 use crate::framing::{self, FrameDecoder};
+use crate::nts_ke::{self, NtsError};
 use ntpkit_core::{measure, validate_reply, Measurement, ReplyError};
+use ntpkit_nts::{CookieJar, PendingRequest, ReplyVerdict};
 use ntpkit_os::{UdpSocket, UdpSocketOptions};
 use ntpkit_wire::{Header, KissCode, Mode, NtpTimestamp, HEADER_LEN};
 use rand_core::{OsRng, TryRngCore};
@@ -34,6 +36,72 @@ pub struct QueryConfig {
     pub tcp: bool,
     /// Accept replies of unsynchronized servers (leap 3 or stratum 16).
     pub allow_unsynced: bool,
+    /// Authenticate with NTS (UDP only); `server` is then ignored.
+    pub nts: Option<NtsConfig>,
+}
+
+/// How to set up NTS.
+#[derive(Clone, Debug)]
+pub struct NtsConfig {
+    /// The NTS-KE server, `HOST[:PORT]` (port 4460 by default).
+    pub ke_server: String,
+    /// PEM file of the certificates to trust instead of the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// What NTS did during a query.
+#[derive(Clone, Debug, Default)]
+pub struct NtsSummary {
+    /// The negotiated AEAD algorithm's name.
+    pub aead: &'static str,
+    /// The NTS-KE server, `HOST:PORT`.
+    pub ke_server: String,
+    /// The NTP server asked (negotiated or the NTS-KE host), `HOST:PORT`.
+    pub ntp_server: String,
+    /// Key exchanges run.
+    pub key_exchanges: u32,
+    /// Cookies received, from NTS-KE and in authentic replies.
+    pub cookies: usize,
+    /// Replies dropped because they did not authenticate.
+    pub dropped: u64,
+    /// Why the last dropped reply was dropped.
+    pub last_drop: Option<String>,
+}
+
+/// NTS state during a query.
+struct NtsState {
+    host: String,
+    port: u16,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    jar: CookieJar,
+    summary: NtsSummary,
+}
+
+impl NtsState {
+    /// Runs NTS-KE and fills the jar; returns the NTP server's address.
+    fn key_exchange(&mut self) -> Result<SocketAddr, NtsError> {
+        let outcome =
+            nts_ke::key_exchange(&self.host, self.port, self.config.clone(), self.timeout)?;
+        let host = outcome.server.clone().unwrap_or_else(|| self.host.clone());
+        let port = outcome.port.unwrap_or(NTP_PORT);
+        let name = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| NtsError::Resolve(name.clone(), e.to_string()))?
+            .next()
+            .ok_or_else(|| NtsError::Resolve(name.clone(), "no address".into()))?;
+        self.summary.aead = outcome.keys.aead.name();
+        self.summary.ntp_server = name;
+        self.summary.key_exchanges += 1;
+        self.summary.cookies += outcome.cookies.len();
+        self.jar.install(outcome.keys, outcome.cookies);
+        Ok(addr)
+    }
 }
 
 /// One successful exchange.
@@ -96,6 +164,8 @@ pub enum QueryError {
     Io(SocketAddr, io::Error),
     /// The OS random source failed.
     Random(String),
+    /// NTS failed: key exchange, or the NTP server refused the cookie.
+    Nts(NtsError),
 }
 
 impl std::fmt::Display for QueryError {
@@ -104,6 +174,7 @@ impl std::fmt::Display for QueryError {
             QueryError::Resolve(s, e) => write!(f, "cannot resolve {s}: {e}"),
             QueryError::Io(a, e) => write!(f, "{a}: {e}"),
             QueryError::Random(e) => write!(f, "OS random source failed: {e}"),
+            QueryError::Nts(e) => write!(f, "{e}"),
         }
     }
 }
@@ -147,10 +218,49 @@ pub fn resolve(server: &str) -> Result<SocketAddr, QueryError> {
 /// errors.
 pub fn run(
     cfg: &QueryConfig,
-    mut on_outcome: impl FnMut(SocketAddr, &SampleOutcome),
+    on_outcome: impl FnMut(SocketAddr, &SampleOutcome),
 ) -> Result<(SocketAddr, Vec<SampleOutcome>), QueryError> {
-    let addr = resolve(&cfg.server)?;
-    let mut transport = if cfg.tcp {
+    run_with_nts(cfg, on_outcome).map(|(a, o, _)| (a, o))
+}
+
+/// [`run`], also with NTS when `cfg.nts` is set: NTS-KE first, then each request carries a
+/// cookie and an authenticator, and only replies that authenticate reach validation (the rest
+/// are dropped and counted). Returns what NTS did as well.
+pub fn run_with_nts(
+    cfg: &QueryConfig,
+    mut on_outcome: impl FnMut(SocketAddr, &SampleOutcome),
+) -> Result<(SocketAddr, Vec<SampleOutcome>, Option<NtsSummary>), QueryError> {
+    let mut nts = match &cfg.nts {
+        None => None,
+        Some(n) => {
+            let (host, port) =
+                nts_ke::split_host_port(&n.ke_server, ntpkit_nts::ke::DEFAULT_KE_PORT)
+                    .map_err(QueryError::Nts)?;
+            let roots = nts_ke::load_roots(n.ca_file.as_deref()).map_err(QueryError::Nts)?;
+            let config = nts_ke::ke_config(roots).map_err(QueryError::Nts)?;
+            let ke_server = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            Some(NtsState {
+                host,
+                port,
+                config,
+                timeout: cfg.timeout,
+                jar: CookieJar::new(),
+                summary: NtsSummary {
+                    ke_server,
+                    ..NtsSummary::default()
+                },
+            })
+        }
+    };
+    let mut addr = match &mut nts {
+        Some(n) => n.key_exchange().map_err(QueryError::Nts)?,
+        None => resolve(&cfg.server)?,
+    };
+    let mut transport = if cfg.tcp && nts.is_none() {
         let s =
             TcpStream::connect_timeout(&addr, cfg.timeout).map_err(|e| QueryError::Io(addr, e))?;
         let _ = s.set_nodelay(true);
@@ -176,14 +286,17 @@ pub fn run(
                 std::thread::sleep(wait);
             }
         }
-        let outcome = exchange(&mut transport, addr, index, cfg)?;
+        if let Some(n) = nts.as_mut().filter(|n| n.jar.needs_key_exchange()) {
+            addr = n.key_exchange().map_err(QueryError::Nts)?;
+        }
+        let outcome = exchange(&mut transport, addr, index, cfg, nts.as_mut())?;
         on_outcome(addr, &outcome);
         outcomes.push(outcome);
         if kiss_code(&outcomes).is_some() {
             break; // RATE, DENY, RSTR: stop asking
         }
     }
-    Ok((addr, outcomes))
+    Ok((addr, outcomes, nts.map(|n| n.summary)))
 }
 
 /// The kiss code if the last outcome is a kiss-o'-death (which ends a query).
@@ -218,6 +331,7 @@ fn exchange(
     addr: SocketAddr,
     index: u32,
     cfg: &QueryConfig,
+    mut nts: Option<&mut NtsState>,
 ) -> Result<SampleOutcome, QueryError> {
     let io_err = |e: io::Error| QueryError::Io(addr, e);
     let mut cookie = [0u8; 8];
@@ -233,12 +347,26 @@ fn exchange(
     };
     let mut req = [0u8; HEADER_LEN];
     request.emit(&mut req);
+    // With NTS the header is final here: the authenticator covers it.
+    let mut packet = Vec::with_capacity(1024);
+    let mut pending: Option<PendingRequest> = None;
+    match nts.as_deref_mut() {
+        Some(n) => {
+            let mut rng = OsRng.unwrap_err();
+            pending = Some(
+                n.jar
+                    .build_request(&req, &mut rng, &mut packet)
+                    .map_err(|e| QueryError::Random(format!("building the NTS request: {e}")))?,
+            );
+        }
+        None => packet.extend_from_slice(&req),
+    }
     let deadline = Instant::now() + cfg.timeout;
     let t1_unix_ns;
     match transport {
         Transport::Udp(sock) => {
             t1_unix_ns = ntpkit_os::realtime_nanos();
-            sock.send_to(&req, addr).map_err(io_err)?;
+            sock.send_to(&packet, addr).map_err(io_err)?;
         }
         Transport::Tcp(stream, _) => {
             let mut frame = Vec::with_capacity(HEADER_LEN + framing::PREFIX_LEN);
@@ -262,6 +390,22 @@ fn exchange(
                     Ok((n, from, rx)) => {
                         if from != addr {
                             continue; // not from the server we asked
+                        }
+                        if let (Some(n_state), Some(p)) = (nts.as_deref_mut(), pending.as_mut()) {
+                            // Authenticate before anything of the reply is looked at.
+                            match n_state.jar.accept_reply(p, &buf[..n]) {
+                                Ok(ReplyVerdict::Authentic { cookies }) => {
+                                    n_state.summary.cookies += cookies.len();
+                                }
+                                Ok(ReplyVerdict::Nak) => {
+                                    return Err(QueryError::Nts(NtsError::Nak(addr)));
+                                }
+                                Err(e) => {
+                                    n_state.summary.dropped += 1;
+                                    n_state.summary.last_drop = Some(e.to_string());
+                                    continue;
+                                }
+                            }
                         }
                         match Header::parse(&buf[..n]) {
                             Ok(h) => (h, rx),
@@ -554,10 +698,118 @@ pub fn render_json(
     v
 }
 
+/// The lines printed after the summary of an NTS query.
+pub fn render_nts(n: &NtsSummary) -> String {
+    let mut t = format!(
+        "NTS: replies authenticated with NTS ({})\n\
+         \x20 NTS-KE server:   {}\n\
+         \x20 NTP server:      {}\n\
+         \x20 Cookies:         {} received\n",
+        n.aead, n.ke_server, n.ntp_server, n.cookies
+    );
+    if n.dropped > 0 {
+        t += &format!(
+            "\x20 Dropped:         {} replies that did not authenticate (last: {})\n",
+            n.dropped,
+            n.last_drop.as_deref().unwrap_or("-")
+        );
+    }
+    t
+}
+
+/// The `nts` object of an NTS query's JSON.
+pub fn render_nts_json(n: &NtsSummary) -> serde_json::Value {
+    serde_json::json!({
+        "aead": n.aead,
+        "ke_server": n.ke_server,
+        "ntp_server": n.ntp_server,
+        "cookies": n.cookies,
+        "key_exchanges": n.key_exchanges,
+        "dropped": n.dropped,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ntpkit_wire::RefId;
+
+    /// A plain NTP reply to an NTS request is dropped and counted, never used.
+    #[test]
+    fn unauthenticated_reply_to_nts_request_is_dropped() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let answer = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let (n, from) = server.recv_from(&mut buf).unwrap();
+            let req = Header::parse(&buf[..n]).unwrap();
+            let reply = Header {
+                version: 4,
+                mode: Mode::Server,
+                stratum: 1,
+                origin_ts: req.transmit_ts,
+                receive_ts: NtpTimestamp::from_unix_nanos(ntpkit_os::realtime_nanos()),
+                transmit_ts: NtpTimestamp::from_unix_nanos(ntpkit_os::realtime_nanos()),
+                ..Header::default()
+            };
+            let mut out = [0u8; HEADER_LEN];
+            reply.emit(&mut out);
+            server.send_to(&out, from).unwrap();
+            n
+        });
+        let cfg = QueryConfig {
+            server: addr.to_string(),
+            samples: 1,
+            interval: Duration::ZERO,
+            timeout: Duration::from_millis(300),
+            tcp: false,
+            allow_unsynced: true,
+            nts: None,
+        };
+        let mut jar = CookieJar::new();
+        jar.install(
+            ntpkit_nts::NtsKeys {
+                aead: ntpkit_nts::AeadAlgorithm::AesSivCmac256,
+                c2s: vec![1; 32],
+                s2c: vec![2; 32],
+            },
+            vec![vec![7u8; 100]],
+        );
+        let mut nts = NtsState {
+            host: "127.0.0.1".into(),
+            port: 4460,
+            config: nts_ke::ke_config(rustls::RootCertStore::empty()).unwrap(),
+            timeout: cfg.timeout,
+            jar,
+            summary: NtsSummary::default(),
+        };
+        let opts = UdpSocketOptions {
+            timestamps: true,
+            ..Default::default()
+        };
+        let sock = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let mut transport = Transport::Udp(sock);
+        let outcome = exchange(&mut transport, addr, 1, &cfg, Some(&mut nts)).unwrap();
+        let sent = answer.join().unwrap();
+        assert!(
+            sent > HEADER_LEN + 100,
+            "request of {sent} bytes carries no cookie"
+        );
+        assert!(
+            matches!(outcome, SampleOutcome::Timeout { index: 1 }),
+            "{outcome:?}"
+        );
+        assert_eq!(nts.summary.dropped, 1);
+        assert!(
+            nts.summary
+                .last_drop
+                .as_deref()
+                .unwrap_or("")
+                .contains("unique identifiers"),
+            "{:?}",
+            nts.summary.last_drop
+        );
+    }
 
     #[test]
     fn resolves_address_forms() {

@@ -66,6 +66,13 @@ impl AeadAlgorithm {
         Self::ALL.into_iter().find(|a| a.id() == id)
     }
 
+    /// The algorithm's name in IANA's registry.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AeadAlgorithm::AesSivCmac256 => "AEAD_AES_SIV_CMAC_256",
+        }
+    }
+
     /// Length of each of its keys in bytes.
     pub const fn key_len(self) -> usize {
         match self {

@@ -245,8 +245,16 @@ The default interval of 2 s respects public servers' rate limits (ntpd's `discar
 use --interval 0.1 against your own server.")]
 struct QueryArgs {
     /// Server: HOST, HOST:PORT, IPv4:PORT, [IPv6]:PORT (port 123 by default).
-    #[arg(value_name = "HOST[:PORT]")]
-    server: String,
+    #[arg(value_name = "HOST[:PORT]", required_unless_present = "nts")]
+    server: Option<String>,
+    /// Authenticate with NTS (RFC 8915): key exchange with this NTS-KE server (TCP port 4460
+    /// by default), then NTP over UDP to the server it names; replies that do not
+    /// authenticate are dropped.
+    #[arg(long, value_name = "HOST[:KEPORT]", conflicts_with_all = ["server", "tcp"])]
+    nts: Option<String>,
+    /// PEM file of the certificates to trust for NTS-KE instead of the system's CA bundle.
+    #[arg(long, value_name = "PEM", requires = "nts")]
+    ca_file: Option<std::path::PathBuf>,
     /// Number of requests.
     #[arg(short = 'n', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     samples: u32,
@@ -794,32 +802,45 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<ExitCode> {
 
 fn query_cmd(a: QueryArgs) -> anyhow::Result<ExitCode> {
     let cfg = QueryConfig {
-        server: a.server,
+        server: a
+            .server
+            .clone()
+            .or_else(|| a.nts.clone())
+            .unwrap_or_default(),
         samples: a.samples,
         interval: secs(a.interval, "--interval")?,
         timeout: secs(a.timeout, "--timeout")?,
         tcp: a.tcp,
         allow_unsynced: a.allow_unsynced,
+        nts: a.nts.clone().map(|ke_server| query::NtsConfig {
+            ke_server,
+            ca_file: a.ca_file.clone(),
+        }),
     };
-    let transport = if cfg.tcp { "tcp" } else { "udp" };
+    let transport = match (cfg.tcp, cfg.nts.is_some()) {
+        (true, _) => "tcp",
+        (false, true) => "udp+nts",
+        (false, false) => "udp",
+    };
     let mut out = std::io::stdout().lock();
     if !a.json {
         writeln!(
             out,
-            "Querying NTP server at {} ({transport}, {} sample{})...\n",
+            "Querying NTP server{} at {} ({transport}, {} sample{})...\n",
+            if cfg.nts.is_some() { " via NTS-KE" } else { "" },
             cfg.server,
             cfg.samples,
             if cfg.samples == 1 { "" } else { "s" }
         )?;
         out.flush()?;
     }
-    let result = query::run(&cfg, |addr, outcome| {
+    let result = query::run_with_nts(&cfg, |addr, outcome| {
         if !a.json {
             let text = query::render_outcome(addr, cfg.samples, outcome, cfg.timeout);
             let _ = writeln!(std::io::stdout().lock(), "{text}");
         }
     });
-    let (addr, outcomes) = match result {
+    let (addr, outcomes, nts) = match result {
         Ok(r) => r,
         Err(e) => {
             if a.json {
@@ -833,10 +854,18 @@ fn query_cmd(a: QueryArgs) -> anyhow::Result<ExitCode> {
         query::kiss_code(&outcomes).map(|code| format!("server {addr} sent kiss-o'-death {code}"));
     let ok = query::best(&outcomes).is_some() && error.is_none();
     if a.json {
-        let v = query::render_json(addr, transport, &outcomes, error.as_deref());
+        let mut v = query::render_json(addr, transport, &outcomes, error.as_deref());
+        if let (Some(n), Some(o)) = (&nts, v.as_object_mut()) {
+            o.insert("nts".into(), query::render_nts_json(n));
+        }
         writeln!(out, "{v}")?;
-    } else if let Some(summary) = query::render_summary(addr, &outcomes) {
-        write!(out, "{summary}")?;
+    } else {
+        if let Some(summary) = query::render_summary(addr, &outcomes) {
+            write!(out, "{summary}")?;
+        }
+        if let Some(n) = &nts {
+            write!(out, "{}", query::render_nts(n))?;
+        }
     }
     if let Some(msg) = error {
         eprintln!("error: {msg}");

@@ -226,7 +226,7 @@ impl KeClient {
         match e {
             rustls::Error::InvalidCertificate(reason) => KeError::UntrustedCertificate {
                 server,
-                reason: format!("{reason:?}"),
+                reason: certificate_reason(&reason),
             },
             rustls::Error::AlertReceived(alert) => KeError::TlsAlert {
                 server,
@@ -371,6 +371,19 @@ impl KeClient {
     }
 }
 
+/// What the certificate verifier objected to, in words.
+fn certificate_reason(e: &rustls::CertificateError) -> String {
+    let text = e.to_string();
+    // webpki refuses a CA certificate (basic constraints CA:TRUE) presented as the server's
+    // own; `openssl req -x509` makes such self-signed certificates by default.
+    if text.contains("CaUsedAsEndEntity") {
+        return "the server presents a CA certificate (basic constraints CA:TRUE) as its own; \
+                give the server a certificate without CA:TRUE"
+            .to_string();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +480,34 @@ mod tests {
         assert!(msg.contains("ke.test") && msg.contains("CA file"), "{msg}");
         assert!(seen.is_empty());
         assert!(matches!(server.outcome(), Some(Err(KeServerError::Tls(_)))));
+    }
+
+    #[test]
+    fn a_ca_certificate_as_the_servers_own_is_explained() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["ke.test".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let der = cert.der().clone();
+        let server_key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let server_cfg = Arc::new(
+            crate::ke::server_config(vec![der.clone()], server_key, provider(), clock()).unwrap(),
+        );
+        let mut client = KeClient::new(client_cfg(&der), "ke.test").unwrap();
+        let mut server = KeServer::new(server_cfg, KeServerSettings::default()).unwrap();
+        let mut seen = Vec::new();
+        pump(
+            &mut client,
+            &mut server,
+            &mut cookie_maker(&mut seen),
+            usize::MAX,
+        );
+        match client.outcome().unwrap().unwrap_err() {
+            KeError::UntrustedCertificate { reason, .. } => {
+                assert!(reason.contains("CA:TRUE"), "{reason}")
+            }
+            e => panic!("{e:?}"),
+        }
     }
 
     #[test]
