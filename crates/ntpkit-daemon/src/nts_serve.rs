@@ -306,11 +306,17 @@ impl KeListener {
                     let ring = &self.ring;
                     let rng = &mut self.rng;
                     let now = unix_secs();
-                    let mut cookie = |keys: &NtsKeys| {
-                        make_cookie(ring, keys, now, rng).unwrap_or_else(|e| {
+                    let mut cookie = |keys: &NtsKeys| match make_cookie(ring, keys, now, rng) {
+                        // Zero-padded to a multiple of 4 bytes, the length of the extension
+                        // field it returns in (chronyd refuses other lengths); it opens so.
+                        Ok(mut c) => {
+                            c.resize(c.len().next_multiple_of(4), 0);
+                            c
+                        }
+                        Err(e) => {
                             tracing::warn!("making an NTS cookie failed: {e}");
                             Vec::new()
-                        })
+                        }
                     };
                     s.ke.receive(&buf[..n], &mut cookie);
                 }

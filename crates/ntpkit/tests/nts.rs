@@ -178,3 +178,158 @@ fn query_nts_ca_certificate_as_server_certificate() {
     assert!(err.contains("CA:TRUE") && err.contains("--ca-file"), "{r}");
     assert_eq!(err.lines().count(), 1, "{r}");
 }
+
+const SERVE_NTP_PORT: u16 = 11926;
+const SERVE_KE_PORT: u16 = 11966;
+
+/// Starts `ntpkit serve` with NTS at stratum 3 on 127.0.0.1 (NTP on `SERVE_NTP_PORT`, NTS-KE
+/// on `SERVE_KE_PORT`), the master secret created in the lab's directory.
+fn ntpkit_nts_server<'l>(lab: &'l Lab, crt: &Path, key: &Path) -> Proc<'l> {
+    let listen = format!("127.0.0.1:{SERVE_NTP_PORT}");
+    let ke = format!("127.0.0.1:{SERVE_KE_PORT}");
+    let crt = crt.to_string_lossy().to_string();
+    let key = key.to_string_lossy().to_string();
+    let master = lab.path("master").to_string_lossy().to_string();
+    let mut p = lab.spawn(
+        "serve",
+        &[
+            NTPKIT,
+            "serve",
+            "--listen",
+            &listen,
+            "--nts-ke",
+            &ke,
+            "--cert",
+            &crt,
+            "--key",
+            &key,
+            "--nts-master",
+            &master,
+            "--stratum",
+            "3",
+        ],
+        SECS(120),
+    );
+    p.wait_for("Waiting for NTP requests", SECS(10));
+    p
+}
+
+/// The `served nts:` counters of a running `ntpkit serve`, after SIGUSR1.
+fn nts_counters(serve: &mut Proc) -> String {
+    serve.signal_command(libc::SIGUSR1);
+    let line = serve.wait_for("served nts:", SECS(5));
+    line.lines()
+        .rev()
+        .find(|l| l.starts_with("served nts:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `ntpkit query --nts` against `ntpkit serve --nts-ke`: key exchange, the NTP port announced
+/// by the key-exchange server, authenticated replies at the served stratum; the master secret
+/// is created with mode 0600.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn query_nts_against_ntpkit_serve() {
+    support::require("query_nts_against_ntpkit_serve", &[]);
+    let lab = Lab::new("ntss");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    assert!(
+        serve.stdout().contains("Created NTS master secret"),
+        "{}",
+        serve.output()
+    );
+    let meta = fs::metadata(lab.path("master")).expect("master secret created");
+    assert_eq!(meta.len(), 32);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let ke = format!("localhost:{SERVE_KE_PORT}");
+    let ca = crt.to_string_lossy().to_string();
+    let r = lab.run(
+        &[
+            NTPKIT,
+            "query",
+            "--nts",
+            &ke,
+            "--ca-file",
+            &ca,
+            "--samples",
+            "3",
+            "--interval",
+            "0.2",
+            "--json",
+        ],
+        SECS(30),
+    );
+    assert!(r.status.success(), "{r}\n{}", serve.output());
+    let v: Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+    assert_eq!(v["nts"]["aead"], "AEAD_AES_SIV_CMAC_256", "{v}");
+    assert_eq!(
+        v["nts"]["ntp_server"],
+        format!("localhost:{SERVE_NTP_PORT}"),
+        "{v}"
+    );
+    assert_eq!(v["nts"]["dropped"], 0, "{v}");
+    assert_eq!(v["stratum"], 3, "{v}");
+    let ok = v["samples"]
+        .as_array()
+        .map(|s| s.iter().filter(|s| s["status"] == "ok").count())
+        .unwrap_or(0);
+    assert_eq!(ok, 3, "{v}");
+
+    let counters = nts_counters(&mut serve);
+    support::say(&format!("ntpkit serve: {counters}"));
+    assert!(counters.contains("ke_served=1 "), "{counters}");
+    assert!(counters.contains("replies=3 "), "{counters}");
+    assert!(counters.contains("naks=0 dropped=0"), "{counters}");
+}
+
+/// chronyd as NTS client of `ntpkit serve`: it accepts our key exchange and our authenticated
+/// replies (chronyd -Q exits 0 only after a valid measurement), with the NTP port given and
+/// learnt from the key exchange.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn chronyd_nts_client_of_ntpkit_serve() {
+    support::require("chronyd_nts_client_of_ntpkit_serve", &[Need::Tool(CHRONYD)]);
+    let lab = Lab::new("ntsc");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    let trusted = format!("ntstrustedcerts {}", crt.display());
+    let pid = format!("pidfile {}", lab.path("q.pid").display());
+    for server in [
+        format!("server localhost port {SERVE_NTP_PORT} ntsport {SERVE_KE_PORT} nts iburst"),
+        // Without `port`: the port comes from the key-exchange server's announcement.
+        format!("server localhost ntsport {SERVE_KE_PORT} nts iburst"),
+    ] {
+        let r = lab.run(
+            &[
+                CHRONYD,
+                "-Q",
+                "-t",
+                "20",
+                &server,
+                &trusted,
+                "cmdport 0",
+                "bindcmdaddress /",
+                &pid,
+            ],
+            SECS(30),
+        );
+        support::say(&format!(
+            "chronyd -Q ({server}): {}",
+            r.stdout_and_stderr().trim()
+        ));
+        assert!(r.status.success(), "{r}\n{}", serve.output());
+        assert!(
+            r.stdout_and_stderr().contains("System clock wrong by"),
+            "{r}\n{}",
+            serve.output()
+        );
+    }
+    let counters = nts_counters(&mut serve);
+    support::say(&format!("ntpkit serve: {counters}"));
+    assert!(counters.contains("ke_served=2 "), "{counters}");
+    assert!(!counters.contains("replies=0 "), "{counters}");
+    assert!(counters.contains("naks=0 dropped=0"), "{counters}");
+}
