@@ -333,3 +333,81 @@ fn chronyd_nts_client_of_ntpkit_serve() {
     assert!(!counters.contains("replies=0 "), "{counters}");
     assert!(counters.contains("naks=0 dropped=0"), "{counters}");
 }
+
+/// `--nts-ke` without its files is refused by the argument parser; a master secret that is too
+/// short is refused at start with a one-line error naming the fix.
+#[test]
+fn serve_nts_flag_errors() {
+    let out = std::process::Command::new(NTPKIT)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nts-ke",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run ntpkit");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--cert") && err.contains("--nts-master"),
+        "{err}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("ntpkit-nts-flags-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("temp dir");
+    let master = dir.join("master");
+    fs::write(&master, [7u8; 16]).expect("write master");
+    let missing = dir.join("missing.pem");
+    let out = std::process::Command::new(NTPKIT)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nts-ke",
+            "127.0.0.1:0",
+        ])
+        .arg("--cert")
+        .arg(&missing)
+        .arg("--key")
+        .arg(&missing)
+        .arg("--nts-master")
+        .arg(&master)
+        .output()
+        .expect("run ntpkit");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("16 bytes") && err.contains("at least 32"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    fs::write(&master, [7u8; 32]).expect("write master");
+    let out = std::process::Command::new(NTPKIT)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nts-ke",
+            "127.0.0.1:0",
+        ])
+        .arg("--cert")
+        .arg(&missing)
+        .arg("--key")
+        .arg(&missing)
+        .arg("--nts-master")
+        .arg(&master)
+        .output()
+        .expect("run ntpkit");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.pem") && err.contains("--cert"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let _ = fs::remove_dir_all(&dir);
+}
