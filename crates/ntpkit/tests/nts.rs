@@ -187,18 +187,33 @@ const SERVE_KE_PORT: u16 = 11966;
 fn ntpkit_nts_server<'l>(lab: &'l Lab, crt: &Path, key: &Path) -> Proc<'l> {
     let listen = format!("127.0.0.1:{SERVE_NTP_PORT}");
     let ke = format!("127.0.0.1:{SERVE_KE_PORT}");
+    ntpkit_nts_server_on(lab, "serve", &listen, &ke, 3, crt, key)
+}
+
+/// Starts `ntpkit serve` named `name` with NTS: NTP on `listen`, NTS-KE on `ke`, at `stratum`,
+/// with the lab's master secret file (created by the first server).
+fn ntpkit_nts_server_on<'l>(
+    lab: &'l Lab,
+    name: &str,
+    listen: &str,
+    ke: &str,
+    stratum: u8,
+    crt: &Path,
+    key: &Path,
+) -> Proc<'l> {
+    let stratum = stratum.to_string();
     let crt = crt.to_string_lossy().to_string();
     let key = key.to_string_lossy().to_string();
     let master = lab.path("master").to_string_lossy().to_string();
     let mut p = lab.spawn(
-        "serve",
+        name,
         &[
             NTPKIT,
             "serve",
             "--listen",
-            &listen,
+            listen,
             "--nts-ke",
-            &ke,
+            ke,
             "--cert",
             &crt,
             "--key",
@@ -206,7 +221,7 @@ fn ntpkit_nts_server<'l>(lab: &'l Lab, crt: &Path, key: &Path) -> Proc<'l> {
             "--nts-master",
             &master,
             "--stratum",
-            "3",
+            &stratum,
         ],
         SECS(120),
     );
@@ -410,4 +425,76 @@ fn serve_nts_flag_errors() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// Two servers sharing one master secret: the key exchange on the first, whose NTP socket is on
+/// 127.0.0.2 and which announces its port; the client then asks 127.0.0.1 on that port, where
+/// only the second server listens, and that server opens the first one's cookies.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn shared_master_secret_between_two_servers() {
+    support::require("shared_master_secret_between_two_servers", &[]);
+    let lab = Lab::new("ntsm");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let ke = format!("127.0.0.1:{SERVE_KE_PORT}");
+    let mut first = ntpkit_nts_server_on(
+        &lab,
+        "first",
+        &format!("127.0.0.2:{SERVE_NTP_PORT}"),
+        &ke,
+        3,
+        &crt,
+        &key,
+    );
+    let mut second = ntpkit_nts_server_on(
+        &lab,
+        "second",
+        &format!("127.0.0.1:{SERVE_NTP_PORT}"),
+        &format!("127.0.0.1:{}", SERVE_KE_PORT + 1),
+        4,
+        &crt,
+        &key,
+    );
+    assert!(!second.stdout().contains("Created NTS master secret"));
+
+    let ke = format!("localhost:{SERVE_KE_PORT}");
+    let ca = crt.to_string_lossy().to_string();
+    let r = lab.run(
+        &[
+            NTPKIT,
+            "query",
+            "--nts",
+            &ke,
+            "--ca-file",
+            &ca,
+            "--samples",
+            "2",
+            "--interval",
+            "0.2",
+            "--json",
+        ],
+        SECS(30),
+    );
+    assert!(
+        r.status.success(),
+        "{r}\n{}\n{}",
+        first.output(),
+        second.output()
+    );
+    let v: Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+    // Stratum 4: the replies came from the second server.
+    assert_eq!(v["stratum"], 4, "{v}");
+    assert_eq!(v["nts"]["dropped"], 0, "{v}");
+    let a = nts_counters(&mut first);
+    let b = nts_counters(&mut second);
+    support::say(&format!("first: {a}\nsecond: {b}"));
+    assert!(
+        a.contains("ke_served=1 ") && a.contains("replies=0 "),
+        "{a}"
+    );
+    assert!(
+        b.contains("ke_served=0 ") && b.contains("replies=2 "),
+        "{b}"
+    );
+    assert!(b.contains("naks=0 dropped=0"), "{b}");
 }
