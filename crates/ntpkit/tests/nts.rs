@@ -498,3 +498,65 @@ fn shared_master_secret_between_two_servers() {
     );
     assert!(b.contains("naks=0 dropped=0"), "{b}");
 }
+
+/// A running chronyd (-x) as NTS client of `ntpkit serve`: `chronyc authdata` shows the NTS
+/// association with cookies and no NAK, `chronyc ntpdata` authenticated replies that pass all
+/// of chrony's tests.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn chronyd_daemon_nts_client_of_ntpkit_serve() {
+    support::require(
+        "chronyd_daemon_nts_client_of_ntpkit_serve",
+        &[Need::Tool(CHRONYD), Need::Tool(CHRONYC)],
+    );
+    let lab = Lab::new("ntsx");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    let conf = format!(
+        "server localhost port {SERVE_NTP_PORT} ntsport {SERVE_KE_PORT} nts iburst minpoll 0 \
+         maxpoll 0\nntstrustedcerts {crt}\nport 0\ncmdport 0\nbindcmdaddress {sock}\n\
+         pidfile {pid}\n",
+        crt = crt.display(),
+        sock = lab.path("client.sock").display(),
+        pid = lab.path("client.pid").display(),
+    );
+    let conf = lab.write("client.conf", &conf);
+    let client = chrony::start(&lab, &lab.ns, "client", &conf);
+
+    // ntpdata CSV: field 27 is "authenticated", the last one the good replies.
+    let deadline = std::time::Instant::now() + SECS(30);
+    let mut row = Vec::new();
+    while std::time::Instant::now() < deadline {
+        row = chrony::csv(&lab, "client", &["ntpdata", "127.0.0.1"])
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        if row.len() == 34 && row[33].parse::<u64>().unwrap_or(0) >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let auth = chrony::chronyc(&lab, "client", &["authdata"]);
+    support::say(&format!("chronyc authdata:\n{}", auth.stdout.trim()));
+    assert!(
+        row.len() == 34 && row[33].parse::<u64>().unwrap_or(0) >= 3,
+        "ntpdata {row:?}\n{}\n{}",
+        client.output(),
+        serve.output()
+    );
+    assert_eq!(row[27], "Yes", "ntpdata {row:?}");
+    assert_eq!(
+        format!("{} {} {}", row[23], row[24], row[25]),
+        "111 111 1111",
+        "{row:?}"
+    );
+    // authdata CSV: name, mode, key id, type, key length, last, attempts, NAKs, cookies, length.
+    let a = chrony::csv(&lab, "client", &["authdata"]);
+    let a = a.first().expect("authdata row");
+    assert_eq!(a[1], "NTS", "{a:?}");
+    assert_eq!(a[7], "0", "NAKs {a:?}");
+    assert!(a[8].parse::<u64>().unwrap_or(0) >= 1, "cookies {a:?}");
+    let counters = nts_counters(&mut serve);
+    support::say(&format!("ntpkit serve: {counters}"));
+    assert!(counters.contains("naks=0 dropped=0"), "{counters}");
+}
