@@ -171,6 +171,7 @@ pub struct KeListener {
     settings: KeServerSettings,
     ring: Arc<CookieKeyring>,
     rng: ChaCha20Rng,
+    deadline: Duration,
 }
 
 struct Session {
@@ -200,6 +201,7 @@ impl KeListener {
             },
             ring,
             rng,
+            deadline: KE_DEADLINE,
         })
     }
 
@@ -284,7 +286,7 @@ impl KeListener {
                     peer,
                     ke,
                     out: Vec::new(),
-                    deadline: now + KE_DEADLINE.as_nanos() as i64,
+                    deadline: now + self.deadline.as_nanos() as i64,
                 }),
                 Err(e) => tracing::warn!("NTS-KE session: {e}"),
             }
@@ -391,6 +393,69 @@ mod tests {
         assert!(e.contains("16 bytes") && e.contains("at least 32"), "{e}");
         assert!(!e.contains('\n'));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A key-exchange server on 127.0.0.1 with a fresh certificate, on its own thread, and
+    /// the deadline given; stopped when the returned `Shared` is told to.
+    fn ke_server(deadline: Duration) -> (SocketAddr, Arc<crate::serve::Shared>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = server_config(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            provider,
+            Arc::new(DefaultTimeProvider),
+        )
+        .unwrap();
+        let ring = Arc::new(CookieKeyring::with_default_rotation(&[5; 32]).unwrap());
+        let mut l =
+            KeListener::bind("127.0.0.1:0".parse().unwrap(), Arc::new(tls), ring, None).unwrap();
+        l.deadline = deadline;
+        let addr = l.local_addr();
+        let shared = Arc::new(crate::serve::Shared::default());
+        let s = shared.clone();
+        std::thread::spawn(move || l.run(s));
+        (addr, shared)
+    }
+
+    /// Whether the server closed `c` within `limit` (reads end of stream or a reset).
+    fn closed_within(c: &mut std::net::TcpStream, limit: Duration) -> bool {
+        use std::io::Read;
+        c.set_read_timeout(Some(limit)).unwrap();
+        let mut b = [0u8; 64];
+        match c.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    #[test]
+    fn ke_connections_are_limited_per_address_and_in_time() {
+        let (addr, shared) = ke_server(Duration::from_millis(600));
+        let mut open: Vec<_> = (0..KE_PER_ADDRESS)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // One more from the same address is closed at once.
+        let mut extra = std::net::TcpStream::connect(addr).unwrap();
+        assert!(closed_within(&mut extra, Duration::from_millis(400)));
+        // The silent ones are closed at the deadline.
+        for c in &mut open {
+            assert!(closed_within(c, Duration::from_secs(3)));
+        }
+        assert_eq!(
+            shared.nts.ke_failed.load(Ordering::Relaxed),
+            KE_PER_ADDRESS as u64 + 1
+        );
+        shared.stop.store(true, Ordering::Relaxed);
     }
 
     #[test]
