@@ -144,6 +144,13 @@ ntpkit_server_tcp_connections_total and ntpkit_server_tcp_open_connections. A th
 answers one scrape at a time, apart from the NTP threads. There is no authentication: keep it \
 on loopback or a monitoring network.
 
+NTS (RFC 8915): --nts-ke ADDR:PORT with --cert, --key and --nts-master runs an NTS-KE server \
+(TLS 1.3, ALPN ntske/1) and answers NTS requests on the UDP addresses with authenticated \
+replies. The master secret file is created with 32 random bytes (mode 0600) if missing; servers \
+sharing it open each other's cookies. The key exchange announces the port of the first --listen \
+address when it is not 123. The counters gain a line `served nts: ke_served=N ke_failed=N \
+replies=N naks=N dropped=N`.
+
 Port 123 needs root or CAP_NET_BIND_SERVICE; unprivileged example:
   ntpkit serve --listen 127.0.0.1:1123 --listen [::1]:1123 --tcp 127.0.0.1:1123";
 
