@@ -22,6 +22,7 @@ pub mod framing;
 pub mod metrics;
 pub mod notify;
 pub mod nts_ke;
+pub mod nts_serve;
 pub mod query;
 pub mod serve;
 pub mod served_clock;

@@ -499,6 +499,21 @@ pub fn render(format: Format, shared: &Shared, snapshot: Option<Snapshot>) -> St
     registry.register_collector(Box::new(Scrape {
         udp: shared.udp.snapshot(),
         tcp: shared.tcp.snapshot(),
+        nts: shared
+            .nts_on
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| {
+                let n = &shared.nts;
+                let get =
+                    |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                [
+                    get(&n.ke_served),
+                    get(&n.ke_failed),
+                    get(&n.replies),
+                    get(&n.naks),
+                    get(&n.dropped),
+                ]
+            }),
         snapshot,
     }));
     let mut out = String::new();
@@ -518,6 +533,8 @@ pub fn render(format: Format, shared: &Shared, snapshot: Option<Snapshot>) -> St
 struct Scrape {
     udp: CounterValues,
     tcp: CounterValues,
+    /// NTS: key exchanges served and failed, authenticated replies, NAKs, dropped requests.
+    nts: Option<[u64; 5]>,
     snapshot: Option<Snapshot>,
 }
 
@@ -814,7 +831,41 @@ impl Scrape {
                 GAUGE,
             ),
             self.tcp.open,
-        )
+        )?;
+        if let Some([served, failed, replies, naks, dropped]) = self.nts {
+            let labelled = |name: &'static str, pairs: &[(&str, u64)]| -> Vec<(Labels, Num)> {
+                pairs
+                    .iter()
+                    .map(|&(v, n)| (vec![(name, v.to_string())], n.into()))
+                    .collect()
+            };
+            family(
+                enc,
+                (
+                    "ntpkit_server_nts_key_exchanges",
+                    "NTS-KE sessions: served with keys and cookies, or failed (TLS, bad \
+                     request, timeout, connection limits).",
+                    None,
+                    COUNTER,
+                ),
+                &labelled("result", &[("served", served), ("failed", failed)]),
+            )?;
+            family(
+                enc,
+                (
+                    "ntpkit_server_nts_requests",
+                    "NTS requests: answered with an authenticated reply, with an NTS NAK \
+                     (cookie did not open), or dropped (malformed or not authentic).",
+                    None,
+                    COUNTER,
+                ),
+                &labelled(
+                    "outcome",
+                    &[("reply", replies), ("nak", naks), ("dropped", dropped)],
+                ),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -1167,6 +1218,22 @@ mod tests {
         }
         assert_eq!(get(&s, "ntpkit_server_tcp_connections_total", &[]), 3.0);
         assert_eq!(get(&s, "ntpkit_server_tcp_open_connections", &[]), 1.0);
+        assert!(
+            !text.contains("_nts_"),
+            "NTS metrics only when NTS is served"
+        );
+        shared.nts_on.store(true, Ordering::Relaxed);
+        shared.nts.replies.store(5, Ordering::Relaxed);
+        shared.nts.ke_served.store(1, Ordering::Relaxed);
+        let nts_text = render(Format::PrometheusText, &shared, None);
+        let s2 = samples(&nts_text);
+        let reply = [("outcome", "reply")];
+        assert_eq!(get(&s2, "ntpkit_server_nts_requests_total", &reply), 5.0);
+        let served = [("result", "served")];
+        assert_eq!(
+            get(&s2, "ntpkit_server_nts_key_exchanges_total", &served),
+            1.0
+        );
 
         assert_eq!(get(&s, "ntpkit_tracking_synchronized", &[]), 1.0);
         for st in ["starting", "holdover", "local", "unsynchronized"] {

@@ -70,6 +70,8 @@ pub struct ServeConfig {
     pub user: Option<String>,
     /// Install the system-call filter once started.
     pub seccomp: bool,
+    /// NTS: key exchange and authenticated replies (None: plain NTP only).
+    pub nts: Option<crate::nts_serve::NtsServeConfig>,
 }
 
 impl Default for ServeConfig {
@@ -94,6 +96,7 @@ impl Default for ServeConfig {
             verbose: false,
             user: None,
             seccomp: true,
+            nts: None,
         }
     }
 }
@@ -119,6 +122,8 @@ pub enum Transport {
     Udp,
     /// ntpkit's TCP framing.
     Tcp,
+    /// NTS key establishment (TLS over TCP).
+    NtsKe,
 }
 
 impl Transport {
@@ -126,6 +131,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::NtsKe => "nts-ke",
         }
     }
 
@@ -133,6 +139,7 @@ impl Transport {
         match self {
             Transport::Udp => "--listen",
             Transport::Tcp => "--tcp",
+            Transport::NtsKe => "--nts-ke",
         }
     }
 }
@@ -157,6 +164,9 @@ pub enum ServeError {
     /// Switching user, dropping capabilities or installing the system-call filter failed; the
     /// message says why and what to do.
     Privileges(String),
+    /// The NTS certificate, key or master secret could not be used; the message says why and
+    /// what to do.
+    Nts(String),
 }
 
 impl std::fmt::Display for ServeError {
@@ -205,6 +215,7 @@ impl std::fmt::Display for ServeError {
             ServeError::Metrics(e) => write!(f, "{e}"),
             ServeError::Io(e) => write!(f, "{e}"),
             ServeError::Privileges(e) => write!(f, "{e}"),
+            ServeError::Nts(e) => write!(f, "{e}"),
         }
     }
 }
@@ -308,6 +319,10 @@ pub struct Shared {
     pub tcp: Counters,
     /// Set once to stop every worker.
     pub stop: AtomicBool,
+    /// NTS counters.
+    pub nts: crate::nts_serve::NtsCounters,
+    /// Whether NTS is served (its counters are reported).
+    pub nts_on: AtomicBool,
 }
 
 impl Shared {
@@ -315,11 +330,24 @@ impl Shared {
     pub fn report(&self) -> String {
         let u = self.udp.snapshot();
         let t = self.tcp.snapshot();
+        let mut nts = String::new();
+        if self.nts_on.load(Ordering::Relaxed) {
+            let n = &self.nts;
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            nts = format!(
+                "served nts: ke_served={} ke_failed={} replies={} naks={} dropped={}\n",
+                get(&n.ke_served),
+                get(&n.ke_failed),
+                get(&n.replies),
+                get(&n.naks),
+                get(&n.dropped),
+            );
+        }
         format!(
             "served: answered={} ignored={} malformed={} denied={} limited={} kissed={}\n\
              served udp: answered={} ignored={} malformed={} denied={} limited={} kissed={}\n\
              served tcp: answered={} ignored={} malformed={} denied={} limited={} kissed={} \
-             connections={}\n",
+             connections={}\n{}",
             u.answered + t.answered,
             u.ignored + t.ignored,
             u.malformed + t.malformed,
@@ -339,6 +367,7 @@ impl Shared {
             t.limited,
             t.kissed,
             t.connections,
+            nts,
         )
     }
 }
@@ -377,6 +406,36 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         config.policy(),
         config.verbose,
     )?;
+    let mut nts_ring = None;
+    let mut master_created = None;
+    let mut ke_listener = None;
+    if let Some(n) = &config.nts {
+        let (master, created) =
+            crate::nts_serve::load_or_create_master(&n.master).map_err(ServeError::Nts)?;
+        if created {
+            master_created = Some(n.master.clone());
+        }
+        let ring = Arc::new(
+            ntpkit_nts::CookieKeyring::new(&master, n.rotation_secs)
+                .map_err(|e| ServeError::Nts(format!("NTS master secret: {e}")))?,
+        );
+        let tls = crate::nts_serve::load_tls(&n.cert, &n.key).map_err(ServeError::Nts)?;
+        // Clients use port 123 unless told otherwise: announce the first UDP port if not 123.
+        let ntp_port = udp_sockets
+            .first()
+            .map(|s| s[0].local_addr().port())
+            .filter(|&p| p != 123);
+        let l = crate::nts_serve::KeListener::bind(n.ke, tls, ring.clone(), ntp_port).map_err(
+            |source| ServeError::Bind {
+                addr: n.ke,
+                transport: Transport::NtsKe,
+                source,
+            },
+        )?;
+        shared.nts_on.store(true, Ordering::Relaxed);
+        nts_ring = Some(ring);
+        ke_listener = Some(l);
+    }
     let metrics = match config.metrics {
         Some(addr) => Some(
             crate::metrics::Endpoint::bind(addr, |a| format!("--metrics {a}"))
@@ -395,6 +454,16 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     for l in &listening {
         let _ = writeln!(out, "NTP server listening on {l}");
+    }
+    if let Some(l) = &ke_listener {
+        let _ = writeln!(out, "NTS-KE server listening on {} (tcp)", l.local_addr());
+    }
+    if let Some(p) = &master_created {
+        let _ = writeln!(
+            out,
+            "Created NTS master secret {} (32 random bytes, mode 0600)",
+            p.display()
+        );
     }
     if let Some(m) = &metrics {
         let _ = writeln!(out, "Metrics on http://{}/metrics", m.local_addr());
@@ -438,13 +507,16 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let mut threads = Vec::new();
     for socks in udp_sockets {
         for sock in socks {
-            let worker = crate::udp::Worker::new(
+            let mut worker = crate::udp::Worker::new(
                 sock,
                 clock.clone(),
                 shared.clone(),
                 &config,
                 config.policy(),
             );
+            if let Some(ring) = &nts_ring {
+                worker.serve_nts(ring.clone()).map_err(ServeError::Io)?;
+            }
             let name = format!("udp {}", worker.local_addr());
             let h = std::thread::Builder::new()
                 .name(name)
@@ -454,6 +526,14 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
     }
 
+    if let Some(l) = ke_listener {
+        let s = shared.clone();
+        let h = std::thread::Builder::new()
+            .name("nts-ke".into())
+            .spawn(move || l.run(s))
+            .map_err(ServeError::Io)?;
+        threads.push(h);
+    }
     if let Some(m) = metrics {
         m.spawn(shared.clone()).map_err(ServeError::Io)?;
     }

@@ -20,6 +20,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ntpkit_nts::{process_request, CookieKeyring, ServerOutcome};
+use ntpkit_wire::HEADER_LEN;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
 /// Largest datagram read whole; longer ones are truncated by the kernel and counted malformed.
 const DATAGRAM_BUF: usize = 2048;
 /// `SO_SNDBUF` of serving sockets: room for several whole batches of replies.
@@ -76,6 +81,20 @@ pub struct UdpServer {
     /// Indices of the datagrams answered in this batch, kept only to log them (`-v`).
     replied: Vec<usize>,
     last_error: Option<io::ErrorKind>,
+    nts: Option<NtsServing>,
+}
+
+/// What a UDP server needs to answer NTS requests.
+#[derive(Debug)]
+struct NtsServing {
+    ring: Arc<CookieKeyring>,
+    rng: ChaCha20Rng,
+    shared: Arc<Shared>,
+    /// The reply being sealed.
+    scratch: Vec<u8>,
+    /// Per queued reply of the batch: sealed already (its transmit timestamp is final).
+    sealed: Vec<bool>,
+    any_sealed: bool,
 }
 
 impl UdpServer {
@@ -97,7 +116,27 @@ impl UdpServer {
             verbose,
             replied: Vec::with_capacity(if verbose { batch } else { 0 }),
             last_error: None,
+            nts: None,
         }
+    }
+
+    /// Answers NTS requests too: cookies open with `ring`; the cryptographic random source
+    /// (fresh cookies) is seeded from the OS now.
+    pub fn serve_nts(&mut self, ring: Arc<CookieKeyring>, shared: Arc<Shared>) -> io::Result<()> {
+        let rng = ChaCha20Rng::try_from_os_rng().map_err(io::Error::other)?;
+        self.nts = Some(NtsServing {
+            ring,
+            rng,
+            shared,
+            scratch: Vec::with_capacity(DATAGRAM_BUF),
+            sealed: vec![false; self.send_capacity()],
+            any_sealed: false,
+        });
+        Ok(())
+    }
+
+    fn send_capacity(&self) -> usize {
+        self.recv.capacity()
     }
 
     /// The socket (to poll it).
@@ -140,8 +179,21 @@ impl UdpServer {
         if !self.send.is_empty() {
             // T3 as late as possible: one clock read for the batch, right before sending.
             let tx = clock.read_at(ntpkit_os::realtime_nanos()).to_ntp();
-            self.send
-                .for_each_mut(|p| ntpkit_wire::stamp_transmit(p, tx));
+            match &self.nts {
+                Some(n) if n.any_sealed => {
+                    // NTS replies were stamped before sealing: leave them as they are.
+                    let mut i = 0;
+                    self.send.for_each_mut(|p| {
+                        if !n.sealed[i] {
+                            ntpkit_wire::stamp_transmit(p, tx);
+                        }
+                        i += 1;
+                    });
+                }
+                _ => self
+                    .send
+                    .for_each_mut(|p| ntpkit_wire::stamp_transmit(p, tx)),
+            }
             let queued = self.send.len();
             let result = match self.mode {
                 SendMode::Batched => self.sock.send_batch(&mut self.send),
@@ -168,6 +220,14 @@ impl UdpServer {
         let mut truncated = 0;
         self.replied.clear();
         clock.refresh();
+        let mut nts_unix = None;
+        let (mut nts_replies, mut nts_naks, mut nts_dropped) = (0u64, 0u64, 0u64);
+        if let Some(n) = &mut self.nts {
+            if n.any_sealed {
+                n.sealed.iter_mut().for_each(|s| *s = false);
+                n.any_sealed = false;
+            }
+        }
         for i in 0..n {
             let d = self.recv.get(i);
             if self.verbose {
@@ -197,20 +257,73 @@ impl UdpServer {
                 state,
                 &mut buf[..room],
             );
-            match response {
-                Response::Reply(len) | Response::Kiss(len, _) => {
+            match (response, &mut self.nts) {
+                (Response::Reply(HEADER_LEN), Some(n)) if d.data.len() > HEADER_LEN => {
+                    // NTS: the transmit timestamp is final before the reply is sealed.
+                    let tx = clock.read_at(ntpkit_os::realtime_nanos()).to_ntp();
+                    ntpkit_wire::stamp_transmit(&mut buf[..HEADER_LEN], tx);
+                    n.scratch.clear();
+                    n.scratch.extend_from_slice(&buf[..HEADER_LEN]);
+                    let unix = *nts_unix.get_or_insert_with(crate::nts_serve::unix_secs);
+                    let outcome =
+                        process_request(d.data, &n.ring, unix, &mut n.rng, &mut n.scratch);
+                    let len = match outcome {
+                        ServerOutcome::NotNts => HEADER_LEN,
+                        ServerOutcome::Reply { len, .. } | ServerOutcome::Nak { len, .. } => {
+                            if matches!(outcome, ServerOutcome::Reply { .. }) {
+                                nts_replies += 1;
+                            } else {
+                                nts_naks += 1;
+                            }
+                            if len > buf.len() {
+                                continue; // never: the reply is no longer than the request
+                            }
+                            buf[..len].copy_from_slice(&n.scratch[..len]);
+                            n.sealed[self.send.len()] = true;
+                            n.any_sealed = true;
+                            len
+                        }
+                        ServerOutcome::Drop(why) => {
+                            nts_dropped += 1;
+                            if self.verbose {
+                                tracing::info!(
+                                    "Dropped NTS request from {:?}: {why}",
+                                    self.recv.source(i)
+                                );
+                            }
+                            continue;
+                        }
+                    };
                     self.send.commit_reply(len, &self.recv, i);
                     if self.verbose {
                         self.replied.push(i);
                     }
                 }
-                Response::Ignored(why) if self.verbose => {
+                (Response::Reply(len) | Response::Kiss(len, _), _) => {
+                    self.send.commit_reply(len, &self.recv, i);
+                    if self.verbose {
+                        self.replied.push(i);
+                    }
+                }
+                (Response::Ignored(why), _) if self.verbose => {
                     tracing::info!("Ignored packet from {:?}: {why:?}", self.recv.source(i));
                 }
-                Response::Malformed(e) if self.verbose => {
+                (Response::Malformed(e), _) if self.verbose => {
                     tracing::info!("Malformed packet from {:?}: {e}", self.recv.source(i));
                 }
-                Response::Ignored(_) | Response::Malformed(_) => {}
+                (Response::Ignored(_) | Response::Malformed(_), _) => {}
+            }
+        }
+        if let Some(n) = &self.nts {
+            let c = &n.shared.nts;
+            for (counter, v) in [
+                (&c.replies, nts_replies),
+                (&c.naks, nts_naks),
+                (&c.dropped, nts_dropped),
+            ] {
+                if v != 0 {
+                    counter.fetch_add(v, Ordering::Relaxed);
+                }
             }
         }
         truncated
@@ -245,6 +358,11 @@ impl Worker {
     /// The socket's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Answers NTS requests too, opening cookies with `ring`.
+    pub fn serve_nts(&mut self, ring: Arc<CookieKeyring>) -> io::Result<()> {
+        self.server.serve_nts(ring, self.shared.clone())
     }
 
     /// Serves until the shared stop flag is set.

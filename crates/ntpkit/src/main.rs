@@ -144,6 +144,13 @@ ntpkit_server_tcp_connections_total and ntpkit_server_tcp_open_connections. A th
 answers one scrape at a time, apart from the NTP threads. There is no authentication: keep it \
 on loopback or a monitoring network.
 
+NTS (RFC 8915): --nts-ke ADDR:PORT with --cert, --key and --nts-master runs an NTS-KE server \
+(TLS 1.3, ALPN ntske/1) and answers NTS requests on the UDP addresses with authenticated \
+replies. The master secret file is created with 32 random bytes (mode 0600) if missing; servers \
+sharing it open each other's cookies. The key exchange announces the port of the first --listen \
+address when it is not 123. The counters gain a line `served nts: ke_served=N ke_failed=N \
+replies=N naks=N dropped=N`.
+
 Port 123 needs root or CAP_NET_BIND_SERVICE; unprivileged example:
   ntpkit serve --listen 127.0.0.1:1123 --listen [::1]:1123 --tcp 127.0.0.1:1123";
 
@@ -228,6 +235,25 @@ struct ServeArgs {
     /// Serve Prometheus metrics (the counters) over HTTP at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
+    /// Serve NTS (RFC 8915): NTS-KE over TLS 1.3 on this TCP address (port 4460 is the
+    /// standard one), and authenticated replies to NTS requests on the UDP addresses.
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["cert", "key", "nts_master"])]
+    nts_ke: Option<SocketAddr>,
+    /// PEM file of the NTS-KE server's certificate chain, leaf first.
+    #[arg(long, value_name = "PEM", requires = "nts_ke")]
+    cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key.
+    #[arg(long, value_name = "PEM", requires = "nts_ke")]
+    key: Option<PathBuf>,
+    /// File of the NTS cookie master secret (at least 32 bytes); created with 32 random bytes
+    /// (mode 0600) if missing. Servers sharing it open each other's cookies.
+    #[arg(long, value_name = "FILE", requires = "nts_ke")]
+    nts_master: Option<PathBuf>,
+    /// Period after which NTS cookies are sealed with a new key derived from the master
+    /// secret, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    nts_rotation: u64,
     /// Log every request and response (and dropped packets) to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -696,7 +722,20 @@ fn daemon_cmd(
 fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let defaults = ServeConfig::default();
     let udp_is_default = a.listen.is_empty();
+    let nts = match (a.nts_ke, a.cert, a.key, a.nts_master) {
+        (Some(ke), Some(cert), Some(key), Some(master)) => {
+            Some(ntpkit_daemon::nts_serve::NtsServeConfig {
+                ke,
+                cert,
+                key,
+                master,
+                rotation_secs: a.nts_rotation,
+            })
+        }
+        _ => None,
+    };
     let cfg = ServeConfig {
+        nts,
         udp: if udp_is_default {
             defaults.udp.clone()
         } else {

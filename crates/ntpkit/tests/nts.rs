@@ -178,3 +178,385 @@ fn query_nts_ca_certificate_as_server_certificate() {
     assert!(err.contains("CA:TRUE") && err.contains("--ca-file"), "{r}");
     assert_eq!(err.lines().count(), 1, "{r}");
 }
+
+const SERVE_NTP_PORT: u16 = 11926;
+const SERVE_KE_PORT: u16 = 11966;
+
+/// Starts `ntpkit serve` with NTS at stratum 3 on 127.0.0.1 (NTP on `SERVE_NTP_PORT`, NTS-KE
+/// on `SERVE_KE_PORT`), the master secret created in the lab's directory.
+fn ntpkit_nts_server<'l>(lab: &'l Lab, crt: &Path, key: &Path) -> Proc<'l> {
+    let listen = format!("127.0.0.1:{SERVE_NTP_PORT}");
+    let ke = format!("127.0.0.1:{SERVE_KE_PORT}");
+    ntpkit_nts_server_on(lab, "serve", &listen, &ke, 3, crt, key)
+}
+
+/// Starts `ntpkit serve` named `name` with NTS: NTP on `listen`, NTS-KE on `ke`, at `stratum`,
+/// with the lab's master secret file (created by the first server).
+fn ntpkit_nts_server_on<'l>(
+    lab: &'l Lab,
+    name: &str,
+    listen: &str,
+    ke: &str,
+    stratum: u8,
+    crt: &Path,
+    key: &Path,
+) -> Proc<'l> {
+    let stratum = stratum.to_string();
+    let crt = crt.to_string_lossy().to_string();
+    let key = key.to_string_lossy().to_string();
+    let master = lab.path("master").to_string_lossy().to_string();
+    let mut p = lab.spawn(
+        name,
+        &[
+            NTPKIT,
+            "serve",
+            "--listen",
+            listen,
+            "--nts-ke",
+            ke,
+            "--cert",
+            &crt,
+            "--key",
+            &key,
+            "--nts-master",
+            &master,
+            "--stratum",
+            &stratum,
+        ],
+        SECS(120),
+    );
+    p.wait_for("Waiting for NTP requests", SECS(10));
+    p
+}
+
+/// The `served nts:` counters of a running `ntpkit serve`, after SIGUSR1.
+fn nts_counters(serve: &mut Proc) -> String {
+    serve.signal_command(libc::SIGUSR1);
+    let line = serve.wait_for("served nts:", SECS(5));
+    line.lines()
+        .rev()
+        .find(|l| l.starts_with("served nts:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `ntpkit query --nts` against `ntpkit serve --nts-ke`: key exchange, the NTP port announced
+/// by the key-exchange server, authenticated replies at the served stratum; the master secret
+/// is created with mode 0600.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn query_nts_against_ntpkit_serve() {
+    support::require("query_nts_against_ntpkit_serve", &[]);
+    let lab = Lab::new("ntss");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    assert!(
+        serve.stdout().contains("Created NTS master secret"),
+        "{}",
+        serve.output()
+    );
+    let meta = fs::metadata(lab.path("master")).expect("master secret created");
+    assert_eq!(meta.len(), 32);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let ke = format!("localhost:{SERVE_KE_PORT}");
+    let ca = crt.to_string_lossy().to_string();
+    let r = lab.run(
+        &[
+            NTPKIT,
+            "query",
+            "--nts",
+            &ke,
+            "--ca-file",
+            &ca,
+            "--samples",
+            "3",
+            "--interval",
+            "0.2",
+            "--json",
+        ],
+        SECS(30),
+    );
+    assert!(r.status.success(), "{r}\n{}", serve.output());
+    let v: Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+    assert_eq!(v["nts"]["aead"], "AEAD_AES_SIV_CMAC_256", "{v}");
+    assert_eq!(
+        v["nts"]["ntp_server"],
+        format!("localhost:{SERVE_NTP_PORT}"),
+        "{v}"
+    );
+    assert_eq!(v["nts"]["dropped"], 0, "{v}");
+    assert_eq!(v["stratum"], 3, "{v}");
+    let ok = v["samples"]
+        .as_array()
+        .map(|s| s.iter().filter(|s| s["status"] == "ok").count())
+        .unwrap_or(0);
+    assert_eq!(ok, 3, "{v}");
+
+    let counters = nts_counters(&mut serve);
+    support::say(&format!("ntpkit serve: {counters}"));
+    assert!(counters.contains("ke_served=1 "), "{counters}");
+    assert!(counters.contains("replies=3 "), "{counters}");
+    assert!(counters.contains("naks=0 dropped=0"), "{counters}");
+}
+
+/// chronyd as NTS client of `ntpkit serve`: it accepts our key exchange and our authenticated
+/// replies (chronyd -Q exits 0 only after a valid measurement), with the NTP port given and
+/// learnt from the key exchange.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn chronyd_nts_client_of_ntpkit_serve() {
+    support::require("chronyd_nts_client_of_ntpkit_serve", &[Need::Tool(CHRONYD)]);
+    let lab = Lab::new("ntsc");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    let trusted = format!("ntstrustedcerts {}", crt.display());
+    let pid = format!("pidfile {}", lab.path("q.pid").display());
+    for server in [
+        format!("server localhost port {SERVE_NTP_PORT} ntsport {SERVE_KE_PORT} nts iburst"),
+        // Without `port`: the port comes from the key-exchange server's announcement.
+        format!("server localhost ntsport {SERVE_KE_PORT} nts iburst"),
+    ] {
+        let r = lab.run(
+            &[
+                CHRONYD,
+                "-Q",
+                "-t",
+                "20",
+                &server,
+                &trusted,
+                "cmdport 0",
+                "bindcmdaddress /",
+                &pid,
+            ],
+            SECS(30),
+        );
+        support::say(&format!(
+            "chronyd -Q ({server}): {}",
+            r.stdout_and_stderr().trim()
+        ));
+        assert!(r.status.success(), "{r}\n{}", serve.output());
+        assert!(
+            r.stdout_and_stderr().contains("System clock wrong by"),
+            "{r}\n{}",
+            serve.output()
+        );
+    }
+    let counters = nts_counters(&mut serve);
+    support::say(&format!("ntpkit serve: {counters}"));
+    assert!(counters.contains("ke_served=2 "), "{counters}");
+    assert!(!counters.contains("replies=0 "), "{counters}");
+    assert!(counters.contains("naks=0 dropped=0"), "{counters}");
+}
+
+/// `--nts-ke` without its files is refused by the argument parser; a master secret that is too
+/// short is refused at start with a one-line error naming the fix.
+#[test]
+fn serve_nts_flag_errors() {
+    let out = std::process::Command::new(NTPKIT)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nts-ke",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run ntpkit");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--cert") && err.contains("--nts-master"),
+        "{err}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("ntpkit-nts-flags-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("temp dir");
+    let master = dir.join("master");
+    fs::write(&master, [7u8; 16]).expect("write master");
+    let missing = dir.join("missing.pem");
+    let out = std::process::Command::new(NTPKIT)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nts-ke",
+            "127.0.0.1:0",
+        ])
+        .arg("--cert")
+        .arg(&missing)
+        .arg("--key")
+        .arg(&missing)
+        .arg("--nts-master")
+        .arg(&master)
+        .output()
+        .expect("run ntpkit");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("16 bytes") && err.contains("at least 32"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    fs::write(&master, [7u8; 32]).expect("write master");
+    let out = std::process::Command::new(NTPKIT)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nts-ke",
+            "127.0.0.1:0",
+        ])
+        .arg("--cert")
+        .arg(&missing)
+        .arg("--key")
+        .arg(&missing)
+        .arg("--nts-master")
+        .arg(&master)
+        .output()
+        .expect("run ntpkit");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.pem") && err.contains("--cert"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Two servers sharing one master secret: the key exchange on the first, whose NTP socket is on
+/// 127.0.0.2 and which announces its port; the client then asks 127.0.0.1 on that port, where
+/// only the second server listens, and that server opens the first one's cookies.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn shared_master_secret_between_two_servers() {
+    support::require("shared_master_secret_between_two_servers", &[]);
+    let lab = Lab::new("ntsm");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let ke = format!("127.0.0.1:{SERVE_KE_PORT}");
+    let mut first = ntpkit_nts_server_on(
+        &lab,
+        "first",
+        &format!("127.0.0.2:{SERVE_NTP_PORT}"),
+        &ke,
+        3,
+        &crt,
+        &key,
+    );
+    let mut second = ntpkit_nts_server_on(
+        &lab,
+        "second",
+        &format!("127.0.0.1:{SERVE_NTP_PORT}"),
+        &format!("127.0.0.1:{}", SERVE_KE_PORT + 1),
+        4,
+        &crt,
+        &key,
+    );
+    assert!(!second.stdout().contains("Created NTS master secret"));
+
+    let ke = format!("localhost:{SERVE_KE_PORT}");
+    let ca = crt.to_string_lossy().to_string();
+    let r = lab.run(
+        &[
+            NTPKIT,
+            "query",
+            "--nts",
+            &ke,
+            "--ca-file",
+            &ca,
+            "--samples",
+            "2",
+            "--interval",
+            "0.2",
+            "--json",
+        ],
+        SECS(30),
+    );
+    assert!(
+        r.status.success(),
+        "{r}\n{}\n{}",
+        first.output(),
+        second.output()
+    );
+    let v: Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+    // Stratum 4: the replies came from the second server.
+    assert_eq!(v["stratum"], 4, "{v}");
+    assert_eq!(v["nts"]["dropped"], 0, "{v}");
+    let a = nts_counters(&mut first);
+    let b = nts_counters(&mut second);
+    support::say(&format!("first: {a}\nsecond: {b}"));
+    assert!(
+        a.contains("ke_served=1 ") && a.contains("replies=0 "),
+        "{a}"
+    );
+    assert!(
+        b.contains("ke_served=0 ") && b.contains("replies=2 "),
+        "{b}"
+    );
+    assert!(b.contains("naks=0 dropped=0"), "{b}");
+}
+
+/// A running chronyd (-x) as NTS client of `ntpkit serve`: `chronyc authdata` shows the NTS
+/// association with cookies and no NAK, `chronyc ntpdata` authenticated replies that pass all
+/// of chrony's tests.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn chronyd_daemon_nts_client_of_ntpkit_serve() {
+    support::require(
+        "chronyd_daemon_nts_client_of_ntpkit_serve",
+        &[Need::Tool(CHRONYD), Need::Tool(CHRONYC)],
+    );
+    let lab = Lab::new("ntsx");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    let conf = format!(
+        "server localhost port {SERVE_NTP_PORT} ntsport {SERVE_KE_PORT} nts iburst minpoll 0 \
+         maxpoll 0\nntstrustedcerts {crt}\nport 0\ncmdport 0\nbindcmdaddress {sock}\n\
+         pidfile {pid}\n",
+        crt = crt.display(),
+        sock = lab.path("client.sock").display(),
+        pid = lab.path("client.pid").display(),
+    );
+    let conf = lab.write("client.conf", &conf);
+    let client = chrony::start(&lab, &lab.ns, "client", &conf);
+
+    // ntpdata CSV: field 27 is "authenticated", the last one the good replies.
+    let deadline = std::time::Instant::now() + SECS(30);
+    let mut row = Vec::new();
+    while std::time::Instant::now() < deadline {
+        row = chrony::csv(&lab, "client", &["ntpdata", "127.0.0.1"])
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        if row.len() == 34 && row[33].parse::<u64>().unwrap_or(0) >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let auth = chrony::chronyc(&lab, "client", &["authdata"]);
+    support::say(&format!("chronyc authdata:\n{}", auth.stdout.trim()));
+    assert!(
+        row.len() == 34 && row[33].parse::<u64>().unwrap_or(0) >= 3,
+        "ntpdata {row:?}\n{}\n{}",
+        client.output(),
+        serve.output()
+    );
+    assert_eq!(row[27], "Yes", "ntpdata {row:?}");
+    assert_eq!(
+        format!("{} {} {}", row[23], row[24], row[25]),
+        "111 111 1111",
+        "{row:?}"
+    );
+    // authdata CSV: name, mode, key id, type, key length, last, attempts, NAKs, cookies, length.
+    let a = chrony::csv(&lab, "client", &["authdata"]);
+    let a = a.first().expect("authdata row");
+    assert_eq!(a[1], "NTS", "{a:?}");
+    assert_eq!(a[7], "0", "NAKs {a:?}");
+    assert!(a[8].parse::<u64>().unwrap_or(0) >= 1, "cookies {a:?}");
+    let counters = nts_counters(&mut serve);
+    support::say(&format!("ntpkit serve: {counters}"));
+    assert!(counters.contains("naks=0 dropped=0"), "{counters}");
+}
