@@ -239,6 +239,15 @@ impl Responder {
         Response::Reply(len)
     }
 
+    /// Call when the driver does not send a reply this responder wrote (an NTS request whose
+    /// authenticator does not verify): it counts as ignored, not answered.
+    pub fn withdraw_reply(&mut self) {
+        if self.stats.answered > 0 {
+            self.stats.answered -= 1;
+            self.stats.ignored += 1;
+        }
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> ResponderStats {
         self.stats
@@ -458,5 +467,24 @@ mod tests {
         Responder::new().respond(&request(4, Mode::Client), NOW, &s, &mut out);
         let h = Header::parse(&out).unwrap();
         assert_eq!((h.leap, h.stratum), (LeapIndicator::Unsynchronized, 16));
+    }
+
+    #[test]
+    fn a_withdrawn_reply_counts_as_ignored() {
+        let mut r = Responder::new();
+        let mut out = [0u8; 48];
+        let req = request(4, Mode::Client);
+        assert!(matches!(
+            r.respond(&req, NOW, &state(), &mut out),
+            Response::Reply(48)
+        ));
+        r.withdraw_reply();
+        assert_eq!((r.stats().answered, r.stats().ignored), (0, 1));
+        r.withdraw_reply();
+        assert_eq!(
+            (r.stats().answered, r.stats().ignored),
+            (0, 1),
+            "nothing left to withdraw"
+        );
     }
 }

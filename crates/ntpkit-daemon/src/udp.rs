@@ -285,6 +285,7 @@ impl UdpServer {
                         }
                         ServerOutcome::Drop(why) => {
                             nts_dropped += 1;
+                            self.responder.withdraw_reply();
                             if self.verbose {
                                 tracing::info!(
                                     "Dropped NTS request from {:?}: {why}",

@@ -298,6 +298,45 @@ fn query_nts_against_ntpkit_serve() {
     assert!(counters.contains("ke_served=1 "), "{counters}");
     assert!(counters.contains("replies=3 "), "{counters}");
     assert!(counters.contains("naks=0 dropped=0"), "{counters}");
+
+    // An NTS request the server cannot process (a unique identifier, no cookie) gets no answer,
+    // and counts as dropped and ignored, not as answered.
+    lab.in_netns(|| {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut request = vec![0u8; 48];
+        request[0] = 0x23; // version 4, client
+        request.extend_from_slice(&[0x01, 0x04, 0x00, 0x24]); // Unique Identifier, 36 bytes
+        request.extend_from_slice(&[0x5a; 32]);
+        s.send_to(&request, ("127.0.0.1", SERVE_NTP_PORT)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        assert!(
+            s.recv_from(&mut buf).is_err(),
+            "a dropped NTS request was answered"
+        );
+    });
+    // A second report: the lines printed after the first.
+    let reports = |serve: &Proc| serve.stdout().matches("served nts:").count();
+    let before = reports(&serve);
+    serve.signal_command(libc::SIGUSR1);
+    support::wait(SECS(5), || reports(&serve) > before);
+    let out = serve.stdout();
+    let counters = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("served nts:"))
+        .unwrap_or_default();
+    assert!(
+        counters.contains("replies=3 naks=0 dropped=1"),
+        "{counters}"
+    );
+    let served = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("served udp:"))
+        .unwrap_or_else(|| panic!("no `served udp:` line in\n{out}"));
+    assert!(served.contains("answered=3 ignored=1 "), "{served}");
 }
 
 /// chronyd as NTS client of `ntpkit serve`: it accepts our key exchange and our authenticated
