@@ -198,26 +198,16 @@ impl UdpSocket {
         let mut first_err = None;
         batch.prepare_headers();
         while off < total {
-            // SAFETY: entries off..total are valid mmsghdrs pointing into `batch`'s own buffers.
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.sock.as_raw_fd(),
-                    batch.hdrs.as_mut_ptr().add(off),
-                    (total - off) as libc::c_uint,
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            match self.sendmmsg_from(batch, off) {
+                Ok(n) => {
+                    off += n;
+                    sent += n;
                 }
-                // Skip the datagram that failed and carry on with the rest.
-                first_err.get_or_insert(e);
-                off += 1;
-            } else {
-                off += n as usize;
-                sent += n as usize;
+                Err(e) => {
+                    // Skip the datagram that failed and carry on with the rest.
+                    first_err.get_or_insert(e);
+                    off += 1;
+                }
             }
         }
         batch.count = 0;
@@ -242,29 +232,38 @@ impl UdpSocket {
             if off == total {
                 break Ok(off);
             }
-            // SAFETY: entries off..total are valid mmsghdrs pointing into `batch`'s own buffers.
+            match self.sendmmsg_from(batch, off) {
+                Ok(0) => break Ok(off),
+                Ok(n) => off += n,
+                Err(e) => break if off == 0 { Err(e) } else { Ok(off) },
+            }
+        };
+        batch.count = 0;
+        result
+    }
+
+    /// One `sendmmsg` of the prepared entries `off..` of `batch` (retried on EINTR): how many
+    /// the kernel took, or why it took none.
+    fn sendmmsg_from(&self, batch: &mut SendBatch, off: usize) -> io::Result<usize> {
+        loop {
+            // SAFETY: entries off..count are valid mmsghdrs pointing into `batch`'s own buffers
+            // (`prepare_headers` ran), and `off < count`.
             let n = unsafe {
                 libc::sendmmsg(
                     self.sock.as_raw_fd(),
                     batch.hdrs.as_mut_ptr().add(off),
-                    (total - off) as libc::c_uint,
+                    (batch.count - off) as libc::c_uint,
                     0,
                 )
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                break if off == 0 { Err(e) } else { Ok(off) };
+            if n >= 0 {
+                return Ok(n as usize);
             }
-            if n == 0 {
-                break Ok(off);
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
             }
-            off += n as usize;
-        };
-        batch.count = 0;
-        result
+        }
     }
 
     /// Sends the datagrams queued in `batch` one `sendmsg` each (for event loops that may run
