@@ -586,3 +586,191 @@ fn chronyd_daemon_nts_client_of_ntpkit_serve() {
     support::say(&format!("ntpkit serve: {counters}"));
     assert!(counters.contains("naks=0 dropped=0"), "{counters}");
 }
+
+/// The NTS status of the daemon's only source, once it has one.
+fn daemon_nts(st: &Value) -> Option<&Value> {
+    st["system"]["sources"].as_array()?.first()?.get("nts")
+}
+
+/// `[[server]] nts = true` in the daemon, against `ntpkit serve --nts-ke`: the key exchange
+/// gives the source and its cookies, only authenticated replies discipline the clock, the jar
+/// stays full. Then the server comes back with another master secret (it can no longer open
+/// the daemon's cookies): the daemon gets an NTS NAK, runs a new key exchange, and goes on.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn daemon_synchronizes_over_nts_and_recovers_from_a_nak() {
+    use support::daemon::{daemon, true_error, virtual_clock, wait_until, MAX_ERROR};
+    support::require("daemon_synchronizes_over_nts_and_recovers_from_a_nak", &[]);
+    let lab = Lab::new("ntsd");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    let toml = format!(
+        "[[server]]\naddress = \"localhost:{SERVE_KE_PORT}\"\nnts = true\nca-file = \"{}\"\n\
+         minpoll = 0\nmaxpoll = 0\n{}",
+        crt.display(),
+        virtual_clock(0.05, 20.0)
+    );
+    let mut d = daemon(&lab, "client", &toml);
+    let synced = |_: &str, st: &Value| {
+        st["system"]["sources"][0]["state"] == "selected"
+            && true_error(st).abs() < MAX_ERROR
+            && daemon_nts(st).is_some_and(|n| n["authenticated"].as_u64() >= Some(8))
+    };
+    let st = wait_until(&lab, &["client"], SECS(90), synced).remove(0);
+    let n = daemon_nts(&st).expect("NTS status");
+    support::say(&format!("daemon NTS after synchronizing: {n}"));
+    assert_eq!(
+        st["system"]["sources"][0]["address"],
+        format!("127.0.0.1:{SERVE_NTP_PORT}"),
+        "the NTP port comes from the key exchange"
+    );
+    assert_eq!(n["aead"], "AEAD_AES_SIV_CMAC_256", "{n}");
+    assert_eq!(n["key_exchanges"], 1, "{n}");
+    assert_eq!(
+        (n["rejected"].as_u64(), n["naks"].as_u64()),
+        (Some(0), Some(0)),
+        "{n}"
+    );
+    assert!(n["cookies"].as_u64() >= Some(7), "the jar stays full: {n}");
+    let counters = nts_counters(&mut serve);
+    let total = serve
+        .stdout()
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("served udp:"))
+        .unwrap_or_default()
+        .to_string();
+    support::say(&format!("server: {counters}\n{total}"));
+    // Every request the daemon sent was an NTS request: nothing went out in the clear.
+    let answered: u64 = total
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("answered="))
+        .and_then(|v| v.parse().ok())
+        .expect("answered count");
+    let replies: u64 = counters
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("replies="))
+        .and_then(|v| v.parse().ok())
+        .expect("NTS replies count");
+    assert_eq!(answered, replies, "{total}\n{counters}");
+
+    // The server restarts with a new master secret: the daemon's cookies no longer open.
+    serve.stop_with(libc::SIGTERM);
+    drop(serve);
+    fs::remove_file(lab.path("master")).expect("remove the master secret");
+    let _serve = ntpkit_nts_server(&lab, &crt, &key);
+    let st = wait_until(&lab, &["client"], SECS(60), |_, st| {
+        daemon_nts(st).is_some_and(|n| {
+            n["naks"].as_u64() >= Some(1)
+                && n["key_exchanges"].as_u64() >= Some(2)
+                && n["authenticated"].as_u64() >= Some(replies + 3)
+        }) && st["system"]["sources"][0]["state"] == "selected"
+    })
+    .remove(0);
+    let n = daemon_nts(&st).expect("NTS status");
+    support::say(&format!("daemon NTS after the NAK: {n}"));
+    assert!(true_error(&st).abs() < MAX_ERROR, "{st}");
+    let shown = lab.run(
+        &[
+            NTPKIT,
+            "sources",
+            "--socket",
+            &lab.path("client.sock").to_string_lossy(),
+        ],
+        SECS(10),
+    );
+    shown.assert_ok();
+    assert!(
+        shown.stdout.contains("NTS Name/address") && shown.stdout.contains("AEAD_AES_SIV_CMAC_256"),
+        "{shown}"
+    );
+    d.stop_with(libc::SIGTERM);
+    assert!(d.output().contains("NTS NAK"), "{}", d.output());
+}
+
+/// A daemon whose NTS source presents a certificate it does not trust never uses that source
+/// and never falls back to plain NTP: the log says why and what to configure.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn daemon_refuses_an_untrusted_nts_server() {
+    use support::daemon::{daemon, status};
+    support::require("daemon_refuses_an_untrusted_nts_server", &[]);
+    let lab = Lab::new("ntsu");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let (other, _) = self_signed(&lab, "other", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    let toml = format!(
+        "[[server]]\naddress = \"localhost:{SERVE_KE_PORT}\"\nnts = true\nca-file = \"{}\"\n\
+         minpoll = 0\nmaxpoll = 0\n[clock]\nbackend = \"observe\"\n",
+        other.display(),
+    );
+    let mut d = daemon(&lab, "client", &toml);
+    support::wait(SECS(20), || d.output().contains("is not trusted"));
+    let out = d.output();
+    assert!(
+        out.contains("is not trusted") && out.contains("set ca-file"),
+        "{out}"
+    );
+    let st = status(&lab, "client");
+    assert_eq!(
+        st["system"]["sources"].as_array().map(Vec::len),
+        Some(0),
+        "{st}"
+    );
+    assert_eq!(st["system"]["tracking"]["synchronized"], false, "{st}");
+    let counters = nts_counters(&mut serve);
+    assert!(counters.contains("replies=0 "), "{counters}");
+    let udp = serve
+        .stdout()
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("served udp:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        udp.contains("answered=0 "),
+        "no plain request either: {udp}"
+    );
+    d.stop_with(libc::SIGTERM);
+}
+
+/// The daemon as NTS client of chronyd's NTS server: synchronized on authenticated replies.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn daemon_synchronizes_over_nts_to_chronyd() {
+    use support::daemon::{daemon, true_error, virtual_clock, wait_until, MAX_ERROR};
+    support::require(
+        "daemon_synchronizes_over_nts_to_chronyd",
+        &[Need::Tool(CHRONYD)],
+    );
+    let lab = Lab::new("ntsc");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let _server = nts_server(&lab, &crt, &key);
+    let toml = format!(
+        "[[server]]\naddress = \"localhost:{KE_PORT}\"\nnts = true\nca-file = \"{}\"\n\
+         minpoll = 0\nmaxpoll = 0\n{}",
+        crt.display(),
+        virtual_clock(-0.03, -15.0)
+    );
+    let mut d = daemon(&lab, "client", &toml);
+    let st = wait_until(&lab, &["client"], SECS(120), |_, st| {
+        st["system"]["sources"][0]["state"] == "selected"
+            && true_error(st).abs() < MAX_ERROR
+            && daemon_nts(st).is_some_and(|n| n["authenticated"].as_u64() >= Some(8))
+    })
+    .remove(0);
+    let n = daemon_nts(&st).expect("NTS status");
+    support::say(&format!("daemon NTS with chronyd: {n}"));
+    assert_eq!(
+        st["system"]["sources"][0]["address"],
+        format!("127.0.0.1:{NTP_PORT}"),
+        "{st}"
+    );
+    assert_eq!(
+        (n["rejected"].as_u64(), n["naks"].as_u64()),
+        (Some(0), Some(0)),
+        "{n}"
+    );
+    assert!(n["cookies"].as_u64() >= Some(7), "{n}");
+    d.stop_with(libc::SIGTERM);
+}

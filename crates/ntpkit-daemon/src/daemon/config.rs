@@ -94,6 +94,12 @@ pub struct ServerEntry {
     /// Burst of requests at start.
     #[serde(default = "default_true")]
     pub iburst: bool,
+    /// Network Time Security: a key exchange with the host (the port of `address` is then
+    /// the NTS-KE port, 4460 unless given), then only authenticated replies are used.
+    #[serde(default)]
+    pub nts: bool,
+    /// PEM file of the certificates trusted for NTS-KE; the system's CA bundle if absent.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A pool: a name whose addresses all become sources.
@@ -114,6 +120,12 @@ pub struct PoolEntry {
     /// Burst of requests at start.
     #[serde(default = "default_true")]
     pub iburst: bool,
+    /// Network Time Security: a key exchange with the host (the port of `address` is then
+    /// the NTS-KE port, 4460 unless given), then only authenticated replies are used.
+    #[serde(default)]
+    pub nts: bool,
+    /// PEM file of the certificates trusted for NTS-KE; the system's CA bundle if absent.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Limits of the TCP listeners (`[tcp-limits]`).
@@ -486,7 +498,7 @@ impl DaemonConfig {
         let mut seen = HashSet::new();
         for s in &self.server {
             let what = format!("server {:?}", s.address);
-            match parse_host_port(&s.address, 123) {
+            match parse_host_port(&s.address, s.default_port()) {
                 Err(e) => out.push(format!("{what}: {e}")),
                 Ok(key) => {
                     if !seen.insert(key) {
@@ -498,10 +510,11 @@ impl DaemonConfig {
                 }
             }
             polls(&what, s.minpoll, s.maxpoll, &mut out);
+            nts_problems(&what, s.nts, &s.ca_file, &mut out);
         }
         for p in &self.pool {
             let what = format!("pool {:?}", p.name);
-            if let Err(e) = parse_host_port(&p.name, 123) {
+            if let Err(e) = parse_host_port(&p.name, p.default_port()) {
                 out.push(format!("{what}: {e}"));
             }
             if p.max_sources == 0 || p.max_sources > MAX_POOL_SOURCES {
@@ -511,6 +524,7 @@ impl DaemonConfig {
                 ));
             }
             polls(&what, p.minpoll, p.maxpoll, &mut out);
+            nts_problems(&what, p.nts, &p.ca_file, &mut out);
         }
         if let Some(st) = self.sync.local_stratum {
             if !(1..=15).contains(&st) {
@@ -830,7 +844,47 @@ fn directory_problem(path: &Path) -> Option<String> {
     }
 }
 
+/// The problems of a source's NTS settings.
+fn nts_problems(what: &str, nts: bool, ca_file: &Option<PathBuf>, out: &mut Vec<String>) {
+    match (nts, ca_file) {
+        (false, Some(_)) => out.push(format!(
+            "{what}: ca-file is for NTS sources; add nts = true or remove ca-file"
+        )),
+        (true, ca) => {
+            if let Err(e) = crate::nts_ke::load_roots(ca.as_deref()) {
+                let fix = match ca {
+                    Some(_) => "set ca-file to a PEM file of trusted certificates",
+                    None => "install the system's CA certificates or set ca-file",
+                };
+                let text = e.to_string();
+                let cause = text.split(": give").next().unwrap_or(&text);
+                out.push(format!("{what}: {cause}; {fix}"));
+            }
+        }
+        (false, None) => {}
+    }
+}
+
+/// The TLS configuration of an NTS source's key exchanges (None without NTS).
+pub fn nts_tls(
+    nts: bool,
+    ca_file: Option<&Path>,
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+    if !nts {
+        return Ok(None);
+    }
+    let roots = crate::nts_ke::load_roots(ca_file).map_err(|e| e.to_string())?;
+    crate::nts_ke::ke_config(roots)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 impl ServerEntry {
+    /// The port `address` means without one: NTS-KE's 4460 with NTS, else NTP's 123.
+    pub fn default_port(&self) -> u16 {
+        default_port(self.nts)
+    }
+
     /// The core's per-source configuration.
     pub fn source_config(&self) -> SourceConfig {
         SourceConfig {
@@ -841,7 +895,21 @@ impl ServerEntry {
     }
 }
 
+/// The port a source's address means without one.
+pub fn default_port(nts: bool) -> u16 {
+    if nts {
+        ntpkit_nts::ke::DEFAULT_KE_PORT
+    } else {
+        123
+    }
+}
+
 impl PoolEntry {
+    /// The port `name` means without one: NTS-KE's 4460 with NTS, else NTP's 123.
+    pub fn default_port(&self) -> u16 {
+        default_port(self.nts)
+    }
+
     /// The core's per-source configuration for each pool member.
     pub fn source_config(&self) -> SourceConfig {
         SourceConfig {
