@@ -5,7 +5,8 @@
 //! per disciplined node and one [`ntpkit_core::Responder`] per node, and drives them exactly as
 //! the daemon does — same call contract, same packets through `ntpkit-wire` — over integer
 //! virtual time, simulated oscillators (offset, frequency error, random-walk wander, scheduled
-//! steps) and simulated links (delay, jitter, asymmetry, loss, outages, server processing time).
+//! steps) and simulated links (delay, jitter, asymmetry, loss, outages, server processing time),
+//! with NTS on the sources that ask for it through `ntpkit-nts`'s cookie and AEAD code ([`nts`]).
 //! It reports per-node statistics of the true error (clock − true time), which a real network
 //! never shows, as a table, JSON, a CSV time series or a plot; `--runs K` repeats with K seeds.
 //!
@@ -24,6 +25,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod nts;
 pub mod plot;
 pub mod queue;
 pub mod report;
