@@ -12,7 +12,8 @@
 //!
 //! What it does not do: read the OS clock, use OS randomness, sleep, or contain any protocol
 //! logic of its own. The same seed gives byte-identical output: every random number comes from
-//! a Xoshiro256++ stream per node and per link direction, seeded through SplitMix64.
+//! a Xoshiro256++ stream per node and per link direction (NTS has streams of its own), seeded
+//! through SplitMix64.
 //!
 //! ```text
 //!  scenario.toml ─▶ Scenario ─▶ Sim (event heap: timers, packets, samples)
