@@ -1227,15 +1227,22 @@ mod tests {
         shared.nts_on.store(true, Ordering::Relaxed);
         shared.nts.replies.store(5, Ordering::Relaxed);
         shared.nts.ke_served.store(1, Ordering::Relaxed);
+        shared.nts.ke_denied.store(2, Ordering::Relaxed);
+        shared.nts.ke_limited.store(3, Ordering::Relaxed);
         let nts_text = render(Format::PrometheusText, &shared, None);
         let s2 = samples(&nts_text);
         let reply = [("outcome", "reply")];
         assert_eq!(get(&s2, "ntpkit_server_nts_requests_total", &reply), 5.0);
-        let served = [("result", "served")];
-        assert_eq!(
-            get(&s2, "ntpkit_server_nts_key_exchanges_total", &served),
-            1.0
-        );
+        for (result, n) in [("served", 1.0), ("denied", 2.0), ("limited", 3.0)] {
+            assert_eq!(
+                get(
+                    &s2,
+                    "ntpkit_server_nts_key_exchanges_total",
+                    &[("result", result)]
+                ),
+                n
+            );
+        }
 
         assert_eq!(get(&s, "ntpkit_tracking_synchronized", &[]), 1.0);
         for st in ["starting", "holdover", "local", "unsynchronized"] {

@@ -759,15 +759,23 @@ fn serve_reloads_certificate_without_dropping_service() {
 
 /// `ntpkit daemon` with `[nts-ke-server]`, serving from its event loop and from a serving
 /// thread: `ntpkit query --nts` gets authenticated replies at the daemon's stratum, with the
-/// NTP port announced by the key exchange, and `ntpkit status` counts them.
+/// NTP port announced by the key exchange, and `ntpkit status` counts them. After SIGHUP with
+/// a certificate from another CA in place, clients trusting that CA are served.
 #[test]
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn daemon_serves_nts() {
     support::require("daemon_serves_nts", &[]);
     let lab = Lab::new("ntsd");
-    let (crt, key) = self_signed(&lab, "server", false);
+    // Readable by the daemon after it has dropped its capabilities (for the reload).
     let dir = lab.own_dir("state");
+    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
     for threads in [0, 1] {
+        let (ca_a, chain_a, key_a) = ca_and_leaf("A");
+        let (ca_b, chain_b, key_b) = ca_and_leaf("B");
+        let ca_a = lab.write("ca-a.crt", &ca_a);
+        let ca_b = lab.write("ca-b.crt", &ca_b);
+        install(&crt, &chain_a);
+        install(&key, &key_a);
         let name = format!("d{threads}");
         let master = dir.join(format!("master{threads}"));
         let toml = format!(
@@ -778,9 +786,9 @@ fn daemon_serves_nts() {
             key.display(),
             master.display()
         );
-        let d = support::daemon::daemon(&lab, &name, &toml);
+        let mut d = support::daemon::daemon(&lab, &name, &toml);
         let ke = format!("localhost:{SERVE_KE_PORT}");
-        let ca = crt.to_string_lossy().to_string();
+        let ca = ca_a.to_string_lossy().to_string();
         let r = lab.run(
             &[
                 NTPKIT,
@@ -820,5 +828,15 @@ fn daemon_serves_nts() {
         assert_eq!(nts["ke_served"], 1, "{st}");
         assert_eq!(nts["replies"], 3, "{st}");
         assert_eq!(nts["dropped"], 0, "{st}");
+
+        install(&crt, &chain_b);
+        install(&key, &key_b);
+        d.signal_command(libc::SIGHUP);
+        d.wait_for("NTS-KE: loaded certificate", SECS(10));
+        let r = query_once(&lab, SERVE_KE_PORT, &ca_b);
+        assert!(r.status.success(), "{r}\n{}", d.output());
+        let r = query_once(&lab, SERVE_KE_PORT, &ca_a);
+        assert!(r.stderr.contains("not trusted"), "{r}");
+        d.stop_with(libc::SIGTERM);
     }
 }
