@@ -780,6 +780,7 @@ fn daemon_serves_nts() {
         let master = dir.join(format!("master{threads}"));
         let toml = format!(
             "listen = [\"127.0.0.1:{SERVE_NTP_PORT}\"]\nserve-threads = {threads}\n\
+             access = [\"deny 127.0.0.2\", \"allow all\"]\n\
              [sync]\nlocal-stratum = 2\n[nts-ke-server]\nlisten = [\"127.0.0.1:{SERVE_KE_PORT}\"]\n\
              cert = \"{}\"\nkey = \"{}\"\nmaster = \"{}\"\n",
             crt.display(),
@@ -828,6 +829,24 @@ fn daemon_serves_nts() {
         assert_eq!(nts["ke_served"], 1, "{st}");
         assert_eq!(nts["replies"], 3, "{st}");
         assert_eq!(nts["dropped"], 0, "{st}");
+        // The access rules close a key-exchange connection from a refused address at once.
+        let closed = lab.in_netns(|| {
+            use std::io::Read;
+            let to = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, SERVE_KE_PORT);
+            let mut c = support::tcp_connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2), to)
+                .expect("connect");
+            c.set_read_timeout(Some(SECS(2))).expect("timeout");
+            match c.read(&mut [0u8; 16]) {
+                Ok(n) => n == 0,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        });
+        assert!(closed, "a refused address kept its connection");
+        let st = support::daemon::status(&lab, &name);
+        assert_eq!(st["server"]["nts"]["ke_denied"], 1, "{st}");
 
         install(&crt, &chain_b);
         install(&key, &key_b);
