@@ -156,10 +156,24 @@ pub fn key_exchange(
     if addrs.is_empty() {
         return Err(NtsError::Resolve(name, "no address".into()));
     }
+    key_exchange_at(host, &name, &addrs, config, timeout)
+}
+
+/// Runs one NTS-KE exchange with the first of `addrs` that accepts a TCP connection,
+/// verifying its certificate for `host` (at most `timeout` in all); `name` names the server
+/// in errors.
+pub fn key_exchange_at(
+    host: &str,
+    name: &str,
+    addrs: &[SocketAddr],
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<KeOutcome, NtsError> {
+    let name = name.to_string();
     let deadline = Instant::now() + timeout;
     let mut last = None;
     let mut stream = None;
-    for a in &addrs {
+    for a in addrs {
         match TcpStream::connect_timeout(a, timeout) {
             Ok(s) => {
                 stream = Some(s);
@@ -238,6 +252,31 @@ pub fn key_exchange(
             Err(e) => return Err(io_err(e)),
         }
     }
+}
+
+/// The NTP server an NTS-KE negotiated: its `HOST:PORT` as text and its address. Without a
+/// server record the key-exchange server's own host (`ke_host`) is meant, and port 123
+/// without a port record.
+pub fn negotiated_server(
+    outcome: &KeOutcome,
+    ke_host: &str,
+) -> Result<(String, SocketAddr), NtsError> {
+    let host = outcome
+        .server
+        .clone()
+        .unwrap_or_else(|| ke_host.to_string());
+    let port = outcome.port.unwrap_or(crate::query::NTP_PORT);
+    let name = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| NtsError::Resolve(name.clone(), e.to_string()))?
+        .next()
+        .ok_or_else(|| NtsError::Resolve(name.clone(), "no address".into()))?;
+    Ok((name, addr))
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {

@@ -5,6 +5,7 @@
 
 use crate::tcp::TcpLimits;
 use ntpkit_core::sync::{DisciplineConfig, SampleLimits, SourceConfig, SystemConfig};
+use ntpkit_nts::ke::DEFAULT_KE_PORT;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -97,6 +98,12 @@ pub struct ServerEntry {
     /// Burst of requests at start.
     #[serde(default = "default_true")]
     pub iburst: bool,
+    /// Network Time Security: a key exchange with the host (the port of `address` is then
+    /// the NTS-KE port, 4460 unless given), then only authenticated replies are used.
+    #[serde(default)]
+    pub nts: bool,
+    /// PEM file of the certificates trusted for NTS-KE; the system's CA bundle if absent.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A pool: a name whose addresses all become sources.
@@ -117,6 +124,12 @@ pub struct PoolEntry {
     /// Burst of requests at start.
     #[serde(default = "default_true")]
     pub iburst: bool,
+    /// Network Time Security: a key exchange with the host (the port of `address` is then
+    /// the NTS-KE port, 4460 unless given), then only authenticated replies are used.
+    #[serde(default)]
+    pub nts: bool,
+    /// PEM file of the certificates trusted for NTS-KE; the system's CA bundle if absent.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Limits of the TCP listeners (`[tcp-limits]`).
@@ -489,7 +502,7 @@ impl DaemonConfig {
         let mut seen = HashSet::new();
         for s in &self.server {
             let what = format!("server {:?}", s.address);
-            match parse_host_port(&s.address, 123) {
+            match parse_host_port(&s.address, s.default_port()) {
                 Err(e) => out.push(format!("{what}: {e}")),
                 Ok(key) => {
                     if !seen.insert(key) {
@@ -501,10 +514,11 @@ impl DaemonConfig {
                 }
             }
             polls(&what, s.minpoll, s.maxpoll, &mut out);
+            nts_problems(&what, s.nts, &s.ca_file, &mut out);
         }
         for p in &self.pool {
             let what = format!("pool {:?}", p.name);
-            if let Err(e) = parse_host_port(&p.name, 123) {
+            if let Err(e) = parse_host_port(&p.name, p.default_port()) {
                 out.push(format!("{what}: {e}"));
             }
             if p.max_sources == 0 || p.max_sources > MAX_POOL_SOURCES {
@@ -514,6 +528,7 @@ impl DaemonConfig {
                 ));
             }
             polls(&what, p.minpoll, p.maxpoll, &mut out);
+            nts_problems(&what, p.nts, &p.ca_file, &mut out);
         }
         if let Some(st) = self.sync.local_stratum {
             if !(1..=15).contains(&st) {
@@ -706,7 +721,7 @@ impl DaemonConfig {
         if let Some(problem) = self.metrics_problem() {
             out.push(problem);
         }
-        out.extend(self.nts_problems());
+        out.extend(self.nts_server_problems());
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             out.push(format!(
                 "log-level = {:?}: use one of error, warn, info, debug, trace",
@@ -856,9 +871,6 @@ pub struct NtsKeServerSection {
     pub ntp_port: Option<u16>,
 }
 
-/// The standard NTS-KE port (RFC 8915).
-pub const NTS_KE_PORT: u16 = 4460;
-
 fn default_nts_rotation() -> u64 {
     86_400
 }
@@ -870,7 +882,7 @@ impl DaemonConfig {
         let ke = n
             .listen
             .iter()
-            .filter_map(|l| match parse_host_port(l, NTS_KE_PORT) {
+            .filter_map(|l| match parse_host_port(l, DEFAULT_KE_PORT) {
                 Ok((Host::Ip(ip), port)) => Some(SocketAddr::new(ip, port)),
                 _ => None,
             })
@@ -890,7 +902,7 @@ impl DaemonConfig {
     /// What is wrong with `[nts-ke-server]`: addresses, rotation, and the files as they would
     /// be read at start (the certificate and key loaded, the master secret read or its
     /// directory checked).
-    fn nts_problems(&self) -> Vec<String> {
+    fn nts_server_problems(&self) -> Vec<String> {
         let Some(n) = &self.nts_ke_server else {
             return Vec::new();
         };
@@ -898,12 +910,12 @@ impl DaemonConfig {
         if n.listen.is_empty() {
             out.push(format!(
                 "nts-ke-server.listen is empty: give the key-exchange server an address, e.g. \
-                 listen = [\"0.0.0.0:{NTS_KE_PORT}\", \"[::]:{NTS_KE_PORT}\"]"
+                 listen = [\"0.0.0.0:{DEFAULT_KE_PORT}\", \"[::]:{DEFAULT_KE_PORT}\"]"
             ));
         }
         let mut seen = HashSet::new();
         for l in &n.listen {
-            match parse_host_port(l, NTS_KE_PORT) {
+            match parse_host_port(l, DEFAULT_KE_PORT) {
                 Ok((Host::Ip(ip), port)) => {
                     let addr = SocketAddr::new(ip, port);
                     if !seen.insert(addr) {
@@ -915,13 +927,13 @@ impl DaemonConfig {
                         out.push(format!(
                             "nts-ke-server.listen: {addr} is also a tcp or metrics address; \
                              give the key-exchange server a port of its own (standard: \
-                             {NTS_KE_PORT})"
+                             {DEFAULT_KE_PORT})"
                         ));
                     }
                 }
                 Ok((Host::Name(_), _)) => out.push(format!(
                     "nts-ke-server.listen: {l:?} is not an IP address; listen on an address \
-                     of this host, e.g. \"0.0.0.0:{NTS_KE_PORT}\""
+                     of this host, e.g. \"0.0.0.0:{DEFAULT_KE_PORT}\""
                 )),
                 Err(e) => out.push(format!("nts-ke-server.listen: {e}")),
             }
@@ -974,7 +986,47 @@ impl DaemonConfig {
     }
 }
 
+/// The problems of a source's NTS settings.
+fn nts_problems(what: &str, nts: bool, ca_file: &Option<PathBuf>, out: &mut Vec<String>) {
+    match (nts, ca_file) {
+        (false, Some(_)) => out.push(format!(
+            "{what}: ca-file is for NTS sources; add nts = true or remove ca-file"
+        )),
+        (true, ca) => {
+            if let Err(e) = crate::nts_ke::load_roots(ca.as_deref()) {
+                let fix = match ca {
+                    Some(_) => "set ca-file to a PEM file of trusted certificates",
+                    None => "install the system's CA certificates or set ca-file",
+                };
+                let text = e.to_string();
+                let cause = text.split(": give").next().unwrap_or(&text);
+                out.push(format!("{what}: {cause}; {fix}"));
+            }
+        }
+        (false, None) => {}
+    }
+}
+
+/// The TLS configuration of an NTS source's key exchanges (None without NTS).
+pub fn nts_tls(
+    nts: bool,
+    ca_file: Option<&Path>,
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+    if !nts {
+        return Ok(None);
+    }
+    let roots = crate::nts_ke::load_roots(ca_file).map_err(|e| e.to_string())?;
+    crate::nts_ke::ke_config(roots)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 impl ServerEntry {
+    /// The port `address` means without one: NTS-KE's 4460 with NTS, else NTP's 123.
+    pub fn default_port(&self) -> u16 {
+        default_port(self.nts)
+    }
+
     /// The core's per-source configuration.
     pub fn source_config(&self) -> SourceConfig {
         SourceConfig {
@@ -985,7 +1037,21 @@ impl ServerEntry {
     }
 }
 
+/// The port a source's address means without one.
+pub fn default_port(nts: bool) -> u16 {
+    if nts {
+        DEFAULT_KE_PORT
+    } else {
+        123
+    }
+}
+
 impl PoolEntry {
+    /// The port `name` means without one: NTS-KE's 4460 with NTS, else NTP's 123.
+    pub fn default_port(&self) -> u16 {
+        default_port(self.nts)
+    }
+
     /// The core's per-source configuration for each pool member.
     pub fn source_config(&self) -> SourceConfig {
         SourceConfig {

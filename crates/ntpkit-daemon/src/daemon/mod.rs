@@ -34,6 +34,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod drift;
+pub mod nts;
 pub mod upstream;
 
 use crate::notify;
@@ -48,6 +49,7 @@ use ntpkit_core::sync::{Event, SyncSystem};
 use ntpkit_core::MonoTime;
 use ntpkit_os::privilege::Capability;
 use ntpkit_os::{monotonic_nanos, realtime_nanos, Interest, PollSet, Signal, Waker};
+use rand_chacha::ChaCha20Rng;
 use rand_core::{SeedableRng, TryRngCore};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::os::fd::AsRawFd;
@@ -83,6 +85,9 @@ pub enum DaemonError {
     /// Waiting on the sockets, threads, signals.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A configured source cannot be set up (the certificates an NTS source trusts).
+    #[error("{0}")]
+    Source(String),
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -96,6 +101,9 @@ struct Daemon {
     system: SyncSystem,
     clock: ClockBackend,
     rng: Xoshiro256PlusPlus,
+    /// Unique identifiers and nonces of NTS requests: unpredictable, so a cryptographic
+    /// generator.
+    nts_rng: ChaCha20Rng,
     upstreams: Upstreams,
     /// Listeners served from the loop.
     udp: Vec<UdpServer>,
@@ -145,6 +153,8 @@ impl Daemon {
             ],
             &waker,
         )?;
+        // Before privileges are dropped: NTS sources read the certificates they trust.
+        let upstreams = Upstreams::new(&config, waker.clone()).map_err(DaemonError::Source)?;
         let shared = Arc::new(Shared::default());
         let serve_cfg = ServeConfig {
             udp: config.listen.clone(),
@@ -284,11 +294,12 @@ impl Daemon {
         }
         let next_wander = clock.wanders().then(|| now.add_secs_f64(WANDER_INTERVAL));
         Ok(Daemon {
-            upstreams: Upstreams::new(&config, waker.clone()),
+            upstreams,
             config,
             system,
             clock,
             rng: Xoshiro256PlusPlus::seed_from_u64(os_seed()),
+            nts_rng: ChaCha20Rng::try_from_os_rng().map_err(std::io::Error::other)?,
             udp,
             tcp,
             control,
@@ -358,6 +369,8 @@ impl Daemon {
                 self.waker.drain();
                 self.upstreams
                     .take_resolved(&mut self.system, mono(), &mut self.rng);
+                self.upstreams
+                    .take_key_exchanges(&mut self.system, mono(), &mut self.rng);
                 self.system
                     .set_unresolved_sources(self.upstreams.unresolved());
                 if let Some(m) = &self.metrics {
@@ -397,7 +410,7 @@ impl Daemon {
     /// The replies of the sources, each an input to the core.
     fn receive_replies(&mut self, set: &PollSet) -> Result<(), DaemonError> {
         let mut replies = Vec::new();
-        self.upstreams.receive(set, |id, bytes, os_rx| {
+        self.upstreams.receive(set, mono(), |id, bytes, os_rx| {
             replies.push((id, bytes.to_vec(), os_rx));
         });
         for (id, bytes, os_rx) in replies {
@@ -476,13 +489,17 @@ impl Daemon {
             &mut self.rng,
             &mut buf,
         ) {
-            self.upstreams.send(tx.source, &buf[..tx.len]);
+            self.upstreams
+                .send(tx.source, &buf[..tx.len], now, &mut self.nts_rng);
         }
         while let Some(cmd) = self.system.poll_clock_command() {
             tracing::debug!("clock command {cmd:?}");
             self.clock.apply(realtime_nanos(), cmd)?;
         }
         while let Some(event) = self.system.poll_event() {
+            if let Event::Unreachable { source, .. } = event {
+                self.upstreams.on_unreachable(source, now);
+            }
             self.log(&event);
         }
         if let Some(p) = &self.published {
@@ -591,6 +608,7 @@ fn answer(
             let mut st = system.status(now);
             for s in &mut st.sources {
                 s.name = upstreams.name(s.id);
+                s.nts = upstreams.nts_status(s.id);
             }
             let mut server = serde_json::json!({
                 "udp": counters_json(&shared.udp),
@@ -609,14 +627,14 @@ fn answer(
             maxpoll,
             iburst,
             max_sources,
+            nts,
+            ca_file,
         } => add_source(
             upstreams,
             &address,
             pool,
-            minpoll,
-            maxpoll,
-            iburst,
-            max_sources,
+            (minpoll, maxpoll, iburst, max_sources),
+            (nts, ca_file),
         ),
         ControlCommand::SourceRemove { address } => upstreams.remove(&address, system, now),
         ControlCommand::Burst { address } => {
@@ -670,10 +688,8 @@ fn add_source(
     upstreams: &mut Upstreams,
     address: &str,
     pool: bool,
-    minpoll: Option<i8>,
-    maxpoll: Option<i8>,
-    iburst: Option<bool>,
-    max_sources: Option<usize>,
+    (minpoll, maxpoll, iburst, max_sources): (Option<i8>, Option<i8>, Option<bool>, Option<usize>),
+    (nts, ca_file): (bool, Option<PathBuf>),
 ) -> Result<String, String> {
     let defaults = ntpkit_core::sync::SourceConfig::default();
     let (lo, hi) = ntpkit_core::sync::source::POLL_LIMITS;
@@ -700,11 +716,16 @@ fn add_source(
         maxpoll,
         iburst: iburst.unwrap_or(defaults.iburst),
     };
-    upstreams.add_entry(address, pool, cfg, max)?;
+    if ca_file.is_some() && !nts {
+        return Err("--ca-file is for NTS sources (add --nts)".into());
+    }
+    let tls = config::nts_tls(nts, ca_file.as_deref())?;
+    upstreams.add_entry(address, pool, cfg, max, tls)?;
     Ok(format!(
-        "added {} {address} (minpoll {minpoll}, maxpoll {maxpoll}, iburst {})",
+        "added {} {address} (minpoll {minpoll}, maxpoll {maxpoll}, iburst {}{})",
         if pool { "pool" } else { "server" },
-        cfg.iburst
+        cfg.iburst,
+        if nts { ", nts" } else { "" }
     ))
 }
 
