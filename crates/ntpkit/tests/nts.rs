@@ -937,3 +937,276 @@ fn daemon_nts_source_survives_a_dead_server() {
     );
     d.stop_with(libc::SIGTERM);
 }
+
+/// A CA named `name` and a leaf certificate for `localhost` (DNS and 127.0.0.1) signed by it:
+/// the CA's certificate, the leaf's chain (leaf first) and the leaf's key, as PEM text.
+fn ca_and_leaf(name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key pair");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("ntpkit test CA {name}"));
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let leaf_key = rcgen::KeyPair::generate().expect("key pair");
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
+        .expect("params")
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf certificate");
+    (
+        ca.pem(),
+        format!("{}{}", leaf.pem(), ca.pem()),
+        leaf_key.serialize_pem(),
+    )
+}
+
+/// Replaces `path` with `text` as certificate tools do: a temporary file renamed over it.
+fn install(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    fs::write(&tmp, text).expect("write temporary file");
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).expect("chmod");
+    fs::rename(&tmp, path).expect("rename into place");
+}
+
+/// One `ntpkit query --nts localhost:KE` trusting `ca`, one sample.
+fn query_once(lab: &Lab, ke_port: u16, ca: &Path) -> support::Run {
+    let ke = format!("localhost:{ke_port}");
+    let ca = ca.to_string_lossy().to_string();
+    lab.run(
+        &[
+            NTPKIT,
+            "query",
+            "--nts",
+            &ke,
+            "--ca-file",
+            &ca,
+            "--samples",
+            "1",
+            "--json",
+        ],
+        SECS(20),
+    )
+}
+
+/// `ntpkit serve --nts-ke` takes a new certificate and key when their files are replaced,
+/// without a restart: clients trusting the new CA succeed within a bounded wait and clients
+/// trusting only the old one are refused; plain NTP over UDP is answered throughout. A
+/// replacement that is not a certificate keeps the previous one serving, and so does SIGHUP
+/// with those files.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn serve_reloads_certificate_without_dropping_service() {
+    support::require("serve_reloads_certificate_without_dropping_service", &[]);
+    let lab = Lab::new("ntsr");
+    let (ca_a, chain_a, key_a) = ca_and_leaf("A");
+    let (ca_b, chain_b, key_b) = ca_and_leaf("B");
+    let ca_a = lab.write("ca-a.crt", &ca_a);
+    let ca_b = lab.write("ca-b.crt", &ca_b);
+    // Where serve can still read once it has dropped its capabilities: the work directory is
+    // closed to root without CAP_DAC_OVERRIDE.
+    let dir = lab.own_dir("tls");
+    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+    install(&crt, &chain_a);
+    install(&key, &key_a);
+    let listen = format!("127.0.0.1:{SERVE_NTP_PORT}");
+    let ke = format!("127.0.0.1:{SERVE_KE_PORT}");
+    let master = lab.path("master").to_string_lossy().to_string();
+    let (crt_s, key_s) = (
+        crt.to_string_lossy().to_string(),
+        key.to_string_lossy().to_string(),
+    );
+    let mut serve = lab.spawn(
+        "serve",
+        &[
+            NTPKIT,
+            "serve",
+            "--listen",
+            &listen,
+            "--nts-ke",
+            &ke,
+            "--cert",
+            &crt_s,
+            "--key",
+            &key_s,
+            "--nts-master",
+            &master,
+            "--no-rate-limit",
+        ],
+        SECS(120),
+    );
+    serve.wait_for("Waiting for NTP requests", SECS(10));
+
+    // Plain NTP every 50 ms from a thread in the namespace, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let ns = lab.ns.clone();
+    let prober = std::thread::spawn(move || {
+        support::enter_netns(&ns);
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.connect(("127.0.0.1", SERVE_NTP_PORT)).expect("connect");
+        let (mut sent, mut answered) = (0u32, 0u32);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && sent < 2000 {
+            sent += 1;
+            if support::ntp::udp_exchange(&s, Duration::from_millis(500)).is_ok() {
+                answered += 1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (sent, answered)
+    });
+
+    let r = query_once(&lab, SERVE_KE_PORT, &ca_a);
+    assert!(r.status.success(), "{r}\n{}", serve.output());
+
+    install(&crt, &chain_b);
+    install(&key, &key_b);
+    let started = std::time::Instant::now();
+    let mut last = None;
+    while started.elapsed() < SECS(15) {
+        let r = query_once(&lab, SERVE_KE_PORT, &ca_b);
+        if r.status.success() {
+            last = None;
+            break;
+        }
+        last = Some(r);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        last.is_none(),
+        "a client trusting the new CA still fails 15 s after the replacement: {}\n{}",
+        last.map(|r| r.to_string()).unwrap_or_default(),
+        serve.output()
+    );
+    support::say(&format!(
+        "new certificate served {:.1} s after the files were replaced",
+        started.elapsed().as_secs_f64()
+    ));
+    let r = query_once(&lab, SERVE_KE_PORT, &ca_a);
+    assert!(!r.status.success(), "{r}");
+    assert!(r.stderr.contains("not trusted"), "{r}");
+
+    // Garbage in place of the certificate: logged, and B keeps serving.
+    install(&crt, "this is not a certificate\n");
+    serve.wait_for("cannot reload the certificate", SECS(10));
+    let r = query_once(&lab, SERVE_KE_PORT, &ca_b);
+    assert!(r.status.success(), "{r}\n{}", serve.output());
+    // SIGHUP tries again at once, with the same outcome.
+    let failures = |p: &Proc| p.stderr().matches("cannot reload the certificate").count();
+    let before = failures(&serve);
+    serve.signal_command(libc::SIGHUP);
+    support::wait(SECS(5), || failures(&serve) > before);
+    let r = query_once(&lab, SERVE_KE_PORT, &ca_b);
+    assert!(r.status.success(), "{r}\n{}", serve.output());
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, answered) = prober.join().expect("prober");
+    support::say(&format!(
+        "plain NTP during the reloads: {answered} of {sent} answered"
+    ));
+    assert_eq!(answered, sent, "{}", serve.output());
+    let counters = nts_counters(&mut serve);
+    assert!(counters.contains("ke_served=4 "), "{counters}");
+}
+
+/// `ntpkit daemon` with `[nts-ke-server]`, serving from its event loop and from a serving
+/// thread: `ntpkit query --nts` gets authenticated replies at the daemon's stratum, with the
+/// NTP port announced by the key exchange, and `ntpkit status` counts them. After SIGHUP with
+/// a certificate from another CA in place, clients trusting that CA are served.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn daemon_serves_nts() {
+    support::require("daemon_serves_nts", &[]);
+    let lab = Lab::new("ntsd");
+    // Readable by the daemon after it has dropped its capabilities (for the reload).
+    let dir = lab.own_dir("state");
+    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+    for threads in [0, 1] {
+        let (ca_a, chain_a, key_a) = ca_and_leaf("A");
+        let (ca_b, chain_b, key_b) = ca_and_leaf("B");
+        let ca_a = lab.write("ca-a.crt", &ca_a);
+        let ca_b = lab.write("ca-b.crt", &ca_b);
+        install(&crt, &chain_a);
+        install(&key, &key_a);
+        let name = format!("d{threads}");
+        let master = dir.join(format!("master{threads}"));
+        let toml = format!(
+            "listen = [\"127.0.0.1:{SERVE_NTP_PORT}\"]\nserve-threads = {threads}\n\
+             access = [\"deny 127.0.0.2\", \"allow all\"]\n\
+             [sync]\nlocal-stratum = 2\n[nts-ke-server]\nlisten = [\"127.0.0.1:{SERVE_KE_PORT}\"]\n\
+             cert = \"{}\"\nkey = \"{}\"\nmaster = \"{}\"\n",
+            crt.display(),
+            key.display(),
+            master.display()
+        );
+        let mut d = support::daemon::daemon(&lab, &name, &toml);
+        let ke = format!("localhost:{SERVE_KE_PORT}");
+        let ca = ca_a.to_string_lossy().to_string();
+        let r = lab.run(
+            &[
+                NTPKIT,
+                "query",
+                "--nts",
+                &ke,
+                "--ca-file",
+                &ca,
+                "--samples",
+                "3",
+                "--interval",
+                "0.2",
+                "--json",
+            ],
+            SECS(30),
+        );
+        assert!(
+            r.status.success(),
+            "serve-threads {threads}: {r}\n{}",
+            d.output()
+        );
+        let v: Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+        assert_eq!(v["stratum"], 2, "{v}");
+        assert_eq!(
+            v["nts"]["ntp_server"],
+            format!("localhost:{SERVE_NTP_PORT}"),
+            "{v}"
+        );
+        assert_eq!(v["nts"]["dropped"], 0, "{v}");
+        let meta = fs::metadata(&master).expect("master secret created");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let st = support::daemon::status(&lab, &name);
+        let nts = &st["server"]["nts"];
+        support::say(&format!(
+            "daemon (serve-threads {threads}) NTS counters: {nts}"
+        ));
+        assert_eq!(nts["ke_served"], 1, "{st}");
+        assert_eq!(nts["replies"], 3, "{st}");
+        assert_eq!(nts["dropped"], 0, "{st}");
+        // The access rules close a key-exchange connection from a refused address at once.
+        let closed = lab.in_netns(|| {
+            use std::io::Read;
+            let to = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, SERVE_KE_PORT);
+            let mut c = support::tcp_connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2), to)
+                .expect("connect");
+            c.set_read_timeout(Some(SECS(2))).expect("timeout");
+            match c.read(&mut [0u8; 16]) {
+                Ok(n) => n == 0,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        });
+        assert!(closed, "a refused address kept its connection");
+        let st = support::daemon::status(&lab, &name);
+        assert_eq!(st["server"]["nts"]["ke_denied"], 1, "{st}");
+
+        install(&crt, &chain_b);
+        install(&key, &key_b);
+        d.signal_command(libc::SIGHUP);
+        d.wait_for("NTS-KE: loaded certificate", SECS(10));
+        let r = query_once(&lab, SERVE_KE_PORT, &ca_b);
+        assert!(r.status.success(), "{r}\n{}", d.output());
+        let r = query_once(&lab, SERVE_KE_PORT, &ca_a);
+        assert!(r.stderr.contains("not trusted"), "{r}");
+        d.stop_with(libc::SIGTERM);
+    }
+}

@@ -15,8 +15,13 @@
 //! through the wake-up descriptor), and short-lived resolver threads for names (never for IP
 //! addresses).
 //!
-//! Signals: SIGTERM and SIGINT stop it (the drift file is saved); SIGHUP saves the drift file
-//! and resolves source names again; SIGUSR1 prints the server counters.
+//! Signals: SIGTERM and SIGINT stop it (the drift file is saved); SIGHUP saves the drift file,
+//! resolves source names again and reloads the NTS certificate and key; SIGUSR1 prints the
+//! server counters.
+//!
+//! NTS (`[nts-ke-server]`) is set up as `ntpkit serve` sets it up ([`crate::nts_serve`]): the
+//! key-exchange server runs on a thread of its own, and the UDP servers, in the loop or on
+//! serving threads, answer NTS requests.
 //!
 //! Under a service manager ([`crate::notify`]): `READY=1` once every socket is bound and the
 //! drift file read, `STATUS=` lines on selection changes, `STOPPING=1` on the way out, and
@@ -74,6 +79,9 @@ pub enum DaemonError {
     /// Switching user, dropping capabilities or installing the system-call filter failed.
     #[error("{0}")]
     Privileges(String),
+    /// The NTS certificate, key, master secret or key-exchange listener cannot be used.
+    #[error("{0}")]
+    Nts(String),
     /// Waiting on the sockets, threads, signals.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -206,6 +214,12 @@ impl Daemon {
             tracing::info!("NTP server listening on {a} (tcp)");
             listening.push(format!("{a} (tcp)"));
         }
+        let nts = start_nts(&config, &serve_cfg, &shared, &mut udp, &worker_sockets)?;
+        if let Some(n) = &nts {
+            for a in n.listener.local_addrs() {
+                listening.push(format!("{a} (nts-ke)"));
+            }
+        }
         let serving = if listening.is_empty() {
             "client only (no NTP listener)".to_string()
         } else {
@@ -256,13 +270,16 @@ impl Daemon {
             ));
             let mut workers = Vec::new();
             for sock in worker_sockets {
-                let worker = crate::udp::Worker::new(
+                let mut worker = crate::udp::Worker::new(
                     sock,
                     ServedClock::shared(published.clone()),
                     shared.clone(),
                     &serve_cfg,
                     serve_cfg.policy(),
                 );
+                if let Some(n) = &nts {
+                    worker.serve_nts(n.ring.clone())?;
+                }
                 workers.push(
                     std::thread::Builder::new()
                         .name(format!("udp {}", worker.local_addr()))
@@ -271,6 +288,10 @@ impl Daemon {
             }
             (Some(published), workers)
         };
+        let mut workers = workers;
+        if let Some(n) = nts {
+            workers.push(n.listener.spawn(shared.clone())?);
+        }
         let next_wander = clock.wanders().then(|| now.add_secs_f64(WANDER_INTERVAL));
         Ok(Daemon {
             upstreams,
@@ -336,6 +357,10 @@ impl Daemon {
                         );
                         self.save_drift();
                         self.upstreams.resolve_again(mono());
+                        if self.config.nts_ke_server.is_some() {
+                            tracing::info!("SIGHUP: reloading the NTS certificate and key");
+                            self.shared.nts_reload.store(true, Ordering::Relaxed);
+                        }
                     }
                     Signal::User1 => crate::serve::print_report(&self.shared),
                 }
@@ -585,14 +610,14 @@ fn answer(
                 s.name = upstreams.name(s.id);
                 s.nts = upstreams.nts_status(s.id);
             }
-            let status = DaemonStatus::new(
-                st,
-                clock.report(realtime_nanos()),
-                serde_json::json!({
-                    "udp": counters_json(&shared.udp),
-                    "tcp": counters_json(&shared.tcp),
-                }),
-            );
+            let mut server = serde_json::json!({
+                "udp": counters_json(&shared.udp),
+                "tcp": counters_json(&shared.tcp),
+            });
+            if let (Some(nts), Some(o)) = (nts_counters_json(shared), server.as_object_mut()) {
+                o.insert("nts".into(), nts);
+            }
+            let status = DaemonStatus::new(st, clock.report(realtime_nanos()), server);
             return serde_json::to_vec_pretty(&status).expect("serializes");
         }
         ControlCommand::SourceAdd {
@@ -739,6 +764,58 @@ fn counters_json(c: &crate::serve::Counters) -> serde_json::Value {
         "limited": v.limited,
         "kissed": v.kissed,
     })
+}
+
+/// The NTS counters, when NTS is served.
+fn nts_counters_json(shared: &Shared) -> Option<serde_json::Value> {
+    if !shared.nts_on.load(Ordering::Relaxed) {
+        return None;
+    }
+    let n = shared.nts.snapshot();
+    Some(serde_json::json!({
+        "ke_served": n.ke_served,
+        "ke_failed": n.ke_failed,
+        "ke_denied": n.ke_denied,
+        "ke_limited": n.ke_limited,
+        "replies": n.replies,
+        "naks": n.naks,
+        "dropped": n.dropped,
+    }))
+}
+
+/// NTS serving as `[nts-ke-server]` asks, set up as `ntpkit serve` sets it up: the files read,
+/// the key-exchange listeners bound, the event loop's UDP servers answering NTS (serving
+/// threads are given the keyring as they are made).
+fn start_nts(
+    config: &DaemonConfig,
+    serve_cfg: &ServeConfig,
+    shared: &Arc<Shared>,
+    udp: &mut [UdpServer],
+    worker_sockets: &[ntpkit_os::UdpSocket],
+) -> Result<Option<crate::nts_serve::NtsStart>, DaemonError> {
+    let Some(n) = config.nts_serve_config() else {
+        return Ok(None);
+    };
+    // The first `listen` address's port, whichever driver serves it.
+    let ntp_port = udp
+        .first()
+        .map(|u| u.local_addr().port())
+        .or_else(|| worker_sockets.first().map(|s| s.local_addr().port()));
+    let start = crate::nts_serve::prepare(&n, serve_cfg.policy(), ntp_port)
+        .map_err(|e| DaemonError::Nts(e.to_string()))?;
+    for u in udp.iter_mut() {
+        u.serve_nts(start.ring.clone(), shared.clone())?;
+    }
+    for a in start.listener.local_addrs() {
+        tracing::info!("NTS-KE server listening on {a} (tcp)");
+    }
+    if start.master_created {
+        tracing::info!(
+            "created NTS master secret {} (32 random bytes, mode 0600)",
+            n.master.display()
+        );
+    }
+    Ok(Some(start))
 }
 
 fn save_drift(path: &Option<PathBuf>, ppm: f64) {
