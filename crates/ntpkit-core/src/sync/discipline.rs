@@ -398,6 +398,16 @@ impl Discipline {
         self.steer(now, poll_interval);
     }
 
+    /// The offset the discipline predicts for a sample taken at `now`, once it has settled
+    /// (eight updates); what a sample differs from it by is its innovation.
+    pub fn predicted_offset(&mut self, now: MonoTime) -> Option<f64> {
+        if !self.started || self.updates < 8 || self.config.mode == DisciplineMode::Naive {
+            return None;
+        }
+        self.advance(now);
+        Some(self.models[self.best()].theta)
+    }
+
     /// Steps the clock at once by the whole offset estimated at `now`, ending any slew (an
     /// operator's request, as `chronyc makestep`; whatever the step and panic thresholds).
     /// Returns the step, or None before the first sample.

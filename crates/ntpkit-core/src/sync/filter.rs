@@ -308,6 +308,15 @@ impl ClockFilter {
         excess * excess / 12.0
     }
 
+    /// How far `sample`'s delay is above the path's minimum, once enough delays are known
+    /// ([`TRUSTED_WINDOW`]) for that minimum to mean something.
+    pub fn excess_delay(&self, sample: &Sample) -> Option<f64> {
+        if self.delays.len() < TRUSTED_WINDOW {
+            return None;
+        }
+        Some((sample.delay - self.min_delay()?).max(0.0))
+    }
+
     /// How well the window's minimum delay stands for the path's true minimum: a quarter of the
     /// median excess delay in the window, seconds.
     fn min_delay_uncertainty(&self) -> f64 {

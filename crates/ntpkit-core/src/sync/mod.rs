@@ -12,6 +12,7 @@
 //!
 //! [`SyncSystem`] ties them together and is what drivers use; its doc lists the call contract.
 
+pub mod asymmetry;
 pub mod discipline;
 pub mod filter;
 mod inline;

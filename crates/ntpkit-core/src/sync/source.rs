@@ -16,6 +16,7 @@
 //!
 //! [`Discipline::phase_at`]: super::Discipline::phase_at
 
+use super::asymmetry::AsymmetryFit;
 use super::filter::{ClockFilter, FilterEstimate, Sample};
 use crate::exchange::{measure, validate_reply, ReplyError};
 use crate::served::PHI;
@@ -184,6 +185,8 @@ pub struct Source {
     pending: Option<Pending>,
     denied: Option<KissCode>,
     filter: ClockFilter,
+    /// How the offsets of this path's samples depend on their excess delay.
+    asymmetry: AsymmetryFit,
     info: Option<ServerInfo>,
     last_rejection: Option<Rejection>,
     counters: SourceCounters,
@@ -235,12 +238,26 @@ impl Source {
             pending: None,
             denied: None,
             filter: ClockFilter::new(),
+            asymmetry: AsymmetryFit::default(),
             info: None,
             last_rejection: None,
             counters: SourceCounters::default(),
             reported_unreachable: false,
             reachability_change: None,
         }
+    }
+
+    /// The offset of `sample` (just accepted from this source) for the discipline, corrected
+    /// for the path's queueing asymmetry as measured so far; `predicted` is the discipline's
+    /// prediction for the sample, which teaches the measurement (see [`AsymmetryFit`]).
+    pub fn asymmetry_corrected(&mut self, sample: &Sample, predicted: Option<f64>) -> f64 {
+        let Some(x) = self.filter.excess_delay(sample) else {
+            return sample.offset;
+        };
+        if let Some(p) = predicted {
+            self.asymmetry.add(x, sample.offset - p);
+        }
+        sample.offset - self.asymmetry.slope() * x
     }
 
     /// The server's address and port.

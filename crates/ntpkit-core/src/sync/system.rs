@@ -398,8 +398,12 @@ impl SyncSystem {
                     self.reselect_with(now, phase);
                     if self.selection.survivors.contains(&idx) && self.no_selection.is_none() {
                         let interval = self.interval();
-                        self.discipline
-                            .sample(now, sample.offset, variance, interval);
+                        let predicted = self.discipline.predicted_offset(now);
+                        let offset = match self.sources.get_mut(idx) {
+                            Some(Some(src)) => src.asymmetry_corrected(&sample, predicted),
+                            _ => sample.offset,
+                        };
+                        self.discipline.sample(now, offset, variance, interval);
                         self.after_update(now, received);
                     }
                 }
