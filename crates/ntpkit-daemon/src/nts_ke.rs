@@ -2,7 +2,8 @@
 //! certificates, connects to the key-exchange server over TCP with a timeout and pumps bytes
 //! between the blocking socket and [`ntpkit_nts::KeClient`] until the exchange ends.
 
-use ntpkit_nts::ke::{client_config, DEFAULT_KE_PORT};
+use ntpkit_nts::ke::client_config;
+pub use ntpkit_nts::ke::DEFAULT_KE_PORT;
 use ntpkit_nts::{KeClient, KeError, KeOutcome};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -238,6 +239,24 @@ pub fn key_exchange(
             Err(e) => return Err(io_err(e)),
         }
     }
+}
+
+/// The NTP server a key exchange with `ke_host` named (its own host and port 123 unless the
+/// response said otherwise): its `HOST:PORT` as text and its first address.
+pub fn ntp_server(outcome: &KeOutcome, ke_host: &str) -> Result<(String, SocketAddr), NtsError> {
+    let host = outcome.server.as_deref().unwrap_or(ke_host);
+    let port = outcome.port.unwrap_or(crate::query::NTP_PORT);
+    let name = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| NtsError::Resolve(name.clone(), e.to_string()))?
+        .next()
+        .ok_or_else(|| NtsError::Resolve(name.clone(), "no address".into()))?;
+    Ok((name, addr))
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {

@@ -83,18 +83,7 @@ impl NtsState {
     fn key_exchange(&mut self) -> Result<SocketAddr, NtsError> {
         let outcome =
             nts_ke::key_exchange(&self.host, self.port, self.config.clone(), self.timeout)?;
-        let host = outcome.server.clone().unwrap_or_else(|| self.host.clone());
-        let port = outcome.port.unwrap_or(NTP_PORT);
-        let name = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| NtsError::Resolve(name.clone(), e.to_string()))?
-            .next()
-            .ok_or_else(|| NtsError::Resolve(name.clone(), "no address".into()))?;
+        let (name, addr) = nts_ke::ntp_server(&outcome, &self.host)?;
         self.summary.aead = outcome.keys.aead.name();
         self.summary.ntp_server = name;
         self.summary.key_exchanges += 1;

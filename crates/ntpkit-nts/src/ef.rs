@@ -333,50 +333,64 @@ impl PendingRequest {
     /// Call on each datagram that arrives for this request. Accepts only an authentic reply
     /// (once) or an NTS NAK echoing this request's unique identifier.
     pub fn verify_reply(&mut self, reply: &[u8]) -> Result<ReplyVerdict, ReplyError> {
-        let packet = Packet::parse(reply).map_err(ReplyError::Malformed)?;
-        if packet.mac.is_some() {
-            return Err(ReplyError::TrailingMac);
-        }
-        let fields = NtsFields::collect(&packet);
-        match fields.unique_ids.as_slice() {
-            [id] => {
-                // The value includes the field's padding; ours is 32 bytes, a multiple of 4.
-                if *id != self.unique_id.as_slice() {
-                    return Err(ReplyError::UniqueIdMismatch);
-                }
+        let verdict = verify_reply_to(&self.unique_id, &self.keys, reply)?;
+        if let ReplyVerdict::Authentic { .. } = verdict {
+            if self.answered {
+                return Err(ReplyError::AlreadyAnswered);
             }
-            ids => return Err(ReplyError::UniqueIdCount(ids.len())),
+            self.answered = true;
         }
-        let Some((auth, offset)) = fields.authenticator else {
-            if packet.header.kiss_code() == Some(KissCode::NtsNak) {
-                return Ok(ReplyVerdict::Nak);
-            }
-            return Err(ReplyError::Unauthenticated);
-        };
-        if fields.after_authenticator {
-            return Err(ReplyError::FieldsAfterAuthenticator);
-        }
-        let auth = Authenticator::parse(auth).map_err(ReplyError::BadAuthenticator)?;
-        let plain = aead::open(
-            self.keys.aead,
-            &self.keys.s2c,
-            &reply[..offset],
-            auth.nonce,
-            auth.ciphertext,
-        )
-        .map_err(|_| ReplyError::Unauthentic)?;
-        if self.answered {
-            return Err(ReplyError::AlreadyAnswered);
-        }
-        let inner = inner_fields(&plain).ok_or(ReplyError::MalformedEncrypted)?;
-        let cookies = inner
-            .into_iter()
-            .filter(|(t, v)| *t == COOKIE && !v.is_empty())
-            .map(|(_, v)| v.to_vec())
-            .collect();
-        self.answered = true;
-        Ok(ReplyVerdict::Authentic { cookies })
+        Ok(verdict)
     }
+}
+
+/// Call on a reply to a request whose unique identifier and keys the caller keeps itself (a
+/// load generator that sends the same requests again): the checks of
+/// [`PendingRequest::verify_reply`], without its one-answer-per-request state.
+pub fn verify_reply_to(
+    unique_id: &[u8],
+    keys: &NtsKeys,
+    reply: &[u8],
+) -> Result<ReplyVerdict, ReplyError> {
+    let packet = Packet::parse(reply).map_err(ReplyError::Malformed)?;
+    if packet.mac.is_some() {
+        return Err(ReplyError::TrailingMac);
+    }
+    let fields = NtsFields::collect(&packet);
+    match fields.unique_ids.as_slice() {
+        [id] => {
+            // The value includes the field's padding; ours is 32 bytes, a multiple of 4.
+            if *id != unique_id {
+                return Err(ReplyError::UniqueIdMismatch);
+            }
+        }
+        ids => return Err(ReplyError::UniqueIdCount(ids.len())),
+    }
+    let Some((auth, offset)) = fields.authenticator else {
+        if packet.header.kiss_code() == Some(KissCode::NtsNak) {
+            return Ok(ReplyVerdict::Nak);
+        }
+        return Err(ReplyError::Unauthenticated);
+    };
+    if fields.after_authenticator {
+        return Err(ReplyError::FieldsAfterAuthenticator);
+    }
+    let auth = Authenticator::parse(auth).map_err(ReplyError::BadAuthenticator)?;
+    let plain = aead::open(
+        keys.aead,
+        &keys.s2c,
+        &reply[..offset],
+        auth.nonce,
+        auth.ciphertext,
+    )
+    .map_err(|_| ReplyError::Unauthentic)?;
+    let inner = inner_fields(&plain).ok_or(ReplyError::MalformedEncrypted)?;
+    let cookies = inner
+        .into_iter()
+        .filter(|(t, v)| *t == COOKIE && !v.is_empty())
+        .map(|(_, v)| v.to_vec())
+        .collect();
+    Ok(ReplyVerdict::Authentic { cookies })
 }
 
 #[cfg(test)]
