@@ -917,6 +917,7 @@ fn nts_bench_config(
 ) -> anyhow::Result<ntpkit_daemon::bench::nts::NtsBenchConfig> {
     use ntpkit_daemon::nts_ke;
     let (ke_host, ke_port) = nts_ke::split_host_port(ke, nts_ke::DEFAULT_KE_PORT)?;
+    ntpkit_daemon::bench::nts::check_ke_target(&ke_host, ke_port, a.allow_remote)?;
     let tls = nts_ke::ke_config(nts_ke::load_roots(a.ca_file.as_deref())?)?;
     Ok(ntpkit_daemon::bench::nts::NtsBenchConfig {
         ke_host,

@@ -352,7 +352,7 @@ impl NtsReport {
 }
 
 /// Refuses a key-exchange server outside loopback unless `allow_remote`.
-pub(super) fn check_ke_target(host: &str, port: u16, allow_remote: bool) -> Result<(), BenchError> {
+pub fn check_ke_target(host: &str, port: u16, allow_remote: bool) -> Result<(), BenchError> {
     let name = format!("{host}:{port}");
     let addrs = (host, port)
         .to_socket_addrs()
