@@ -11,7 +11,7 @@
 
 use crate::AeadAlgorithm;
 use aes::cipher::{BlockEncrypt, KeyInit};
-use aes::{Aes128, Block};
+use aes::{Aes128Enc, Block};
 
 /// Length of the authentication tag (the synthetic IV) that sealing prepends.
 pub const TAG_LEN: usize = 16;
@@ -49,8 +49,8 @@ pub enum AeadError {
 /// S2V takes the associated data, then the nonce, then the plaintext (RFC 5297 §3's nonce-based
 /// interface); CTR mode runs under the second half of the key.
 pub struct SivKey {
-    mac: Aes128,
-    ctr: Aes128,
+    mac: Aes128Enc,
+    ctr: Aes128Enc,
     /// CMAC subkeys K1 and K2 of the first half of the key.
     k1: [u8; 16],
     k2: [u8; 16],
@@ -78,67 +78,78 @@ fn xor(a: &mut [u8; 16], b: &[u8; 16]) {
     }
 }
 
+/// CMAC under `mac` (subkeys `k1`, `k2`) of `data`, with `tail` (if any) XORed into its last
+/// 16 bytes (`data` is then at least 16 bytes long).
+fn cmac(
+    mac: &Aes128Enc,
+    k1: &[u8; 16],
+    k2: &[u8; 16],
+    data: &[u8],
+    tail: Option<&[u8; 16]>,
+) -> [u8; 16] {
+    let n = data.len();
+    let blocks = n.div_ceil(16).max(1);
+    let tail_start = n.saturating_sub(16);
+    let mut x = [0u8; 16];
+    for b in 0..blocks {
+        let start = b * 16;
+        let end = (start + 16).min(n);
+        let mut block = [0u8; 16];
+        block[..end - start].copy_from_slice(&data[start..end]);
+        if let Some(t) = tail {
+            for i in start.max(tail_start)..end {
+                block[i - start] ^= t[i - tail_start];
+            }
+        }
+        if b + 1 == blocks {
+            if end - start == 16 {
+                xor(&mut block, k1);
+            } else {
+                block[end - start] = 0x80;
+                xor(&mut block, k2);
+            }
+        }
+        xor(&mut x, &block);
+        let mut c = Block::from(x);
+        mac.encrypt_block(&mut c);
+        x = c.into();
+    }
+    x
+}
+
 impl SivKey {
     /// Call with a 32-byte key (`alg`'s key length) before sealing or opening under it.
     pub fn new(alg: AeadAlgorithm, key: &[u8]) -> Result<SivKey, AeadError> {
         match alg {
             AeadAlgorithm::AesSivCmac256 => {}
         }
-        if key.len() != alg.key_len() {
-            return Err(AeadError::KeyLength {
-                expected: alg.key_len(),
-                got: key.len(),
-            });
-        }
+        let key: &[u8; 32] = key.try_into().map_err(|_| AeadError::KeyLength {
+            expected: alg.key_len(),
+            got: key.len(),
+        })?;
+        Ok(SivKey::from_key(key))
+    }
+
+    /// Call with an AEAD_AES_SIV_CMAC_256 key whose length is known to be right.
+    pub fn from_key(key: &[u8; 32]) -> SivKey {
         let (mac_key, ctr_key) = key.split_at(16);
-        let mac = Aes128::new(mac_key.into());
-        let ctr = Aes128::new(ctr_key.into());
+        let mac = Aes128Enc::new(mac_key.into());
         let mut l = Block::default();
         mac.encrypt_block(&mut l);
         let k1 = dbl(&l.into());
         let k2 = dbl(&k1);
-        let mut key = SivKey {
+        let d0 = cmac(&mac, &k1, &k2, &[0; 16], None);
+        SivKey {
             mac,
-            ctr,
+            ctr: Aes128Enc::new(ctr_key.into()),
             k1,
             k2,
-            d0: [0; 16],
-        };
-        key.d0 = key.cmac(&[0; 16], None);
-        Ok(key)
+            d0,
+        }
     }
 
-    /// CMAC of `data`, with `tail` (if any) XORed into its last 16 bytes (`data` is then at
-    /// least 16 bytes long).
     fn cmac(&self, data: &[u8], tail: Option<&[u8; 16]>) -> [u8; 16] {
-        let n = data.len();
-        let blocks = n.div_ceil(16).max(1);
-        let tail_start = n.saturating_sub(16);
-        let mut x = [0u8; 16];
-        for b in 0..blocks {
-            let start = b * 16;
-            let end = (start + 16).min(n);
-            let mut block = [0u8; 16];
-            block[..end - start].copy_from_slice(&data[start..end]);
-            if let Some(t) = tail {
-                for i in start.max(tail_start)..end {
-                    block[i - start] ^= t[i - tail_start];
-                }
-            }
-            if b + 1 == blocks {
-                if end - start == 16 {
-                    xor(&mut block, &self.k1);
-                } else {
-                    block[end - start] = 0x80;
-                    xor(&mut block, &self.k2);
-                }
-            }
-            xor(&mut x, &block);
-            let mut c = Block::from(x);
-            self.mac.encrypt_block(&mut c);
-            x = c.into();
-        }
-        x
+        cmac(&self.mac, &self.k1, &self.k2, data, tail)
     }
 
     /// S2V(ad, nonce, plaintext): the synthetic IV, which is also the tag.

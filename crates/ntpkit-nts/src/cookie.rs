@@ -5,7 +5,7 @@
 //! AEAD_AES_SIV_CMAC_256. A cookie comes back inside an extension field whose value is padded
 //! to a multiple of 4 bytes, so opening also accepts the cookie followed by that zero padding.
 
-use crate::aead::{self, TAG_LEN};
+use crate::aead::TAG_LEN;
 use crate::keys::CookieKeyring;
 use crate::{AeadAlgorithm, NtsKeys};
 use rand_core::RngCore;
@@ -15,8 +15,6 @@ pub const COOKIE_NONCE_LEN: usize = 16;
 const KEY_ID_LEN: usize = 4;
 /// Longest sealed contents of a cookie: an AEAD id and two keys of at most 32 bytes.
 const MAX_PLAINTEXT: usize = 2 + 2 * 32;
-/// The algorithm that seals cookies, whatever the association negotiated.
-const COOKIE_AEAD: AeadAlgorithm = AeadAlgorithm::AesSivCmac256;
 
 /// Why a cookie was not made or did not open.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
@@ -76,11 +74,11 @@ pub fn make_cookie(
     cookie.extend_from_slice(&keys.aead.id().to_be_bytes());
     cookie.extend_from_slice(&keys.c2s);
     cookie.extend_from_slice(&keys.s2c);
-    // The cookie key is 32 bytes and the nonce 16, so sealing cannot fail; mapping the error
-    // keeps the function free of panics all the same.
-    let siv = aead::SivKey::new(COOKIE_AEAD, key.bytes()).map_err(|_| CookieError::Unauthentic)?;
+    // The nonce is not empty, so sealing cannot fail; mapping the error keeps the function free
+    // of panics all the same.
     let sealed_at = KEY_ID_LEN + COOKIE_NONCE_LEN;
-    let tag = siv
+    let tag = key
+        .siv()
         .seal_in_place(&key_id, &nonce, &mut cookie[sealed_at + TAG_LEN..])
         .map_err(|_| CookieError::Unauthentic)?;
     cookie[sealed_at..sealed_at + TAG_LEN].copy_from_slice(&tag);
@@ -114,8 +112,8 @@ pub fn open_cookie(
         .get_mut(..ciphertext.len())
         .ok_or(CookieError::BadLength(cookie.len()))?;
     plain.copy_from_slice(ciphertext);
-    aead::SivKey::new(COOKIE_AEAD, key.bytes())
-        .and_then(|siv| siv.open_in_place(key_id, nonce, tag, plain))
+    key.siv()
+        .open_in_place(key_id, nonce, tag, plain)
         .map_err(|_| CookieError::Unauthentic)?;
     let (alg_id, keys) = plain.split_at_checked(2).ok_or(CookieError::BadContents)?;
     let aead = AeadAlgorithm::from_id(u16::from_be_bytes([alg_id[0], alg_id[1]]))

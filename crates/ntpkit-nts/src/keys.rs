@@ -4,9 +4,10 @@
 //! HKDF-SHA256(ikm = master, salt = none, info = "ntpkit nts cookie key" || p as u64 BE), so
 //! every server that shares the master derives the same keys and opens the others' cookies.
 
+use crate::aead::SivKey;
 use hkdf::Hkdf;
 use sha2::Sha256;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// Shortest master secret accepted, in bytes.
 pub const MIN_MASTER_LEN: usize = 32;
@@ -29,14 +30,29 @@ pub enum KeyError {
 }
 
 /// The key of one period, derived from the master secret.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct CookieKey {
     /// The period this key belongs to.
     pub period: u64,
     key: [u8; COOKIE_KEY_LEN],
+    /// The key expanded for sealing and opening, shared by every copy.
+    siv: Arc<SivKey>,
 }
 
+impl PartialEq for CookieKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.period == other.period && self.key == other.key
+    }
+}
+
+impl Eq for CookieKey {}
+
 impl CookieKey {
+    /// The key expanded for AEAD_AES_SIV_CMAC_256: call to seal or open a cookie.
+    pub fn siv(&self) -> &SivKey {
+        &self.siv
+    }
+
     /// The key bytes; call only to seal or open a cookie.
     pub fn bytes(&self) -> &[u8; COOKIE_KEY_LEN] {
         &self.key
@@ -154,7 +170,11 @@ impl CookieKeyring {
         {
             key = [0; COOKIE_KEY_LEN];
         }
-        CookieKey { period, key }
+        CookieKey {
+            period,
+            key,
+            siv: Arc::new(SivKey::from_key(&key)),
+        }
     }
 
     /// Call to seal a new cookie: the key current at `unix_secs`.
