@@ -202,6 +202,27 @@ mod tests {
     const MASTER: [u8; 32] = [0x42; 32];
 
     #[test]
+    fn derived_keys_are_kept_and_stay_the_same() {
+        let k = CookieKeyring::new(&MASTER, 100).unwrap();
+        let fresh: Vec<CookieKey> = (0..10).map(|p| k.derive(p)).collect();
+        for _ in 0..2 {
+            for (p, want) in fresh.iter().enumerate() {
+                assert_eq!(&k.key(p as u64), want);
+            }
+        }
+        assert!(k.cache.read().unwrap().len() <= KEY_CACHE);
+        // The kept key schedules open what the key's bytes sealed.
+        let key = k.key(3);
+        let alg = crate::AeadAlgorithm::AesSivCmac256;
+        let sealed = crate::aead::seal(alg, key.bytes(), b"ad", &[1; 16], b"keys").unwrap();
+        let mut plain = sealed[16..].to_vec();
+        key.siv()
+            .open_in_place(b"ad", &[1; 16], &sealed[..16], &mut plain)
+            .unwrap();
+        assert_eq!(plain, b"keys");
+    }
+
+    #[test]
     fn same_master_same_keys_other_master_other_keys() {
         let a = CookieKeyring::with_default_rotation(&MASTER).unwrap();
         let b = CookieKeyring::with_default_rotation(&MASTER).unwrap();
