@@ -336,8 +336,8 @@ impl NtsReport {
         );
         let _ = writeln!(
             s,
-            "nts replies: {} verified with the server-to-client key, {} checked for the unique \
-             id only (1 in {} verified); {} NTS NAK, {} failed verification",
+            "nts replies (whole run): {} verified with the server-to-client key, {} checked for \
+             the unique id only (1 in {} verified); {} NTS NAK, {} failed verification",
             super::group(self.verified),
             super::group(self.unverified),
             self.verify_one_in,
