@@ -560,6 +560,10 @@ def main():
     p.add_argument("--list", action="store_true", help="list the models and exit")
     p.add_argument("--with-sim", action="store_true",
                    help="also run ntpkit's own simulator on the same models and compare")
+    p.add_argument("--chronyd-cache", metavar="FILE",
+                   help="reuse chronyd's runs from FILE and add the missing ones to it "
+                        "(clknetsim is deterministic: chronyd's figures for a model and seed "
+                        "do not change while ntpkit is tuned)")
     args = p.parse_args()
     all_models = models()
     if args.list:
@@ -581,14 +585,26 @@ def main():
     seeds = QUICK["seeds"] if args.quick else parse_seeds(args.seeds)
     lib, server = build_clknetsim()
     ntpkit = ensure_ntpkit(args.ntpkit)
-    jobs = [(all_models[n], d, s) for n in names for s in seeds for d in ("chronyd", "ntpkit")]
+    cache = {}
+    if args.chronyd_cache and os.path.exists(args.chronyd_cache):
+        with open(args.chronyd_cache) as f:
+            cache = {(r["model"], r["seed"]): r for r in json.load(f)}
+    jobs = [(all_models[n], d, s) for n in names for s in seeds for d in ("chronyd", "ntpkit")
+            if not (d == "chronyd" and (n, s) in cache)]
     started = time.time()
-    results = []
+    results = [cache[(n, s)] for n in names for s in seeds if (n, s) in cache]
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = [pool.submit(run_one, m, d, s, ntpkit, lib, server, args.keep or None)
                    for m, d, s in jobs]
-        for f in futures:
-            results.append(f.result())
+        for f in concurrent.futures.as_completed(futures):
+            r = f.result()
+            results.append(r)
+            if (args.chronyd_cache and r["daemon"] == "chronyd" and not r["crashed"]
+                    and r["simulator_rc"] == 0):
+                cache[(r["model"], r["seed"])] = r
+                with open(args.chronyd_cache + ".tmp", "w") as out:
+                    json.dump(list(cache.values()), out)
+                os.replace(args.chronyd_cache + ".tmp", args.chronyd_cache)
     print(f"clknetsim: {len(names)} model(s) x {len(seeds)} seed(s) x 2 daemons in "
           f"{time.time() - started:.0f} s; each cell: chronyd / ntpkit (ratio), means over "
           f"seeds {seeds[0]}-{seeds[-1]} and measured nodes; * = some runs never synchronized")

@@ -502,18 +502,7 @@ pub fn render(format: Format, shared: &Shared, snapshot: Option<Snapshot>) -> St
         nts: shared
             .nts_on
             .load(std::sync::atomic::Ordering::Relaxed)
-            .then(|| {
-                let n = &shared.nts;
-                let get =
-                    |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-                [
-                    get(&n.ke_served),
-                    get(&n.ke_failed),
-                    get(&n.replies),
-                    get(&n.naks),
-                    get(&n.dropped),
-                ]
-            }),
+            .then(|| shared.nts.snapshot()),
         snapshot,
     }));
     let mut out = String::new();
@@ -533,8 +522,8 @@ pub fn render(format: Format, shared: &Shared, snapshot: Option<Snapshot>) -> St
 struct Scrape {
     udp: CounterValues,
     tcp: CounterValues,
-    /// NTS: key exchanges served and failed, authenticated replies, NAKs, dropped requests.
-    nts: Option<[u64; 5]>,
+    /// NTS: key exchanges and requests.
+    nts: Option<crate::nts_serve::NtsCounterValues>,
     snapshot: Option<Snapshot>,
 }
 
@@ -832,7 +821,7 @@ impl Scrape {
             ),
             self.tcp.open,
         )?;
-        if let Some([served, failed, replies, naks, dropped]) = self.nts {
+        if let Some(n) = self.nts {
             let labelled = |name: &'static str, pairs: &[(&str, u64)]| -> Vec<(Labels, Num)> {
                 pairs
                     .iter()
@@ -843,12 +832,21 @@ impl Scrape {
                 enc,
                 (
                     "ntpkit_server_nts_key_exchanges",
-                    "NTS-KE sessions: served with keys and cookies, or failed (TLS, bad \
-                     request, timeout, connection limits).",
+                    "NTS-KE connections: served with keys and cookies, failed (TLS, bad \
+                     request, timeout, connection limits), or closed at accept by the access \
+                     rules (denied) or the rate limit (limited).",
                     None,
                     COUNTER,
                 ),
-                &labelled("result", &[("served", served), ("failed", failed)]),
+                &labelled(
+                    "result",
+                    &[
+                        ("served", n.ke_served),
+                        ("failed", n.ke_failed),
+                        ("denied", n.ke_denied),
+                        ("limited", n.ke_limited),
+                    ],
+                ),
             )?;
             family(
                 enc,
@@ -861,7 +859,11 @@ impl Scrape {
                 ),
                 &labelled(
                     "outcome",
-                    &[("reply", replies), ("nak", naks), ("dropped", dropped)],
+                    &[
+                        ("reply", n.replies),
+                        ("nak", n.naks),
+                        ("dropped", n.dropped),
+                    ],
                 ),
             )?;
         }
@@ -1225,15 +1227,22 @@ mod tests {
         shared.nts_on.store(true, Ordering::Relaxed);
         shared.nts.replies.store(5, Ordering::Relaxed);
         shared.nts.ke_served.store(1, Ordering::Relaxed);
+        shared.nts.ke_denied.store(2, Ordering::Relaxed);
+        shared.nts.ke_limited.store(3, Ordering::Relaxed);
         let nts_text = render(Format::PrometheusText, &shared, None);
         let s2 = samples(&nts_text);
         let reply = [("outcome", "reply")];
         assert_eq!(get(&s2, "ntpkit_server_nts_requests_total", &reply), 5.0);
-        let served = [("result", "served")];
-        assert_eq!(
-            get(&s2, "ntpkit_server_nts_key_exchanges_total", &served),
-            1.0
-        );
+        for (result, n) in [("served", 1.0), ("denied", 2.0), ("limited", 3.0)] {
+            assert_eq!(
+                get(
+                    &s2,
+                    "ntpkit_server_nts_key_exchanges_total",
+                    &[("result", result)]
+                ),
+                n
+            );
+        }
 
         assert_eq!(get(&s, "ntpkit_tracking_synchronized", &[]), 1.0);
         for st in ["starting", "holdover", "local", "unsynchronized"] {

@@ -157,10 +157,24 @@ pub fn key_exchange(
     if addrs.is_empty() {
         return Err(NtsError::Resolve(name, "no address".into()));
     }
+    key_exchange_at(host, &name, &addrs, config, timeout)
+}
+
+/// Runs one NTS-KE exchange with the first of `addrs` that accepts a TCP connection,
+/// verifying its certificate for `host` (at most `timeout` in all); `name` names the server
+/// in errors.
+pub fn key_exchange_at(
+    host: &str,
+    name: &str,
+    addrs: &[SocketAddr],
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<KeOutcome, NtsError> {
+    let name = name.to_string();
     let deadline = Instant::now() + timeout;
     let mut last = None;
     let mut stream = None;
-    for a in &addrs {
+    for a in addrs {
         match TcpStream::connect_timeout(a, timeout) {
             Ok(s) => {
                 stream = Some(s);
@@ -241,17 +255,24 @@ pub fn key_exchange(
     }
 }
 
-/// The NTP server a key exchange with `ke_host` named (its own host and port 123 unless the
-/// response said otherwise): its `HOST:PORT` as text and its first address.
-pub fn ntp_server(outcome: &KeOutcome, ke_host: &str) -> Result<(String, SocketAddr), NtsError> {
-    let host = outcome.server.as_deref().unwrap_or(ke_host);
+/// The NTP server an NTS-KE negotiated: its `HOST:PORT` as text and its address. Without a
+/// server record the key-exchange server's own host (`ke_host`) is meant, and port 123
+/// without a port record.
+pub fn negotiated_server(
+    outcome: &KeOutcome,
+    ke_host: &str,
+) -> Result<(String, SocketAddr), NtsError> {
+    let host = outcome
+        .server
+        .clone()
+        .unwrap_or_else(|| ke_host.to_string());
     let port = outcome.port.unwrap_or(crate::query::NTP_PORT);
     let name = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     };
-    let addr = (host, port)
+    let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| NtsError::Resolve(name.clone(), e.to_string()))?
         .next()

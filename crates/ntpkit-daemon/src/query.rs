@@ -83,7 +83,7 @@ impl NtsState {
     fn key_exchange(&mut self) -> Result<SocketAddr, NtsError> {
         let outcome =
             nts_ke::key_exchange(&self.host, self.port, self.config.clone(), self.timeout)?;
-        let (name, addr) = nts_ke::ntp_server(&outcome, &self.host)?;
+        let (name, addr) = nts_ke::negotiated_server(&outcome, &self.host)?;
         self.summary.aead = outcome.keys.aead.name();
         self.summary.ntp_server = name;
         self.summary.key_exchanges += 1;

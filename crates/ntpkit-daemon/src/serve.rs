@@ -4,8 +4,8 @@
 //! [`Responder`] → `sendmmsg`, kernel receive timestamps, no allocation per datagram); the main
 //! thread runs an event loop (`poll`) over the TCP listeners and connections
 //! ([`crate::tcp`]) and a wake-up descriptor for signals. SIGINT and SIGTERM stop the server
-//! and print the counters; SIGUSR1 prints them and goes on; SIGHUP is logged (nothing to
-//! reload). Under a service manager it sends `READY=1` once every socket is bound and its
+//! and print the counters; SIGUSR1 prints them and goes on; SIGHUP reloads the NTS certificate
+//! and key when NTS is served ([`crate::nts_serve`]), and is only logged otherwise. Under a service manager it sends `READY=1` once every socket is bound and its
 //! threads run, `STOPPING=1` on the way out, and watchdog pings if asked ([`crate::notify`]).
 //! With `--metrics`, one more thread serves the counters to Prometheus ([`crate::metrics`]).
 //!
@@ -323,6 +323,8 @@ pub struct Shared {
     pub nts: crate::nts_serve::NtsCounters,
     /// Whether NTS is served (its counters are reported).
     pub nts_on: AtomicBool,
+    /// Set to have the NTS-KE server load its certificate and key again (SIGHUP).
+    pub nts_reload: AtomicBool,
 }
 
 impl Shared {
@@ -332,15 +334,11 @@ impl Shared {
         let t = self.tcp.snapshot();
         let mut nts = String::new();
         if self.nts_on.load(Ordering::Relaxed) {
-            let n = &self.nts;
-            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            let n = self.nts.snapshot();
             nts = format!(
-                "served nts: ke_served={} ke_failed={} replies={} naks={} dropped={}\n",
-                get(&n.ke_served),
-                get(&n.ke_failed),
-                get(&n.replies),
-                get(&n.naks),
-                get(&n.dropped),
+                "served nts: ke_served={} ke_failed={} replies={} naks={} dropped={} \
+                 ke_denied={} ke_limited={}\n",
+                n.ke_served, n.ke_failed, n.replies, n.naks, n.dropped, n.ke_denied, n.ke_limited,
             );
         }
         format!(
@@ -406,36 +404,14 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         config.policy(),
         config.verbose,
     )?;
-    let mut nts_ring = None;
-    let mut master_created = None;
-    let mut ke_listener = None;
-    if let Some(n) = &config.nts {
-        let (master, created) =
-            crate::nts_serve::load_or_create_master(&n.master).map_err(ServeError::Nts)?;
-        if created {
-            master_created = Some(n.master.clone());
+    let nts = match &config.nts {
+        Some(n) => {
+            // Clients use port 123 unless told otherwise: announce the first UDP port if not 123.
+            let ntp_port = udp_sockets.first().map(|s| s[0].local_addr().port());
+            Some(crate::nts_serve::prepare(n, config.policy(), ntp_port)?)
         }
-        let ring = Arc::new(
-            ntpkit_nts::CookieKeyring::new(&master, n.rotation_secs)
-                .map_err(|e| ServeError::Nts(format!("NTS master secret: {e}")))?,
-        );
-        let tls = crate::nts_serve::load_tls(&n.cert, &n.key).map_err(ServeError::Nts)?;
-        // Clients use port 123 unless told otherwise: announce the first UDP port if not 123.
-        let ntp_port = udp_sockets
-            .first()
-            .map(|s| s[0].local_addr().port())
-            .filter(|&p| p != 123);
-        let l = crate::nts_serve::KeListener::bind(n.ke, tls, ring.clone(), ntp_port).map_err(
-            |source| ServeError::Bind {
-                addr: n.ke,
-                transport: Transport::NtsKe,
-                source,
-            },
-        )?;
-        shared.nts_on.store(true, Ordering::Relaxed);
-        nts_ring = Some(ring);
-        ke_listener = Some(l);
-    }
+        None => None,
+    };
     let metrics = match config.metrics {
         Some(addr) => Some(
             crate::metrics::Endpoint::bind(addr, |a| format!("--metrics {a}"))
@@ -455,15 +431,19 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     for l in &listening {
         let _ = writeln!(out, "NTP server listening on {l}");
     }
-    if let Some(l) = &ke_listener {
-        let _ = writeln!(out, "NTS-KE server listening on {} (tcp)", l.local_addr());
-    }
-    if let Some(p) = &master_created {
-        let _ = writeln!(
-            out,
-            "Created NTS master secret {} (32 random bytes, mode 0600)",
-            p.display()
-        );
+    if let Some(n) = &nts {
+        for a in n.listener.local_addrs() {
+            let _ = writeln!(out, "NTS-KE server listening on {a} (tcp)");
+        }
+        if n.master_created {
+            if let Some(c) = &config.nts {
+                let _ = writeln!(
+                    out,
+                    "Created NTS master secret {} (32 random bytes, mode 0600)",
+                    c.master.display()
+                );
+            }
+        }
     }
     if let Some(m) = &metrics {
         let _ = writeln!(out, "Metrics on http://{}/metrics", m.local_addr());
@@ -514,8 +494,8 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
                 &config,
                 config.policy(),
             );
-            if let Some(ring) = &nts_ring {
-                worker.serve_nts(ring.clone()).map_err(ServeError::Io)?;
+            if let Some(n) = &nts {
+                worker.serve_nts(n.ring.clone()).map_err(ServeError::Io)?;
             }
             let name = format!("udp {}", worker.local_addr());
             let h = std::thread::Builder::new()
@@ -526,13 +506,8 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
     }
 
-    if let Some(l) = ke_listener {
-        let s = shared.clone();
-        let h = std::thread::Builder::new()
-            .name("nts-ke".into())
-            .spawn(move || l.run(s))
-            .map_err(ServeError::Io)?;
-        threads.push(h);
+    if let Some(n) = nts {
+        threads.push(n.listener.spawn(shared.clone()).map_err(ServeError::Io)?);
     }
     if let Some(m) = metrics {
         m.spawn(shared.clone()).map_err(ServeError::Io)?;
@@ -566,6 +541,10 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             match signal {
                 Signal::Interrupt | Signal::Terminate => break 'serve,
                 Signal::User1 => print_report(&shared),
+                Signal::Hangup if config.nts.is_some() => {
+                    tracing::info!("SIGHUP: reloading the NTS certificate and key");
+                    shared.nts_reload.store(true, Ordering::Relaxed);
+                }
                 Signal::Hangup => tracing::info!("SIGHUP: nothing to reload"),
             }
         }

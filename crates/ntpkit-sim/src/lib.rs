@@ -5,13 +5,15 @@
 //! per disciplined node and one [`ntpkit_core::Responder`] per node, and drives them exactly as
 //! the daemon does — same call contract, same packets through `ntpkit-wire` — over integer
 //! virtual time, simulated oscillators (offset, frequency error, random-walk wander, scheduled
-//! steps) and simulated links (delay, jitter, asymmetry, loss, outages, server processing time).
+//! steps) and simulated links (delay, jitter, asymmetry, loss, outages, server processing time),
+//! with NTS on the sources that ask for it through `ntpkit-nts`'s cookie and AEAD code ([`nts`]).
 //! It reports per-node statistics of the true error (clock − true time), which a real network
 //! never shows, as a table, JSON, a CSV time series or a plot; `--runs K` repeats with K seeds.
 //!
 //! What it does not do: read the OS clock, use OS randomness, sleep, or contain any protocol
 //! logic of its own. The same seed gives byte-identical output: every random number comes from
-//! a Xoshiro256++ stream per node and per link direction, seeded through SplitMix64.
+//! a Xoshiro256++ stream per node and per link direction (NTS has streams of its own), seeded
+//! through SplitMix64.
 //!
 //! ```text
 //!  scenario.toml ─▶ Scenario ─▶ Sim (event heap: timers, packets, samples)
@@ -24,6 +26,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod nts;
 pub mod plot;
 pub mod queue;
 pub mod report;

@@ -1,6 +1,7 @@
 //! Reports: per-node statistics of one run, their mean ± sd over several runs, and how both are
 //! printed (a table, or JSON).
 
+use crate::nts::NtsCounters;
 use crate::scenario::Scenario;
 use crate::sim::Outcome;
 use serde::Serialize;
@@ -48,6 +49,9 @@ pub struct NodeReport {
     pub offset_s: Summary,
     /// Remaining frequency error (intrinsic + commanded correction), ppm.
     pub frequency_ppm: Summary,
+    /// NTS over the node's NTS sources; absent for a node without any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nts: Option<NtsCounters>,
 }
 
 /// One run's results.
@@ -118,6 +122,7 @@ impl Report {
                         .then(|| c.correction_sum / c.corrections as f64),
                     offset_s: summary(c.n.into(), c.err),
                     frequency_ppm: summary(c.n.into(), c.freq),
+                    nts: spec.sources.iter().any(|s| s.nts).then_some(c.nts),
                 }
             })
             .collect();
@@ -192,6 +197,43 @@ impl Report {
                 s,
                 "… {} more nodes (--json lists every node)",
                 self.nodes.len() - max_rows
+            );
+        }
+        let nts: Vec<(&str, &NtsCounters)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.nts.as_ref().map(|c| (n.name.as_str(), c)))
+            .collect();
+        if !nts.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n{:<20} {:>8} {:>9} {:>8} {:>6} {:>7} {:>9} {:>7}",
+                "NTS",
+                "requests",
+                "authentic",
+                "dropped",
+                "NAKs",
+                "KE done",
+                "KE failed",
+                "starved"
+            );
+            for (name, c) in nts.iter().take(max_rows) {
+                let _ = writeln!(
+                    s,
+                    "{:<20} {:>8} {:>9} {:>8} {:>6} {:>7} {:>9} {:>7}",
+                    truncate(name, 20),
+                    c.requests,
+                    c.authentic,
+                    c.not_authentic,
+                    c.naks,
+                    c.key_exchanges,
+                    c.key_exchanges_failed,
+                    c.starved_polls
+                );
+            }
+            let _ = writeln!(
+                s,
+                "(dropped: replies that did not authenticate; starved: polls not sent for lack of a cookie)"
             );
         }
         let clients: Vec<&NodeReport> = self
@@ -309,7 +351,7 @@ impl MeanSd {
 
 /// Every numeric statistic of a node, by name.
 pub fn node_metrics(n: &NodeReport) -> Vec<(&'static str, Option<f64>)> {
-    vec![
+    let mut m = vec![
         ("packets_sent", Some(n.packets_sent as f64)),
         ("packets_received", Some(n.packets_received as f64)),
         ("requests_served", Some(n.requests_served as f64)),
@@ -324,7 +366,22 @@ pub fn node_metrics(n: &NodeReport) -> Vec<(&'static str, Option<f64>)> {
         ("frequency_rms_ppm", Some(n.frequency_ppm.rms)),
         ("frequency_max_ppm", Some(n.frequency_ppm.max)),
         ("frequency_mean_ppm", Some(n.frequency_ppm.mean)),
-    ]
+    ];
+    if let Some(c) = &n.nts {
+        m.extend([
+            ("nts_requests", Some(f64::from(c.requests))),
+            ("nts_authentic", Some(f64::from(c.authentic))),
+            ("nts_not_authentic", Some(f64::from(c.not_authentic))),
+            ("nts_naks", Some(f64::from(c.naks))),
+            ("nts_key_exchanges", Some(f64::from(c.key_exchanges))),
+            (
+                "nts_key_exchanges_failed",
+                Some(f64::from(c.key_exchanges_failed)),
+            ),
+            ("nts_starved_polls", Some(f64::from(c.starved_polls))),
+        ]);
+    }
+    m
 }
 
 /// One node over several runs.

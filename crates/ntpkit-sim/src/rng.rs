@@ -1,6 +1,6 @@
-//! Random streams: one Xoshiro256++ generator per node and per link direction, each seeded from
-//! the run's seed, a stream kind and an index through SplitMix64, so that adding a node or a
-//! link never shifts another's numbers.
+//! Random streams: one Xoshiro256++ generator per node and per link direction (and NTS's own
+//! per link and per server), each seeded from the run's seed, a stream kind and an index
+//! through SplitMix64, so that adding a node or a link never shifts another's numbers.
 
 use rand_core::{RngCore, SeedableRng};
 use rand_distr::{Distribution, Exp1, StandardNormal};
@@ -21,6 +21,14 @@ pub enum StreamKind {
     Request = 3,
     /// A link's reply direction (server → client).
     Reply = 4,
+    /// A link's NTS client: association keys, unique identifiers, nonces, key-exchange
+    /// losses, tampering. NTS has streams of its own so that turning it on changes no other
+    /// draw.
+    NtsClient = 5,
+    /// A link's NTS server side: the nonces of the cookies it makes for that client.
+    NtsServer = 6,
+    /// A node's NTS cookie masters.
+    NtsMaster = 7,
 }
 
 /// SplitMix64's output function (Steele, Lea, Flood 2014).

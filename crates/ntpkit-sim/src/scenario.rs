@@ -239,6 +239,10 @@ pub struct NodeSpec {
     /// Upstream servers.
     #[serde(default)]
     pub sources: Vec<SourceSpec>,
+    /// As an NTS server: times at which it replaces its cookie master (a restart that lost
+    /// it), so that the cookies its clients hold no longer open.
+    #[serde(default)]
+    pub nts_master_changes: Vec<Duration>,
 }
 
 fn one_u32() -> u32 {
@@ -291,6 +295,13 @@ pub struct SourceSpec {
     pub maxpoll: Option<i8>,
     /// Burst at start-up (default true).
     pub iburst: Option<bool>,
+    /// Protect the exchanges with NTS (default false).
+    #[serde(default)]
+    pub nts: bool,
+    /// Probability that an on-path attacker flips a bit of an NTS reply (default 0; needs
+    /// `nts = true`).
+    #[serde(default)]
+    pub nts_tamper: f64,
 }
 
 /// One direction of a link, resolved.
@@ -361,6 +372,10 @@ pub struct Node {
     pub start: i64,
     /// Sources.
     pub sources: Vec<Source>,
+    /// Whether some source with NTS names this node.
+    pub nts_server: bool,
+    /// Times (ns) at which this node, as an NTS server, replaces its cookie master.
+    pub nts_master_changes: Vec<i64>,
 }
 
 /// A source, resolved.
@@ -374,6 +389,10 @@ pub struct Source {
     pub poll: (i8, i8),
     /// iburst.
     pub iburst: bool,
+    /// Protected with NTS.
+    pub nts: bool,
+    /// Probability that a reply is tampered with on the way (NTS sources only).
+    pub nts_tamper: f64,
 }
 
 /// A validated scenario, ready to run.
@@ -595,6 +614,14 @@ impl ScenarioFile {
                     s.offset.0,
                 ));
             }
+            let mut master_changes = Vec::new();
+            for (i, &at) in spec.nts_master_changes.iter().enumerate() {
+                master_changes.push(check_nonneg(
+                    &format!("{what}.nts-master-changes[{i}]"),
+                    at,
+                )?);
+            }
+            master_changes.sort_unstable();
             let members = groups.entry(spec.name.as_str()).or_default();
             for k in 0..spec.count {
                 let name = if spec.count == 1 {
@@ -620,6 +647,8 @@ impl ScenarioFile {
                     steps: steps.clone(),
                     start,
                     sources: Vec::new(),
+                    nts_server: false,
+                    nts_master_changes: master_changes.clone(),
                 });
             }
         }
@@ -679,18 +708,44 @@ impl ScenarioFile {
                         format!("minpoll {minpoll} is above maxpoll {maxpoll}"),
                     ));
                 }
+                check_prob(&format!("{what}: nts-tamper"), src.nts_tamper)?;
+                if src.nts_tamper > 0.0 && !src.nts {
+                    return Err(range(
+                        format!("{what}: nts-tamper"),
+                        "only NTS replies are tampered with; add `nts = true` to this source",
+                    ));
+                }
                 for server in servers {
                     node_sources[g].push(Source {
                         server,
                         profile,
                         poll: (minpoll, maxpoll),
                         iburst: src.iburst.unwrap_or(true),
+                        nts: src.nts,
+                        nts_tamper: src.nts_tamper,
                     });
                 }
             }
         }
         for node in nodes.iter_mut() {
             node.sources = node_sources[node.group].clone();
+        }
+        let nts_servers: Vec<usize> = nodes
+            .iter()
+            .flat_map(|n| n.sources.iter().filter(|s| s.nts).map(|s| s.server))
+            .collect();
+        for s in nts_servers {
+            nodes[s].nts_server = true;
+        }
+        if let Some(n) = nodes
+            .iter()
+            .find(|n| !n.nts_server && !n.nts_master_changes.is_empty())
+        {
+            return Err(range(
+                format!("node `{}`.nts-master-changes", self.nodes[n.group].name),
+                "no source with `nts = true` names this node: add `nts = true` to a source \
+                 that uses it, or remove the key",
+            ));
         }
         for (i, node) in nodes.iter().enumerate() {
             if node.sources.iter().any(|s| s.server == i) {
@@ -794,6 +849,52 @@ mod tests {
         let p = &s.profiles[s.nodes[4].sources[0].profile];
         assert_eq!((p.request.delay, p.reply.delay), (1_000_000, 3_000_000));
         assert_eq!(s.link_count(), 6);
+    }
+
+    #[test]
+    fn nts_options_are_checked() {
+        let two = format!("{BASE}[[node]]\nname = \"s\"\nreference = true\n");
+        let e = err(&format!(
+            "{two}[[node]]\nname = \"c\"\nsources = [{{ server = \"s\", nts-tamper = 0.1 }}]\n"
+        ));
+        assert!(
+            e.contains("nts-tamper") && e.contains("add `nts = true`"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{two}[[node]]\nname = \"c\"\nsources = [{{ server = \"s\", nts = true, nts-tamper = 2.0 }}]\n"
+        ));
+        assert!(e.contains("nts-tamper") && e.contains("probability"), "{e}");
+        let e = err(&format!(
+            "{BASE}[[node]]\nname = \"s\"\nreference = true\ncount = 2\nnts-master-changes = [\"1h\"]\n\
+             [[node]]\nname = \"c\"\nsources = [{{ server = \"s\" }}]\n"
+        ));
+        assert!(
+            e.contains("node `s`.nts-master-changes") && e.contains("add `nts = true`"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{BASE}[[node]]\nname = \"s\"\nreference = true\nnts-master-changes = [\"-1s\"]\n\
+             [[node]]\nname = \"c\"\nsources = [{{ server = \"s\", nts = true }}]\n"
+        ));
+        assert!(
+            e.contains("nts-master-changes[0]") && e.contains("negative"),
+            "{e}"
+        );
+        let s = Scenario::parse(
+            &format!(
+                "{BASE}[[node]]\nname = \"s\"\nreference = true\nnts-master-changes = [\"2h\", \"1h\"]\n\
+                 [[node]]\nname = \"c\"\nsources = [{{ server = \"s\", nts = true }}]\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert!(s.nodes[0].nts_server && !s.nodes[1].nts_server);
+        assert_eq!(
+            s.nodes[0].nts_master_changes,
+            [3_600e9 as i64, 7_200e9 as i64]
+        );
+        assert!(s.nodes[1].sources[0].nts);
     }
 
     #[test]

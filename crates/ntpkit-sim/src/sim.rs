@@ -13,6 +13,7 @@
 //! The node's monotonic time is true time (the daemon uses the OS monotonic clock).
 
 use crate::clock::SimClock;
+use crate::nts::{unix_secs, InFlightSlab, NtsCounters, NtsLink, NtsServer};
 use crate::queue::EventQueue;
 use crate::rng::{exponential, normal, stream, uniform, Rng, StreamKind};
 use crate::scenario::{Direction, Distribution, Scenario};
@@ -35,6 +36,9 @@ const KEPT_SLOTS: usize = 1024;
 /// Precision (log2 s) the simulated reference clocks advertise.
 const REFERENCE_PRECISION: i8 = -20;
 
+/// `Packet::nts` of a packet without NTS.
+const NO_NTS: u32 = u32::MAX;
+
 #[derive(Clone, Copy, Debug)]
 struct Packet {
     bytes: [u8; HEADER_LEN],
@@ -45,6 +49,10 @@ struct Packet {
     steps: u32,
     /// The link it travels on.
     link: u32,
+    /// Slot of its NTS datagram in `Sim::nts_packets` ([`NO_NTS`]: plain NTP). `bytes` then
+    /// holds the plain header: the core's request, the responder's reply, and, once the reply
+    /// authenticated, its header.
+    nts: u32,
 }
 
 /// What happens at an event. Packets in flight live in a slab (`Sim::packets`) and events
@@ -61,6 +69,8 @@ enum Kind {
     Reply(u32),
     /// Sample every node's true error.
     Sample,
+    /// A key exchange of an NTS source ends or is retried (link).
+    KeyExchange(u32),
     /// A scheduled disturbance of a node's clock (index into `Sim::disturbances`).
     Step(u32),
 }
@@ -74,6 +84,8 @@ struct Link {
     profile: u16,
     request_rng: Rng,
     reply_rng: Rng,
+    /// The source's NTS state, if it runs NTS.
+    nts: Option<Box<NtsLink>>,
 }
 
 /// Running statistics of one node. A client's own counts are `u32` (a simulation holds one per
@@ -103,6 +115,8 @@ pub struct NodeCounters {
     pub synced_since: Option<i64>,
     /// True error (s) and frequency error (ppm) at the last sample.
     pub last: (f64, f64),
+    /// NTS, over the node's NTS sources.
+    pub nts: NtsCounters,
 }
 
 /// A node present in this simulation (all of them, or one shard's).
@@ -127,6 +141,8 @@ struct Node {
     queued: [i64; 2],
     steps: u32,
     counters: NodeCounters,
+    /// Its cookie masters, if some NTS source names it.
+    nts: Option<Box<NtsServer>>,
 }
 
 /// What to record besides the statistics.
@@ -185,6 +201,8 @@ pub struct Sim<'s, 't> {
     responder: Responder,
     packets: Vec<Packet>,
     free_packets: Vec<u32>,
+    /// NTS datagrams of the packets in flight that carry one.
+    nts_packets: InFlightSlab,
     /// Scheduled clock disturbances: (node, index into its scenario steps).
     disturbances: Vec<(u32, u32)>,
     nodes: Vec<Node>,
@@ -318,6 +336,9 @@ impl<'s, 't> Sim<'s, 't> {
                         profile: src.profile as u16,
                         request_rng: stream(seed, StreamKind::Request, index),
                         reply_rng: stream(seed, StreamKind::Reply, index),
+                        nts: src
+                            .nts
+                            .then(|| Box::new(NtsLink::new(seed, index, src.nts_tamper))),
                     });
                 }
                 sys
@@ -337,6 +358,9 @@ impl<'s, 't> Sim<'s, 't> {
                 queued: [i64::MAX; 2],
                 steps: 0,
                 counters: NodeCounters::default(),
+                nts: spec
+                    .nts_server
+                    .then(|| Box::new(NtsServer::new(seed, i, &spec.nts_master_changes))),
             });
         }
         // Indexed by node only when some node is plotted: no memory per node otherwise.
@@ -365,6 +389,7 @@ impl<'s, 't> Sim<'s, 't> {
             responder: Responder::new(),
             packets: Vec::new(),
             free_packets: Vec::new(),
+            nts_packets: InFlightSlab::default(),
             disturbances: Vec::new(),
             nodes,
             links,
@@ -382,6 +407,9 @@ impl<'s, 't> Sim<'s, 't> {
                 csv,
                 "time_s,node,true_offset_s,frequency_error_ppm,measured_offset_s,delay_s"
             );
+        }
+        for l in 0..sim.links.len() {
+            sim.first_key_exchange(l);
         }
         for n in 0..sim.nodes.len() {
             let spec = &sc.nodes[sim.nodes[n].index as usize];
@@ -452,9 +480,12 @@ impl<'s, 't> Sim<'s, 't> {
                 Kind::Transmit(p) => self.transmit_reply(p, time),
                 Kind::Reply(p) => {
                     let packet = self.packets[p as usize];
+                    let nts = (packet.nts != NO_NTS).then(|| self.nts_packets.take(packet.nts));
+                    self.packets[p as usize].nts = NO_NTS;
                     self.free_packet(p);
-                    self.on_reply(packet)
+                    self.on_reply(packet, nts)
                 }
+                Kind::KeyExchange(l) => self.on_key_exchange(l as usize),
                 Kind::Sample => {
                     self.shared_events += 1;
                     self.on_sample()
@@ -543,13 +574,28 @@ impl<'s, 't> Sim<'s, 't> {
             else {
                 break;
             };
-            node.counters.sent += 1;
             let link = node.first_link + tx.source.0;
+            let steps = node.steps;
+            let nts = match self.links[link as usize].nts.as_deref_mut() {
+                None => NO_NTS,
+                Some(nts) => {
+                    let counters = &mut self.nodes[n].counters.nts;
+                    let request = nts.request(&buf, counters);
+                    self.key_exchange_if_wanted(link as usize);
+                    match request {
+                        Some(p) => self.nts_packets.insert(p),
+                        // No cookie: the request is not sent, and the core sees it lost.
+                        None => continue,
+                    }
+                }
+            };
+            self.nodes[n].counters.sent += 1;
             let packet = Packet {
                 bytes: buf,
                 t1: clock.0,
-                steps: node.steps,
+                steps,
                 link,
+                nts,
             };
             let slot = self.alloc_packet(packet);
             self.send_request(slot);
@@ -579,6 +625,10 @@ impl<'s, 't> Sim<'s, 't> {
     /// Returns a packet's slot. When every slot is free, a slab grown by a burst (every
     /// client's first request at t = 0) gives its memory back.
     fn free_packet(&mut self, slot: u32) {
+        let nts = std::mem::replace(&mut self.packets[slot as usize].nts, NO_NTS);
+        if nts != NO_NTS {
+            self.nts_packets.take(nts);
+        }
         self.free_packets.push(slot);
         if self.free_packets.len() == self.packets.len() && self.packets.capacity() > KEPT_SLOTS {
             self.packets = Vec::with_capacity(KEPT_SLOTS);
@@ -647,9 +697,29 @@ impl<'s, 't> Sim<'s, 't> {
         }
     }
 
-    /// Sends the reply in packet `slot` back on its link at `t`.
-    fn send_reply(&mut self, slot: u32, t: i64) {
-        let l = self.packets[slot as usize].link as usize;
+    /// Sends the reply in packet `slot` back on its link at `t`; its server's clock reads
+    /// `clock` (Unix ns). An NTS reply is sealed here, once its header is final.
+    fn send_reply(&mut self, slot: u32, t: i64, clock: i64) {
+        let p = self.packets[slot as usize];
+        let l = p.link as usize;
+        if p.nts != NO_NTS {
+            let link = &mut self.links[l];
+            let server = self.nodes[link.server as usize].nts.as_deref();
+            let ring = server.expect("an NTS source's server has masters").ring(t);
+            let nts = link
+                .nts
+                .as_deref_mut()
+                .expect("an NTS packet's link runs NTS");
+            if !nts.serve(
+                self.nts_packets.get_mut(p.nts),
+                &p.bytes,
+                ring,
+                unix_secs(clock),
+            ) {
+                self.free_packet(slot);
+                return;
+            }
+        }
         match self.transit(l, false, t) {
             Some(arrival) => self.push(arrival, Kind::Reply(slot)),
             None => self.free_packet(slot),
@@ -679,9 +749,14 @@ impl<'s, 't> Sim<'s, 't> {
             bytes: [0; HEADER_LEN],
             ..p
         };
+        // The responder sees the whole datagram, extension fields included, as the daemon's does.
+        let request: &[u8] = match p.nts {
+            NO_NTS => &p.bytes,
+            k => &self.nts_packets.get_mut(k).bytes,
+        };
         match self
             .responder
-            .respond(&p.bytes, t2, &state, &mut reply.bytes)
+            .respond(request, t2, &state, &mut reply.bytes)
         {
             Response::Reply(HEADER_LEN) => {}
             _ => {
@@ -692,7 +767,7 @@ impl<'s, 't> Sim<'s, 't> {
         node.counters.served += 1;
         self.packets[slot as usize] = reply;
         if processing == 0 {
-            self.send_reply(slot, t);
+            self.send_reply(slot, t, t2.0);
         } else if node.answers_at_once {
             let done = t + processing;
             if done <= self.duration {
@@ -709,13 +784,24 @@ impl<'s, 't> Sim<'s, 't> {
         let node = &mut self.nodes[self.links[l].server as usize];
         let t3 = node.clock.read(t, &mut node.clock_rng);
         stamp_transmit(&mut self.packets[slot as usize].bytes, t3.to_ntp());
-        self.send_reply(slot, t);
+        self.send_reply(slot, t, t3.0);
     }
 
-    fn on_reply(&mut self, p: Packet) {
+    /// A reply arrives at its client; `nts` is its NTS datagram, if it carries one.
+    fn on_reply(&mut self, mut p: Packet, nts: Option<crate::nts::InFlight>) {
         let t = self.now;
         let l = p.link as usize;
         let (client, source) = (self.links[l].client as usize, self.links[l].source);
+        if let Some(datagram) = nts {
+            let link = self.links[l].nts.as_deref_mut().expect("NTS link");
+            let header = link.accept(datagram, &mut self.nodes[client].counters.nts);
+            self.key_exchange_if_wanted(l);
+            match header {
+                Some(h) => p.bytes = h,
+                // Not authentic, or a NAK: the core never sees it.
+                None => return,
+            }
+        }
         self.exchanges += 1;
         let node = &mut self.nodes[client];
         let t4 = node.clock.read(t, &mut node.clock_rng);
@@ -749,6 +835,73 @@ impl<'s, 't> Sim<'s, 't> {
         let sys = node.sync.as_mut().expect("only clients send requests");
         sys.handle_reply(MonoTime(t), t4, SourceId(source), &p.bytes);
         self.drain(client);
+    }
+
+    /// Whether the server of link `l` runs at `t`.
+    fn server_running(&self, l: usize, t: i64) -> bool {
+        let server = &self.nodes[self.links[l].server as usize];
+        t >= self.sc.nodes[server.index as usize].start
+    }
+
+    /// An NTS source's first key exchange, done when its client starts (the client ran it
+    /// before): it fails only if the server does not run or the link is down at that moment,
+    /// and then the first poll starts a modelled one.
+    fn first_key_exchange(&mut self, l: usize) {
+        let client = self.links[l].client as usize;
+        let start = self.sc.nodes[self.nodes[client].index as usize].start;
+        let up = self.server_running(l, start)
+            && !self.sc.profiles[self.links[l].profile as usize].is_down(start);
+        let link = &mut self.links[l];
+        let (Some(nts), true) = (link.nts.as_deref_mut(), up) else {
+            return;
+        };
+        let server = self.nodes[link.server as usize].nts.as_deref();
+        let ring = server
+            .expect("an NTS source's server has masters")
+            .ring(start);
+        let mut counters = self.nodes[client].counters.nts;
+        nts.fill(ring, crate::nts::true_unix_secs(start), &mut counters);
+        self.nodes[client].counters.nts = counters;
+    }
+
+    /// Starts a key exchange on link `l` now if its NTS source needs one.
+    fn key_exchange_if_wanted(&mut self, l: usize) {
+        let t = self.now;
+        let running = self.server_running(l, t);
+        let link = &mut self.links[l];
+        let Some(nts) = link.nts.as_deref_mut().filter(|n| n.wants_key_exchange()) else {
+            return;
+        };
+        let done = nts.start_key_exchange(t, &self.sc.profiles[link.profile as usize], running);
+        if done <= self.duration {
+            self.push(done, Kind::KeyExchange(l as u32));
+        }
+    }
+
+    /// A key exchange of link `l` ends or is retried now.
+    fn on_key_exchange(&mut self, l: usize) {
+        let t = self.now;
+        let running = self.server_running(l, t);
+        let link = &mut self.links[l];
+        let client = link.client as usize;
+        let server = self.nodes[link.server as usize].nts.as_deref();
+        let ring = server.expect("an NTS source's server has masters").ring(t);
+        let nts = link
+            .nts
+            .as_deref_mut()
+            .expect("only NTS links exchange keys");
+        let mut counters = self.nodes[client].counters.nts;
+        let next = nts.on_key_exchange(
+            t,
+            ring,
+            &self.sc.profiles[link.profile as usize],
+            running,
+            &mut counters,
+        );
+        self.nodes[client].counters.nts = counters;
+        if let Some(next) = next.filter(|&n| n <= self.duration) {
+            self.push(next, Kind::KeyExchange(l as u32));
+        }
     }
 
     fn on_sample(&mut self) {

@@ -66,6 +66,13 @@ pub struct SourceAddArgs {
     /// A pool's most members [default: 4]
     #[arg(long)]
     pub max_sources: Option<usize>,
+    /// Network Time Security: ADDRESS is the NTS-KE server (port 4460 unless given); only
+    /// authenticated replies are used.
+    #[arg(long)]
+    pub nts: bool,
+    /// PEM file of the certificates trusted for NTS-KE [default: the system's CA bundle]
+    #[arg(long, value_name = "FILE", requires = "nts")]
+    pub ca_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub control: ControlArgs,
 }
@@ -123,6 +130,15 @@ pub fn source(c: SourceCommand) -> anyhow::Result<ExitCode> {
                 maxpoll: a.maxpoll,
                 iburst: a.no_iburst.then_some(false),
                 max_sources: a.max_sources,
+                nts: a.nts,
+                ca_file: match a.ca_file {
+                    // The daemon runs elsewhere: give it an absolute path.
+                    Some(p) => Some(
+                        std::path::absolute(&p)
+                            .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", p.display()))?,
+                    ),
+                    None => None,
+                },
             },
         ),
         SourceCommand::Remove(a) => send(

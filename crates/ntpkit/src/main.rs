@@ -148,8 +148,11 @@ NTS (RFC 8915): --nts-ke ADDR:PORT with --cert, --key and --nts-master runs an N
 (TLS 1.3, ALPN ntske/1) and answers NTS requests on the UDP addresses with authenticated \
 replies. The master secret file is created with 32 random bytes (mode 0600) if missing; servers \
 sharing it open each other's cookies. The key exchange announces the port of the first --listen \
-address when it is not 123. The counters gain a line `served nts: ke_served=N ke_failed=N \
-replies=N naks=N dropped=N`.
+address when it is not 123. The --access rules and the rate limit apply to key-exchange \
+connections too (a connection counts as one request, in a table of its own). SIGHUP, or a \
+change of the --cert or --key file (checked every 2 s), loads the certificate and key again \
+for new connections; if that fails the previous ones stay. The counters gain a line `served \
+nts: ke_served=N ke_failed=N replies=N naks=N dropped=N ke_denied=N ke_limited=N`.
 
 Port 123 needs root or CAP_NET_BIND_SERVICE; unprivileged example:
   ntpkit serve --listen 127.0.0.1:1123 --listen [::1]:1123 --tcp 127.0.0.1:1123";
@@ -445,7 +448,8 @@ describes every key. Clock backends: system (adjusts the OS clock; needs CAP_SYS
 disciplined and served).
 
 Signals: SIGTERM and SIGINT stop the daemon (the drift file is saved); SIGHUP saves the drift \
-file and resolves source names again; SIGUSR1 prints the server counters.
+file, resolves source names again and reloads the NTS certificate and key; SIGUSR1 prints the \
+server counters.
 
 Under systemd (dist/ntpkit.service, Type=notify), when NOTIFY_SOCKET is set: READY=1 once every \
 socket is bound and the drift file is read, STATUS= lines with the selected source, WATCHDOG=1 \
@@ -764,11 +768,14 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let nts = match (a.nts_ke, a.cert, a.key, a.nts_master) {
         (Some(ke), Some(cert), Some(key), Some(master)) => {
             Some(ntpkit_daemon::nts_serve::NtsServeConfig {
-                ke,
+                ke: vec![ke],
                 cert,
                 key,
                 master,
                 rotation_secs: a.nts_rotation,
+                ntp_server: None,
+                ntp_port: None,
+                names: ntpkit_daemon::nts_serve::NtsOptionNames::SERVE,
             })
         }
         _ => None,

@@ -11,7 +11,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{chrony, Lab, Need, Proc, CHRONYC, CHRONYD, NTPKIT};
+use support::{chrony, Lab, Need, Proc, CHRONYC, CHRONYD, NTPKIT, NTPSEC_NTPD};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const NTP_PORT: u16 = 11925;
@@ -587,6 +587,630 @@ fn chronyd_daemon_nts_client_of_ntpkit_serve() {
     let counters = nts_counters(&mut serve);
     support::say(&format!("ntpkit serve: {counters}"));
     assert!(counters.contains("naks=0 dropped=0"), "{counters}");
+}
+
+/// The NTS status of the daemon's only source, once it has one.
+fn daemon_nts(st: &Value) -> Option<&Value> {
+    st["system"]["sources"].as_array()?.first()?.get("nts")
+}
+
+/// `[[server]] nts = true` in the daemon, against `ntpkit serve --nts-ke`: the key exchange
+/// gives the source and its cookies, only authenticated replies discipline the clock, the jar
+/// stays full. Then the server comes back with another master secret (it can no longer open
+/// the daemon's cookies): the daemon gets an NTS NAK, runs a new key exchange, and goes on.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn daemon_synchronizes_over_nts_and_recovers_from_a_nak() {
+    use support::daemon::{daemon, true_error, virtual_clock, wait_until, MAX_ERROR};
+    support::require("daemon_synchronizes_over_nts_and_recovers_from_a_nak", &[]);
+    let lab = Lab::new("ntsd");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    let toml = format!(
+        "[[server]]\naddress = \"localhost:{SERVE_KE_PORT}\"\nnts = true\nca-file = \"{}\"\n\
+         minpoll = 0\nmaxpoll = 0\n{}",
+        crt.display(),
+        virtual_clock(0.05, 20.0)
+    );
+    let mut d = daemon(&lab, "client", &toml);
+    let synced = |_: &str, st: &Value| {
+        st["system"]["sources"][0]["state"] == "selected"
+            && true_error(st).abs() < MAX_ERROR
+            && daemon_nts(st).is_some_and(|n| n["authenticated"].as_u64() >= Some(8))
+    };
+    let st = wait_until(&lab, &["client"], SECS(90), synced).remove(0);
+    let n = daemon_nts(&st).expect("NTS status");
+    support::say(&format!("daemon NTS after synchronizing: {n}"));
+    assert_eq!(
+        st["system"]["sources"][0]["address"],
+        format!("127.0.0.1:{SERVE_NTP_PORT}"),
+        "the NTP port comes from the key exchange"
+    );
+    assert_eq!(n["aead"], "AEAD_AES_SIV_CMAC_256", "{n}");
+    assert_eq!(n["key_exchanges"], 1, "{n}");
+    assert_eq!(
+        (n["rejected"].as_u64(), n["naks"].as_u64()),
+        (Some(0), Some(0)),
+        "{n}"
+    );
+    assert!(n["cookies"].as_u64() >= Some(7), "the jar stays full: {n}");
+    let counters = nts_counters(&mut serve);
+    let total = serve
+        .stdout()
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("served udp:"))
+        .unwrap_or_default()
+        .to_string();
+    support::say(&format!("server: {counters}\n{total}"));
+    // Every request the daemon sent was an NTS request: nothing went out in the clear.
+    let answered: u64 = total
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("answered="))
+        .and_then(|v| v.parse().ok())
+        .expect("answered count");
+    let replies: u64 = counters
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("replies="))
+        .and_then(|v| v.parse().ok())
+        .expect("NTS replies count");
+    assert_eq!(answered, replies, "{total}\n{counters}");
+
+    // The server restarts with a new master secret: the daemon's cookies no longer open.
+    serve.stop_with(libc::SIGTERM);
+    drop(serve);
+    fs::remove_file(lab.path("master")).expect("remove the master secret");
+    let _serve = ntpkit_nts_server(&lab, &crt, &key);
+    let st = wait_until(&lab, &["client"], SECS(60), |_, st| {
+        daemon_nts(st).is_some_and(|n| {
+            n["naks"].as_u64() >= Some(1)
+                && n["key_exchanges"].as_u64() >= Some(2)
+                && n["authenticated"].as_u64() >= Some(replies + 3)
+        }) && st["system"]["sources"][0]["state"] == "selected"
+    })
+    .remove(0);
+    let n = daemon_nts(&st).expect("NTS status");
+    support::say(&format!("daemon NTS after the NAK: {n}"));
+    assert!(true_error(&st).abs() < MAX_ERROR, "{st}");
+    let shown = lab.run(
+        &[
+            NTPKIT,
+            "sources",
+            "--socket",
+            &lab.path("client.sock").to_string_lossy(),
+        ],
+        SECS(10),
+    );
+    shown.assert_ok();
+    assert!(
+        shown.stdout.contains("NTS Name/address") && shown.stdout.contains("AEAD_AES_SIV_CMAC_256"),
+        "{shown}"
+    );
+    d.stop_with(libc::SIGTERM);
+    assert!(d.output().contains("NTS NAK"), "{}", d.output());
+}
+
+/// A daemon whose NTS source presents a certificate it does not trust never uses that source
+/// and never falls back to plain NTP: the log says why and what to configure.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn daemon_refuses_an_untrusted_nts_server() {
+    use support::daemon::{daemon, status};
+    support::require("daemon_refuses_an_untrusted_nts_server", &[]);
+    let lab = Lab::new("ntsu");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let (other, _) = self_signed(&lab, "other", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    let toml = format!(
+        "[[server]]\naddress = \"localhost:{SERVE_KE_PORT}\"\nnts = true\nca-file = \"{}\"\n\
+         minpoll = 0\nmaxpoll = 0\n[clock]\nbackend = \"observe\"\n",
+        other.display(),
+    );
+    let mut d = daemon(&lab, "client", &toml);
+    support::wait(SECS(20), || d.output().contains("is not trusted"));
+    let out = d.output();
+    assert!(
+        out.contains("is not trusted") && out.contains("set ca-file"),
+        "{out}"
+    );
+    let st = status(&lab, "client");
+    assert_eq!(
+        st["system"]["sources"].as_array().map(Vec::len),
+        Some(0),
+        "{st}"
+    );
+    assert_eq!(st["system"]["tracking"]["synchronized"], false, "{st}");
+    let counters = nts_counters(&mut serve);
+    assert!(counters.contains("replies=0 "), "{counters}");
+    let udp = serve
+        .stdout()
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("served udp:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        udp.contains("answered=0 "),
+        "no plain request either: {udp}"
+    );
+    d.stop_with(libc::SIGTERM);
+}
+
+/// The daemon as NTS client of chronyd's NTS server: synchronized on authenticated replies.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn daemon_synchronizes_over_nts_to_chronyd() {
+    use support::daemon::{daemon, true_error, virtual_clock, wait_until, MAX_ERROR};
+    support::require(
+        "daemon_synchronizes_over_nts_to_chronyd",
+        &[Need::Tool(CHRONYD)],
+    );
+    let lab = Lab::new("ntsc");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let _server = nts_server(&lab, &crt, &key);
+    let toml = format!(
+        "[[server]]\naddress = \"localhost:{KE_PORT}\"\nnts = true\nca-file = \"{}\"\n\
+         minpoll = 0\nmaxpoll = 0\n{}",
+        crt.display(),
+        virtual_clock(-0.03, -15.0)
+    );
+    let mut d = daemon(&lab, "client", &toml);
+    let st = wait_until(&lab, &["client"], SECS(120), |_, st| {
+        st["system"]["sources"][0]["state"] == "selected"
+            && true_error(st).abs() < MAX_ERROR
+            && daemon_nts(st).is_some_and(|n| n["authenticated"].as_u64() >= Some(8))
+    })
+    .remove(0);
+    let n = daemon_nts(&st).expect("NTS status");
+    support::say(&format!("daemon NTS with chronyd: {n}"));
+    assert_eq!(
+        st["system"]["sources"][0]["address"],
+        format!("127.0.0.1:{NTP_PORT}"),
+        "{st}"
+    );
+    assert_eq!(
+        (n["rejected"].as_u64(), n["naks"].as_u64()),
+        (Some(0), Some(0)),
+        "{n}"
+    );
+    assert!(n["cookies"].as_u64() >= Some(7), "{n}");
+    d.stop_with(libc::SIGTERM);
+}
+
+/// NTPsec's ntpd as NTS server (NTS-KE on 4460, NTP on 123, orphan stratum 5, clock discipline
+/// off, no CAP_SYS_TIME): `ntpkit query --nts` authenticates against it, and so does the
+/// daemon, which synchronizes on its authenticated replies alone.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn query_and_daemon_authenticate_against_ntpsec() {
+    use support::daemon::{daemon, true_error, virtual_clock, wait_until, MAX_ERROR};
+    support::require(
+        "query_and_daemon_authenticate_against_ntpsec",
+        &[Need::Tool(NTPSEC_NTPD)],
+    );
+    let lab = Lab::new("ntsp");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let conf = lab.write(
+        "ntp.conf",
+        &format!(
+            "disable ntp\ndisable kernel\ntos orphan 5 orphanwait 0\n\
+             restrict default kod nomodify noquery nopeer limited\n\
+             restrict 127.0.0.1\nrestrict ::1\n\
+             nts enable\nnts key {}\nnts cert {}\nnts cookie {}\n",
+            key.display(),
+            crt.display(),
+            lab.path("nts-keys").display()
+        ),
+    );
+    let (conf, pid, log) = (
+        conf.to_string_lossy().to_string(),
+        lab.path("ntpd.pid").to_string_lossy().to_string(),
+        lab.path("ntpd.log").to_string_lossy().to_string(),
+    );
+    // No -u: ntpd would then try to keep CAP_SYS_TIME. It has none to keep (setpriv).
+    let ntpd = lab.spawn(
+        "ntpd",
+        &[NTPSEC_NTPD, "-n", "-c", &conf, "-p", &pid, "-l", &log],
+        SECS(180),
+    );
+    let ca = crt.to_string_lossy().to_string();
+    // Orphan mode takes a few seconds to become a stratum-5 server.
+    let deadline = std::time::Instant::now() + SECS(60);
+    let v = loop {
+        let r = lab.run(
+            &[
+                NTPKIT,
+                "query",
+                "--nts",
+                "localhost",
+                "--ca-file",
+                &ca,
+                "--samples",
+                "2",
+                "--interval",
+                "0.2",
+                "--timeout",
+                "2",
+                "--json",
+            ],
+            SECS(30),
+        );
+        let v: Option<Value> = serde_json::from_str(r.stdout.trim()).ok();
+        if let Some(v) = v.filter(|v| r.status.success() && v["stratum"] == 5) {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no authenticated answer from NTPsec within 60 s; last:\n{r}\n{}\n{}",
+            ntpd.output(),
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    support::say(&format!("query --nts against NTPsec: {}", v["nts"]));
+    assert_eq!(v["nts"]["aead"], "AEAD_AES_SIV_CMAC_256", "{v}");
+    assert_eq!(v["nts"]["dropped"], 0, "{v}");
+    assert!(f64_abs(&v["offset"]) < MAX_ERROR, "{v}");
+
+    let toml = format!(
+        "[[server]]\naddress = \"localhost\"\nnts = true\nca-file = \"{ca}\"\n\
+         minpoll = 0\nmaxpoll = 0\n{}",
+        virtual_clock(0.02, 12.0)
+    );
+    let mut d = daemon(&lab, "client", &toml);
+    let st = wait_until(&lab, &["client"], SECS(120), |_, st| {
+        st["system"]["sources"][0]["state"] == "selected"
+            && true_error(st).abs() < MAX_ERROR
+            && daemon_nts(st).is_some_and(|n| n["authenticated"].as_u64() >= Some(8))
+    })
+    .remove(0);
+    let n = daemon_nts(&st).expect("NTS status");
+    support::say(&format!("daemon NTS with NTPsec: {n}"));
+    assert_eq!(
+        (n["rejected"].as_u64(), n["naks"].as_u64()),
+        (Some(0), Some(0)),
+        "{n}"
+    );
+    assert!(n["cookies"].as_u64() >= Some(7), "{n}");
+    d.stop_with(libc::SIGTERM);
+}
+
+fn f64_abs(v: &Value) -> f64 {
+    v.as_f64().map_or(f64::INFINITY, f64::abs)
+}
+
+/// An NTS source whose server dies: each poll spends a cookie with no reply, the empty jar
+/// skips polls and asks for a key exchange, which is refused and retried with a back-off (the
+/// status says why); when the server is back, a key exchange refills the jar and the source
+/// is selected again.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn daemon_nts_source_survives_a_dead_server() {
+    use support::daemon::{daemon, virtual_clock, wait_until};
+    support::require("daemon_nts_source_survives_a_dead_server", &[]);
+    let lab = Lab::new("ntsk");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let mut serve = ntpkit_nts_server(&lab, &crt, &key);
+    let toml = format!(
+        "[[server]]\naddress = \"localhost:{SERVE_KE_PORT}\"\nnts = true\nca-file = \"{}\"\n\
+         minpoll = 0\nmaxpoll = 0\n{}",
+        crt.display(),
+        virtual_clock(0.0, 5.0)
+    );
+    let mut d = daemon(&lab, "client", &toml);
+    wait_until(&lab, &["client"], SECS(60), |_, st| {
+        st["system"]["sources"][0]["state"] == "selected"
+    });
+    serve.stop_with(libc::SIGTERM);
+    drop(serve);
+    let st = wait_until(&lab, &["client"], SECS(60), |_, st| {
+        daemon_nts(st).is_some_and(|n| {
+            n["cookies"] == 0
+                && n["starved"].as_u64() >= Some(1)
+                && n["key_exchange_failures"].as_u64() >= Some(1)
+        })
+    })
+    .remove(0);
+    let n = daemon_nts(&st).expect("NTS status").clone();
+    support::say(&format!("daemon NTS with its server down: {n}"));
+    assert!(
+        n["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused the connection")),
+        "{n}"
+    );
+    assert_eq!(st["system"]["sources"][0]["state"], "unreachable", "{st}");
+    let _serve = ntpkit_nts_server(&lab, &crt, &key);
+    let st = wait_until(&lab, &["client"], SECS(90), |_, st| {
+        st["system"]["sources"][0]["state"] == "selected"
+            && daemon_nts(st).is_some_and(|m| {
+                m["key_exchanges"].as_u64() >= Some(2)
+                    && m["authenticated"].as_u64() > n["authenticated"].as_u64()
+            })
+    })
+    .remove(0);
+    support::say(&format!(
+        "daemon NTS after the server came back: {}",
+        daemon_nts(&st).expect("NTS status")
+    ));
+    assert!(
+        daemon_nts(&st).expect("NTS")["last_error"].is_null(),
+        "{st}"
+    );
+    d.stop_with(libc::SIGTERM);
+}
+
+/// A CA named `name` and a leaf certificate for `localhost` (DNS and 127.0.0.1) signed by it:
+/// the CA's certificate, the leaf's chain (leaf first) and the leaf's key, as PEM text.
+fn ca_and_leaf(name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key pair");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("ntpkit test CA {name}"));
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let leaf_key = rcgen::KeyPair::generate().expect("key pair");
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
+        .expect("params")
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf certificate");
+    (
+        ca.pem(),
+        format!("{}{}", leaf.pem(), ca.pem()),
+        leaf_key.serialize_pem(),
+    )
+}
+
+/// Replaces `path` with `text` as certificate tools do: a temporary file renamed over it.
+fn install(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    fs::write(&tmp, text).expect("write temporary file");
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).expect("chmod");
+    fs::rename(&tmp, path).expect("rename into place");
+}
+
+/// One `ntpkit query --nts localhost:KE` trusting `ca`, one sample.
+fn query_once(lab: &Lab, ke_port: u16, ca: &Path) -> support::Run {
+    let ke = format!("localhost:{ke_port}");
+    let ca = ca.to_string_lossy().to_string();
+    lab.run(
+        &[
+            NTPKIT,
+            "query",
+            "--nts",
+            &ke,
+            "--ca-file",
+            &ca,
+            "--samples",
+            "1",
+            "--json",
+        ],
+        SECS(20),
+    )
+}
+
+/// `ntpkit serve --nts-ke` takes a new certificate and key when their files are replaced,
+/// without a restart: clients trusting the new CA succeed within a bounded wait and clients
+/// trusting only the old one are refused; plain NTP over UDP is answered throughout. A
+/// replacement that is not a certificate keeps the previous one serving, and so does SIGHUP
+/// with those files.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn serve_reloads_certificate_without_dropping_service() {
+    support::require("serve_reloads_certificate_without_dropping_service", &[]);
+    let lab = Lab::new("ntsr");
+    let (ca_a, chain_a, key_a) = ca_and_leaf("A");
+    let (ca_b, chain_b, key_b) = ca_and_leaf("B");
+    let ca_a = lab.write("ca-a.crt", &ca_a);
+    let ca_b = lab.write("ca-b.crt", &ca_b);
+    // Where serve can still read once it has dropped its capabilities: the work directory is
+    // closed to root without CAP_DAC_OVERRIDE.
+    let dir = lab.own_dir("tls");
+    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+    install(&crt, &chain_a);
+    install(&key, &key_a);
+    let listen = format!("127.0.0.1:{SERVE_NTP_PORT}");
+    let ke = format!("127.0.0.1:{SERVE_KE_PORT}");
+    let master = lab.path("master").to_string_lossy().to_string();
+    let (crt_s, key_s) = (
+        crt.to_string_lossy().to_string(),
+        key.to_string_lossy().to_string(),
+    );
+    let mut serve = lab.spawn(
+        "serve",
+        &[
+            NTPKIT,
+            "serve",
+            "--listen",
+            &listen,
+            "--nts-ke",
+            &ke,
+            "--cert",
+            &crt_s,
+            "--key",
+            &key_s,
+            "--nts-master",
+            &master,
+            "--no-rate-limit",
+        ],
+        SECS(120),
+    );
+    serve.wait_for("Waiting for NTP requests", SECS(10));
+
+    // Plain NTP every 50 ms from a thread in the namespace, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let ns = lab.ns.clone();
+    let prober = std::thread::spawn(move || {
+        support::enter_netns(&ns);
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.connect(("127.0.0.1", SERVE_NTP_PORT)).expect("connect");
+        let (mut sent, mut answered) = (0u32, 0u32);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && sent < 2000 {
+            sent += 1;
+            if support::ntp::udp_exchange(&s, Duration::from_millis(500)).is_ok() {
+                answered += 1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (sent, answered)
+    });
+
+    let r = query_once(&lab, SERVE_KE_PORT, &ca_a);
+    assert!(r.status.success(), "{r}\n{}", serve.output());
+
+    install(&crt, &chain_b);
+    install(&key, &key_b);
+    let started = std::time::Instant::now();
+    let mut last = None;
+    while started.elapsed() < SECS(15) {
+        let r = query_once(&lab, SERVE_KE_PORT, &ca_b);
+        if r.status.success() {
+            last = None;
+            break;
+        }
+        last = Some(r);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        last.is_none(),
+        "a client trusting the new CA still fails 15 s after the replacement: {}\n{}",
+        last.map(|r| r.to_string()).unwrap_or_default(),
+        serve.output()
+    );
+    support::say(&format!(
+        "new certificate served {:.1} s after the files were replaced",
+        started.elapsed().as_secs_f64()
+    ));
+    let r = query_once(&lab, SERVE_KE_PORT, &ca_a);
+    assert!(!r.status.success(), "{r}");
+    assert!(r.stderr.contains("not trusted"), "{r}");
+
+    // Garbage in place of the certificate: logged, and B keeps serving.
+    install(&crt, "this is not a certificate\n");
+    serve.wait_for("cannot reload the certificate", SECS(10));
+    let r = query_once(&lab, SERVE_KE_PORT, &ca_b);
+    assert!(r.status.success(), "{r}\n{}", serve.output());
+    // SIGHUP tries again at once, with the same outcome.
+    let failures = |p: &Proc| p.stderr().matches("cannot reload the certificate").count();
+    let before = failures(&serve);
+    serve.signal_command(libc::SIGHUP);
+    support::wait(SECS(5), || failures(&serve) > before);
+    let r = query_once(&lab, SERVE_KE_PORT, &ca_b);
+    assert!(r.status.success(), "{r}\n{}", serve.output());
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, answered) = prober.join().expect("prober");
+    support::say(&format!(
+        "plain NTP during the reloads: {answered} of {sent} answered"
+    ));
+    assert_eq!(answered, sent, "{}", serve.output());
+    let counters = nts_counters(&mut serve);
+    assert!(counters.contains("ke_served=4 "), "{counters}");
+}
+
+/// `ntpkit daemon` with `[nts-ke-server]`, serving from its event loop and from a serving
+/// thread: `ntpkit query --nts` gets authenticated replies at the daemon's stratum, with the
+/// NTP port announced by the key exchange, and `ntpkit status` counts them. After SIGHUP with
+/// a certificate from another CA in place, clients trusting that CA are served.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn daemon_serves_nts() {
+    support::require("daemon_serves_nts", &[]);
+    let lab = Lab::new("ntsd");
+    // Readable by the daemon after it has dropped its capabilities (for the reload).
+    let dir = lab.own_dir("state");
+    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+    for threads in [0, 1] {
+        let (ca_a, chain_a, key_a) = ca_and_leaf("A");
+        let (ca_b, chain_b, key_b) = ca_and_leaf("B");
+        let ca_a = lab.write("ca-a.crt", &ca_a);
+        let ca_b = lab.write("ca-b.crt", &ca_b);
+        install(&crt, &chain_a);
+        install(&key, &key_a);
+        let name = format!("d{threads}");
+        let master = dir.join(format!("master{threads}"));
+        let toml = format!(
+            "listen = [\"127.0.0.1:{SERVE_NTP_PORT}\"]\nserve-threads = {threads}\n\
+             access = [\"deny 127.0.0.2\", \"allow all\"]\n\
+             [sync]\nlocal-stratum = 2\n[nts-ke-server]\nlisten = [\"127.0.0.1:{SERVE_KE_PORT}\"]\n\
+             cert = \"{}\"\nkey = \"{}\"\nmaster = \"{}\"\n",
+            crt.display(),
+            key.display(),
+            master.display()
+        );
+        let mut d = support::daemon::daemon(&lab, &name, &toml);
+        let ke = format!("localhost:{SERVE_KE_PORT}");
+        let ca = ca_a.to_string_lossy().to_string();
+        let r = lab.run(
+            &[
+                NTPKIT,
+                "query",
+                "--nts",
+                &ke,
+                "--ca-file",
+                &ca,
+                "--samples",
+                "3",
+                "--interval",
+                "0.2",
+                "--json",
+            ],
+            SECS(30),
+        );
+        assert!(
+            r.status.success(),
+            "serve-threads {threads}: {r}\n{}",
+            d.output()
+        );
+        let v: Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+        assert_eq!(v["stratum"], 2, "{v}");
+        assert_eq!(
+            v["nts"]["ntp_server"],
+            format!("localhost:{SERVE_NTP_PORT}"),
+            "{v}"
+        );
+        assert_eq!(v["nts"]["dropped"], 0, "{v}");
+        let meta = fs::metadata(&master).expect("master secret created");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let st = support::daemon::status(&lab, &name);
+        let nts = &st["server"]["nts"];
+        support::say(&format!(
+            "daemon (serve-threads {threads}) NTS counters: {nts}"
+        ));
+        assert_eq!(nts["ke_served"], 1, "{st}");
+        assert_eq!(nts["replies"], 3, "{st}");
+        assert_eq!(nts["dropped"], 0, "{st}");
+        // The access rules close a key-exchange connection from a refused address at once.
+        let closed = lab.in_netns(|| {
+            use std::io::Read;
+            let to = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, SERVE_KE_PORT);
+            let mut c = support::tcp_connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2), to)
+                .expect("connect");
+            c.set_read_timeout(Some(SECS(2))).expect("timeout");
+            match c.read(&mut [0u8; 16]) {
+                Ok(n) => n == 0,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        });
+        assert!(closed, "a refused address kept its connection");
+        let st = support::daemon::status(&lab, &name);
+        assert_eq!(st["server"]["nts"]["ke_denied"], 1, "{st}");
+
+        install(&crt, &chain_b);
+        install(&key, &key_b);
+        d.signal_command(libc::SIGHUP);
+        d.wait_for("NTS-KE: loaded certificate", SECS(10));
+        let r = query_once(&lab, SERVE_KE_PORT, &ca_b);
+        assert!(r.status.success(), "{r}\n{}", d.output());
+        let r = query_once(&lab, SERVE_KE_PORT, &ca_a);
+        assert!(r.stderr.contains("not trusted"), "{r}");
+        d.stop_with(libc::SIGTERM);
+    }
 }
 
 /// `ntpkit bench --nts` and `--nts-ke` against `ntpkit serve --nts-ke` for about a second each:

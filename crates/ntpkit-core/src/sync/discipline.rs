@@ -18,6 +18,10 @@
 //! Control: after each update the discipline sets the frequency correction to cancel ν̂ and
 //! to slew θ̂ away within [`slew_time`](Discipline::slew_time) (bounded by the maximum slew
 //! rate), as one [`ClockCommand::Slew`]: the clock itself goes back to −ν̂ at the slew's end.
+//! The slew lasts at least one poll interval, so the clock's rate changes at updates only
+//! (a slew over half the interval made it jump twice per poll, and RMS frequency errors 5×
+//! chronyd's); a correction within the estimate's own uncertainty, mostly noise, is spread over
+//! up to three intervals (as chrony's `corrtimeratio`), so noise moves the clock's rate little.
 //! Offsets beyond the step threshold are stepped at start-up, or after they persist for the
 //! step-out time; offsets beyond the panic threshold are refused and reported.
 
@@ -45,6 +49,10 @@ const SAMPLE_INFO_MEMORY: f64 = 16.0;
 /// The poll interval grows only while the estimate holds the information of at least this
 /// many typical samples at twice the interval (noisy paths keep polling).
 const POLL_TARGET: f64 = 8.0;
+/// Phase corrections within the estimate's own uncertainty are slewed over up to this many
+/// poll intervals, larger ones over one: the clock's rate changes only at updates, and little
+/// for corrections that are mostly noise.
+const CORRECTION_TIME_RATIO: f64 = 3.0;
 
 /// How samples become clock corrections.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
@@ -517,10 +525,16 @@ impl Discipline {
         adjust
     }
 
-    /// The time (seconds) over which an estimated phase error is slewed away: half the poll
-    /// interval, at least one second.
-    pub fn slew_time(poll_interval: f64) -> f64 {
-        (poll_interval / 2.0).max(1.0)
+    /// The time (seconds) over which an estimated phase error `theta` known to within `sd` is
+    /// slewed away: one poll interval (at least a second) for a correction of 3 sd or more,
+    /// up to [`CORRECTION_TIME_RATIO`] intervals for one within a standard deviation.
+    pub fn slew_time(poll_interval: f64, theta: f64, sd: f64) -> f64 {
+        let stretch = if theta == 0.0 {
+            CORRECTION_TIME_RATIO
+        } else {
+            (CORRECTION_TIME_RATIO * sd / theta.abs()).clamp(1.0, CORRECTION_TIME_RATIO)
+        };
+        poll_interval.max(1.0) * stretch
     }
 
     fn start(&mut self, z: f64, r: f64) {
@@ -602,7 +616,7 @@ impl Discipline {
         }
         let max = self.config.max_slew_ppm * 1e-6;
         let base = (-m.nu).clamp(-max, max);
-        let wanted_rate = theta / Self::slew_time(poll_interval);
+        let wanted_rate = theta / Self::slew_time(poll_interval, theta, m.p00.max(0.0).sqrt());
         let rate = (base + wanted_rate).clamp(-max, max) - base;
         if rate == 0.0 || theta == 0.0 {
             self.set_correction(now, base);

@@ -26,7 +26,7 @@ pub use discipline::{
 pub use filter::{ClockFilter, FilterEstimate, Sample};
 pub use select::{Candidate, NoSelection, Selection, SourceSet};
 pub use source::{Rejection, SampleLimits, ServerInfo, Source, SourceConfig, SourceCounters};
-pub use status::{SourceState, SourceStatus, SystemStatus, Tracking};
+pub use status::{NtsStatus, SourceState, SourceStatus, SystemStatus, Tracking};
 pub use system::{Event, SourceId, SyncSystem, SystemConfig, Transmit};
 
 pub(crate) fn ser_display<T: core::fmt::Display, S: serde::Serializer>(

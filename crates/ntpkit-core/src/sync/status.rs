@@ -109,6 +109,34 @@ pub struct SourceStatus {
     pub last_rejection: Option<String>,
     /// Counters.
     pub counters: SourceCounters,
+    /// Network Time Security, when the source uses it (filled in by the driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nts: Option<NtsStatus>,
+}
+
+/// What NTS did for one source: its cookies, key exchanges and the replies it refused.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NtsStatus {
+    /// The AEAD algorithm of the current keys; none before the first key exchange.
+    pub aead: Option<String>,
+    /// Unused cookies held (at most 8).
+    pub cookies: usize,
+    /// Key exchanges completed.
+    pub key_exchanges: u64,
+    /// Key exchanges that failed.
+    pub key_exchange_failures: u64,
+    /// Why the last key exchange failed, if the last one did.
+    pub last_error: Option<String>,
+    /// Requests sent with a cookie and an authenticator.
+    pub requests: u64,
+    /// Replies that authenticated (only these reach the clock).
+    pub authenticated: u64,
+    /// Replies dropped because they did not authenticate (or were not NTS at all).
+    pub rejected: u64,
+    /// NTS NAKs: the server could not open our cookie.
+    pub naks: u64,
+    /// Polls skipped because no cookie was left.
+    pub starved: u64,
 }
 
 impl SourceStatus {
@@ -140,6 +168,7 @@ impl SourceStatus {
             last_sample_age: s.last_sample(phase_now).map(|x| now.secs_since(x.time)),
             last_rejection: s.last_rejection().map(|r| r.to_string()),
             counters: s.counters(),
+            nts: None,
         }
     }
 }

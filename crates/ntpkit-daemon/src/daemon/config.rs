@@ -5,6 +5,7 @@
 
 use crate::tcp::TcpLimits;
 use ntpkit_core::sync::{DisciplineConfig, SampleLimits, SourceConfig, SystemConfig};
+use ntpkit_nts::ke::DEFAULT_KE_PORT;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -70,6 +71,9 @@ pub struct DaemonConfig {
     /// control socket (add and remove sources, burst, step the clock).
     #[serde(default)]
     pub control_users: Vec<String>,
+    /// Serve NTS (`[nts-ke-server]`): a key-exchange server, and authenticated replies to NTS
+    /// requests on the NTP listeners.
+    pub nts_ke_server: Option<NtsKeServerSection>,
 }
 
 impl Default for DaemonConfig {
@@ -94,6 +98,12 @@ pub struct ServerEntry {
     /// Burst of requests at start.
     #[serde(default = "default_true")]
     pub iburst: bool,
+    /// Network Time Security: a key exchange with the host (the port of `address` is then
+    /// the NTS-KE port, 4460 unless given), then only authenticated replies are used.
+    #[serde(default)]
+    pub nts: bool,
+    /// PEM file of the certificates trusted for NTS-KE; the system's CA bundle if absent.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A pool: a name whose addresses all become sources.
@@ -114,6 +124,12 @@ pub struct PoolEntry {
     /// Burst of requests at start.
     #[serde(default = "default_true")]
     pub iburst: bool,
+    /// Network Time Security: a key exchange with the host (the port of `address` is then
+    /// the NTS-KE port, 4460 unless given), then only authenticated replies are used.
+    #[serde(default)]
+    pub nts: bool,
+    /// PEM file of the certificates trusted for NTS-KE; the system's CA bundle if absent.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Limits of the TCP listeners (`[tcp-limits]`).
@@ -486,7 +502,7 @@ impl DaemonConfig {
         let mut seen = HashSet::new();
         for s in &self.server {
             let what = format!("server {:?}", s.address);
-            match parse_host_port(&s.address, 123) {
+            match parse_host_port(&s.address, s.default_port()) {
                 Err(e) => out.push(format!("{what}: {e}")),
                 Ok(key) => {
                     if !seen.insert(key) {
@@ -498,10 +514,11 @@ impl DaemonConfig {
                 }
             }
             polls(&what, s.minpoll, s.maxpoll, &mut out);
+            nts_problems(&what, s.nts, &s.ca_file, &mut out);
         }
         for p in &self.pool {
             let what = format!("pool {:?}", p.name);
-            if let Err(e) = parse_host_port(&p.name, 123) {
+            if let Err(e) = parse_host_port(&p.name, p.default_port()) {
                 out.push(format!("{what}: {e}"));
             }
             if p.max_sources == 0 || p.max_sources > MAX_POOL_SOURCES {
@@ -511,6 +528,7 @@ impl DaemonConfig {
                 ));
             }
             polls(&what, p.minpoll, p.maxpoll, &mut out);
+            nts_problems(&what, p.nts, &p.ca_file, &mut out);
         }
         if let Some(st) = self.sync.local_stratum {
             if !(1..=15).contains(&st) {
@@ -703,6 +721,7 @@ impl DaemonConfig {
         if let Some(problem) = self.metrics_problem() {
             out.push(problem);
         }
+        out.extend(self.nts_server_problems());
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             out.push(format!(
                 "log-level = {:?}: use one of error, warn, info, debug, trace",
@@ -830,7 +849,184 @@ fn directory_problem(path: &Path) -> Option<String> {
     }
 }
 
+/// NTS serving (`[nts-ke-server]`): the key-exchange server and its files.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NtsKeServerSection {
+    /// TCP addresses of the key-exchange server, `IP[:PORT]` or `[IPv6]:PORT`; port 4460 if
+    /// absent.
+    pub listen: Vec<String>,
+    /// PEM file of the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file of the certificate's private key.
+    pub key: PathBuf,
+    /// File of the cookie master secret; created (32 random bytes, mode 0600) when missing.
+    pub master: PathBuf,
+    /// Seconds after which cookies are sealed with a new key derived from the master secret.
+    #[serde(default = "default_nts_rotation")]
+    pub rotation: u64,
+    /// NTP server announced to clients (none: this host).
+    pub ntp_server: Option<String>,
+    /// NTP port announced to clients (none: the first `listen` port, unless 123).
+    pub ntp_port: Option<u16>,
+}
+
+fn default_nts_rotation() -> u64 {
+    86_400
+}
+
+impl DaemonConfig {
+    /// What NTS serving is asked to do, if anything (checked when loading).
+    pub fn nts_serve_config(&self) -> Option<crate::nts_serve::NtsServeConfig> {
+        let n = self.nts_ke_server.as_ref()?;
+        let ke = n
+            .listen
+            .iter()
+            .filter_map(|l| match parse_host_port(l, DEFAULT_KE_PORT) {
+                Ok((Host::Ip(ip), port)) => Some(SocketAddr::new(ip, port)),
+                _ => None,
+            })
+            .collect();
+        Some(crate::nts_serve::NtsServeConfig {
+            ke,
+            cert: n.cert.clone(),
+            key: n.key.clone(),
+            master: n.master.clone(),
+            rotation_secs: n.rotation,
+            ntp_server: n.ntp_server.clone(),
+            ntp_port: n.ntp_port,
+            names: crate::nts_serve::NtsOptionNames::DAEMON,
+        })
+    }
+
+    /// What is wrong with `[nts-ke-server]`: addresses, rotation, and the files as they would
+    /// be read at start (the certificate and key loaded, the master secret read or its
+    /// directory checked).
+    fn nts_server_problems(&self) -> Vec<String> {
+        let Some(n) = &self.nts_ke_server else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if n.listen.is_empty() {
+            out.push(format!(
+                "nts-ke-server.listen is empty: give the key-exchange server an address, e.g. \
+                 listen = [\"0.0.0.0:{DEFAULT_KE_PORT}\", \"[::]:{DEFAULT_KE_PORT}\"]"
+            ));
+        }
+        let mut seen = HashSet::new();
+        for l in &n.listen {
+            match parse_host_port(l, DEFAULT_KE_PORT) {
+                Ok((Host::Ip(ip), port)) => {
+                    let addr = SocketAddr::new(ip, port);
+                    if !seen.insert(addr) {
+                        out.push(format!(
+                            "nts-ke-server.listen: {addr} is listed twice; remove the duplicate"
+                        ));
+                    }
+                    if self.tcp.contains(&addr) || self.metrics_addr() == Some(addr) {
+                        out.push(format!(
+                            "nts-ke-server.listen: {addr} is also a tcp or metrics address; \
+                             give the key-exchange server a port of its own (standard: \
+                             {DEFAULT_KE_PORT})"
+                        ));
+                    }
+                }
+                Ok((Host::Name(_), _)) => out.push(format!(
+                    "nts-ke-server.listen: {l:?} is not an IP address; listen on an address \
+                     of this host, e.g. \"0.0.0.0:{DEFAULT_KE_PORT}\""
+                )),
+                Err(e) => out.push(format!("nts-ke-server.listen: {e}")),
+            }
+        }
+        if n.rotation == 0 {
+            out.push(
+                "nts-ke-server.rotation = 0: must be at least 1 second (default 86400, one day)"
+                    .into(),
+            );
+        }
+        if n.ntp_port == Some(0) {
+            out.push("nts-ke-server.ntp-port = 0: must be a port number (1–65535)".into());
+        }
+        if let Some(server) = &n.ntp_server {
+            // Port 0 stands for "none given".
+            match parse_host_port(server, 0) {
+                Ok((_, 0)) => {}
+                Ok(_) => out.push(format!(
+                    "nts-ke-server.ntp-server = {server:?}: give the host only, and the port \
+                     with ntp-port"
+                )),
+                Err(e) => out.push(format!("nts-ke-server.ntp-server: {e}")),
+            }
+        }
+        if self.listen.is_empty() && n.ntp_server.is_none() {
+            out.push(
+                "[nts-ke-server] without an NTP listener: clients would get cookies for a \
+                 server that is not here; add listen = [\"0.0.0.0:123\"] or set \
+                 nts-ke-server.ntp-server to the host that serves NTP with the same master"
+                    .into(),
+            );
+        }
+        let names = crate::nts_serve::NtsOptionNames::DAEMON;
+        if let Err(e) = crate::nts_serve::load_tls(&n.cert, &n.key, names) {
+            out.push(format!("nts-ke-server: {e}"));
+        }
+        match crate::nts_serve::read_master(&n.master, names.master) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Some(problem) = directory_problem(&n.master) {
+                    out.push(format!(
+                        "nts-ke-server.master = {:?}: {problem}",
+                        n.master.display().to_string()
+                    ));
+                }
+            }
+            Err(e) => out.push(format!("nts-ke-server: {e}")),
+        }
+        out
+    }
+}
+
+/// The problems of a source's NTS settings.
+fn nts_problems(what: &str, nts: bool, ca_file: &Option<PathBuf>, out: &mut Vec<String>) {
+    match (nts, ca_file) {
+        (false, Some(_)) => out.push(format!(
+            "{what}: ca-file is for NTS sources; add nts = true or remove ca-file"
+        )),
+        (true, ca) => {
+            if let Err(e) = crate::nts_ke::load_roots(ca.as_deref()) {
+                let fix = match ca {
+                    Some(_) => "set ca-file to a PEM file of trusted certificates",
+                    None => "install the system's CA certificates or set ca-file",
+                };
+                let text = e.to_string();
+                let cause = text.split(": give").next().unwrap_or(&text);
+                out.push(format!("{what}: {cause}; {fix}"));
+            }
+        }
+        (false, None) => {}
+    }
+}
+
+/// The TLS configuration of an NTS source's key exchanges (None without NTS).
+pub fn nts_tls(
+    nts: bool,
+    ca_file: Option<&Path>,
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+    if !nts {
+        return Ok(None);
+    }
+    let roots = crate::nts_ke::load_roots(ca_file).map_err(|e| e.to_string())?;
+    crate::nts_ke::ke_config(roots)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 impl ServerEntry {
+    /// The port `address` means without one: NTS-KE's 4460 with NTS, else NTP's 123.
+    pub fn default_port(&self) -> u16 {
+        default_port(self.nts)
+    }
+
     /// The core's per-source configuration.
     pub fn source_config(&self) -> SourceConfig {
         SourceConfig {
@@ -841,7 +1037,21 @@ impl ServerEntry {
     }
 }
 
+/// The port a source's address means without one.
+pub fn default_port(nts: bool) -> u16 {
+    if nts {
+        DEFAULT_KE_PORT
+    } else {
+        123
+    }
+}
+
 impl PoolEntry {
+    /// The port `name` means without one: NTS-KE's 4460 with NTS, else NTP's 123.
+    pub fn default_port(&self) -> u16 {
+        default_port(self.nts)
+    }
+
     /// The core's per-source configuration for each pool member.
     pub fn source_config(&self) -> SourceConfig {
         SourceConfig {
@@ -1016,6 +1226,83 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("the same TCP port as tcp 0.0.0.0:4460"), "{e}");
+    }
+
+    #[test]
+    fn nts_ke_server_is_checked_with_its_files() {
+        let dir = std::env::temp_dir().join(format!("ntpkit-nts-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let d = dir.display();
+        let ok = parse(&format!(
+            "listen = [\"127.0.0.1:1123\"]\n[sync]\nlocal-stratum = 1\n[nts-ke-server]\n\
+             listen = [\"127.0.0.1\", \"[::1]:4461\"]\ncert = \"{d}/cert.pem\"\n\
+             key = \"{d}/key.pem\"\nmaster = \"{d}/master\"\nntp-server = \"time.example\"\n"
+        ))
+        .unwrap();
+        let n = ok.nts_serve_config().unwrap();
+        assert_eq!(
+            n.ke,
+            vec![
+                "127.0.0.1:4460".parse().unwrap(),
+                "[::1]:4461".parse().unwrap()
+            ]
+        );
+        assert_eq!(n.rotation_secs, 86_400);
+        assert_eq!(n.ntp_server.as_deref(), Some("time.example"));
+        assert!(!dir.join("master").exists(), "checking creates nothing");
+
+        std::fs::write(dir.join("short"), [1u8; 8]).unwrap();
+        let e = parse(&format!(
+            "[sync]\nlocal-stratum = 1\n[nts-ke-server]\nlisten = []\n\
+             cert = \"{d}/missing.pem\"\nkey = \"{d}/cert.pem\"\nmaster = \"{d}/short\"\n\
+             rotation = 0\nntp-port = 0\n"
+        ))
+        .unwrap_err();
+        for want in [
+            "nts-ke-server.listen is empty: give the key-exchange server an address, e.g. \
+             listen = [\"0.0.0.0:4460\"",
+            "nts-ke-server.rotation = 0: must be at least 1 second",
+            "nts-ke-server.ntp-port = 0",
+            "without an NTP listener",
+            "missing.pem",
+            "give a PEM file with nts-ke-server.cert",
+            "holds 8 bytes, at least 32 are needed",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        // A key that is not the certificate's, a master in a directory that does not exist.
+        let other = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.join("other.pem"), other.serialize_pem()).unwrap();
+        let e = parse(&format!(
+            "listen = [\"127.0.0.1:1123\"]\n[sync]\nlocal-stratum = 1\n[nts-ke-server]\n\
+             listen = [\"localhost:4460\"]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/other.pem\"\n\
+             master = \"{d}/nonexistent/master\"\nntp-server = \"time.example:123\"\n"
+        ))
+        .unwrap_err();
+        for want in [
+            "\"localhost:4460\" is not an IP address",
+            "check that the key belongs to the certificate",
+            "nts-ke-server.master = ",
+            "does not exist; create it",
+            "give the host only, and the port with ntp-port",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        let e = parse(
+            "[sync]\nlocal-stratum = 1\n[nts-ke-server]\nlisten = []\ncert = \"c\"\nkey = \"k\"\n\
+             master = \"m\"\nrotation = -5\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("rotation"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -53,6 +53,12 @@ pub enum ControlCommand {
         /// A pool's most members (default 4).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_sources: Option<usize>,
+        /// Network Time Security: the address names the NTS-KE server.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        nts: bool,
+        /// Certificates trusted for NTS-KE (absolute path; system CA bundle if absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
     },
     /// Removes a server, a pool, or one source by its address.
     SourceRemove {
@@ -214,6 +220,36 @@ impl DaemonStatus {
                     .as_deref()
                     .map_or(String::new(), |r| format!(" ({r})")),
             );
+        }
+        let nts: Vec<_> = self
+            .system
+            .sources
+            .iter()
+            .filter_map(|s| s.nts.as_ref().map(|n| (s, n)))
+            .collect();
+        if !nts.is_empty() {
+            let _ = writeln!(w);
+            let _ = writeln!(w, "NTS Name/address                          Cookies  KE ok/failed  Requests  Authentic  Rejected  NAK  Skipped  AEAD");
+            let _ = writeln!(w, "{}", "=".repeat(126));
+            for (s, n) in nts {
+                let _ = writeln!(
+                    w,
+                    "    {:<40} {:>5} {:>7}/{:<6} {:>8} {:>10} {:>9} {:>4} {:>8}  {}",
+                    s.address,
+                    n.cookies,
+                    n.key_exchanges,
+                    n.key_exchange_failures,
+                    n.requests,
+                    n.authenticated,
+                    n.rejected,
+                    n.naks,
+                    n.starved,
+                    n.aead.as_deref().unwrap_or("-"),
+                );
+                if let Some(e) = &n.last_error {
+                    let _ = writeln!(w, "    last key exchange failed: {e}");
+                }
+            }
         }
         out
     }

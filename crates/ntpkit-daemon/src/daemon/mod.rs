@@ -15,8 +15,13 @@
 //! through the wake-up descriptor), and short-lived resolver threads for names (never for IP
 //! addresses).
 //!
-//! Signals: SIGTERM and SIGINT stop it (the drift file is saved); SIGHUP saves the drift file
-//! and resolves source names again; SIGUSR1 prints the server counters.
+//! Signals: SIGTERM and SIGINT stop it (the drift file is saved); SIGHUP saves the drift file,
+//! resolves source names again and reloads the NTS certificate and key; SIGUSR1 prints the
+//! server counters.
+//!
+//! NTS (`[nts-ke-server]`) is set up as `ntpkit serve` sets it up ([`crate::nts_serve`]): the
+//! key-exchange server runs on a thread of its own, and the UDP servers, in the loop or on
+//! serving threads, answer NTS requests.
 //!
 //! Under a service manager ([`crate::notify`]): `READY=1` once every socket is bound and the
 //! drift file read, `STATUS=` lines on selection changes, `STOPPING=1` on the way out, and
@@ -29,6 +34,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod drift;
+pub mod nts;
 pub mod upstream;
 
 use crate::notify;
@@ -43,6 +49,7 @@ use ntpkit_core::sync::{Event, SyncSystem};
 use ntpkit_core::MonoTime;
 use ntpkit_os::privilege::Capability;
 use ntpkit_os::{monotonic_nanos, realtime_nanos, Interest, PollSet, Signal, Waker};
+use rand_chacha::ChaCha20Rng;
 use rand_core::{SeedableRng, TryRngCore};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use std::os::fd::AsRawFd;
@@ -72,9 +79,15 @@ pub enum DaemonError {
     /// Switching user, dropping capabilities or installing the system-call filter failed.
     #[error("{0}")]
     Privileges(String),
+    /// The NTS certificate, key, master secret or key-exchange listener cannot be used.
+    #[error("{0}")]
+    Nts(String),
     /// Waiting on the sockets, threads, signals.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A configured source cannot be set up (the certificates an NTS source trusts).
+    #[error("{0}")]
+    Source(String),
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -88,6 +101,9 @@ struct Daemon {
     system: SyncSystem,
     clock: ClockBackend,
     rng: Xoshiro256PlusPlus,
+    /// Unique identifiers and nonces of NTS requests: unpredictable, so a cryptographic
+    /// generator.
+    nts_rng: ChaCha20Rng,
     upstreams: Upstreams,
     /// Listeners served from the loop.
     udp: Vec<UdpServer>,
@@ -137,6 +153,8 @@ impl Daemon {
             ],
             &waker,
         )?;
+        // Before privileges are dropped: NTS sources read the certificates they trust.
+        let upstreams = Upstreams::new(&config, waker.clone()).map_err(DaemonError::Source)?;
         let shared = Arc::new(Shared::default());
         let serve_cfg = ServeConfig {
             udp: config.listen.clone(),
@@ -196,6 +214,12 @@ impl Daemon {
             tracing::info!("NTP server listening on {a} (tcp)");
             listening.push(format!("{a} (tcp)"));
         }
+        let nts = start_nts(&config, &serve_cfg, &shared, &mut udp, &worker_sockets)?;
+        if let Some(n) = &nts {
+            for a in n.listener.local_addrs() {
+                listening.push(format!("{a} (nts-ke)"));
+            }
+        }
         let serving = if listening.is_empty() {
             "client only (no NTP listener)".to_string()
         } else {
@@ -246,13 +270,16 @@ impl Daemon {
             ));
             let mut workers = Vec::new();
             for sock in worker_sockets {
-                let worker = crate::udp::Worker::new(
+                let mut worker = crate::udp::Worker::new(
                     sock,
                     ServedClock::shared(published.clone()),
                     shared.clone(),
                     &serve_cfg,
                     serve_cfg.policy(),
                 );
+                if let Some(n) = &nts {
+                    worker.serve_nts(n.ring.clone())?;
+                }
                 workers.push(
                     std::thread::Builder::new()
                         .name(format!("udp {}", worker.local_addr()))
@@ -261,13 +288,18 @@ impl Daemon {
             }
             (Some(published), workers)
         };
+        let mut workers = workers;
+        if let Some(n) = nts {
+            workers.push(n.listener.spawn(shared.clone())?);
+        }
         let next_wander = clock.wanders().then(|| now.add_secs_f64(WANDER_INTERVAL));
         Ok(Daemon {
-            upstreams: Upstreams::new(&config, waker.clone()),
+            upstreams,
             config,
             system,
             clock,
             rng: Xoshiro256PlusPlus::seed_from_u64(os_seed()),
+            nts_rng: ChaCha20Rng::try_from_os_rng().map_err(std::io::Error::other)?,
             udp,
             tcp,
             control,
@@ -325,6 +357,10 @@ impl Daemon {
                         );
                         self.save_drift();
                         self.upstreams.resolve_again(mono());
+                        if self.config.nts_ke_server.is_some() {
+                            tracing::info!("SIGHUP: reloading the NTS certificate and key");
+                            self.shared.nts_reload.store(true, Ordering::Relaxed);
+                        }
                     }
                     Signal::User1 => crate::serve::print_report(&self.shared),
                 }
@@ -333,6 +369,8 @@ impl Daemon {
                 self.waker.drain();
                 self.upstreams
                     .take_resolved(&mut self.system, mono(), &mut self.rng);
+                self.upstreams
+                    .take_key_exchanges(&mut self.system, mono(), &mut self.rng);
                 self.system
                     .set_unresolved_sources(self.upstreams.unresolved());
                 if let Some(m) = &self.metrics {
@@ -372,7 +410,7 @@ impl Daemon {
     /// The replies of the sources, each an input to the core.
     fn receive_replies(&mut self, set: &PollSet) -> Result<(), DaemonError> {
         let mut replies = Vec::new();
-        self.upstreams.receive(set, |id, bytes, os_rx| {
+        self.upstreams.receive(set, mono(), |id, bytes, os_rx| {
             replies.push((id, bytes.to_vec(), os_rx));
         });
         for (id, bytes, os_rx) in replies {
@@ -451,13 +489,17 @@ impl Daemon {
             &mut self.rng,
             &mut buf,
         ) {
-            self.upstreams.send(tx.source, &buf[..tx.len]);
+            self.upstreams
+                .send(tx.source, &buf[..tx.len], now, &mut self.nts_rng);
         }
         while let Some(cmd) = self.system.poll_clock_command() {
             tracing::debug!("clock command {cmd:?}");
             self.clock.apply(realtime_nanos(), cmd)?;
         }
         while let Some(event) = self.system.poll_event() {
+            if let Event::Unreachable { source, .. } = event {
+                self.upstreams.on_unreachable(source, now);
+            }
             self.log(&event);
         }
         if let Some(p) = &self.published {
@@ -566,15 +608,16 @@ fn answer(
             let mut st = system.status(now);
             for s in &mut st.sources {
                 s.name = upstreams.name(s.id);
+                s.nts = upstreams.nts_status(s.id);
             }
-            let status = DaemonStatus::new(
-                st,
-                clock.report(realtime_nanos()),
-                serde_json::json!({
-                    "udp": counters_json(&shared.udp),
-                    "tcp": counters_json(&shared.tcp),
-                }),
-            );
+            let mut server = serde_json::json!({
+                "udp": counters_json(&shared.udp),
+                "tcp": counters_json(&shared.tcp),
+            });
+            if let (Some(nts), Some(o)) = (nts_counters_json(shared), server.as_object_mut()) {
+                o.insert("nts".into(), nts);
+            }
+            let status = DaemonStatus::new(st, clock.report(realtime_nanos()), server);
             return serde_json::to_vec_pretty(&status).expect("serializes");
         }
         ControlCommand::SourceAdd {
@@ -584,14 +627,14 @@ fn answer(
             maxpoll,
             iburst,
             max_sources,
+            nts,
+            ca_file,
         } => add_source(
             upstreams,
             &address,
             pool,
-            minpoll,
-            maxpoll,
-            iburst,
-            max_sources,
+            (minpoll, maxpoll, iburst, max_sources),
+            (nts, ca_file),
         ),
         ControlCommand::SourceRemove { address } => upstreams.remove(&address, system, now),
         ControlCommand::Burst { address } => {
@@ -645,10 +688,8 @@ fn add_source(
     upstreams: &mut Upstreams,
     address: &str,
     pool: bool,
-    minpoll: Option<i8>,
-    maxpoll: Option<i8>,
-    iburst: Option<bool>,
-    max_sources: Option<usize>,
+    (minpoll, maxpoll, iburst, max_sources): (Option<i8>, Option<i8>, Option<bool>, Option<usize>),
+    (nts, ca_file): (bool, Option<PathBuf>),
 ) -> Result<String, String> {
     let defaults = ntpkit_core::sync::SourceConfig::default();
     let (lo, hi) = ntpkit_core::sync::source::POLL_LIMITS;
@@ -675,11 +716,16 @@ fn add_source(
         maxpoll,
         iburst: iburst.unwrap_or(defaults.iburst),
     };
-    upstreams.add_entry(address, pool, cfg, max)?;
+    if ca_file.is_some() && !nts {
+        return Err("--ca-file is for NTS sources (add --nts)".into());
+    }
+    let tls = config::nts_tls(nts, ca_file.as_deref())?;
+    upstreams.add_entry(address, pool, cfg, max, tls)?;
     Ok(format!(
-        "added {} {address} (minpoll {minpoll}, maxpoll {maxpoll}, iburst {})",
+        "added {} {address} (minpoll {minpoll}, maxpoll {maxpoll}, iburst {}{})",
         if pool { "pool" } else { "server" },
-        cfg.iburst
+        cfg.iburst,
+        if nts { ", nts" } else { "" }
     ))
 }
 
@@ -718,6 +764,58 @@ fn counters_json(c: &crate::serve::Counters) -> serde_json::Value {
         "limited": v.limited,
         "kissed": v.kissed,
     })
+}
+
+/// The NTS counters, when NTS is served.
+fn nts_counters_json(shared: &Shared) -> Option<serde_json::Value> {
+    if !shared.nts_on.load(Ordering::Relaxed) {
+        return None;
+    }
+    let n = shared.nts.snapshot();
+    Some(serde_json::json!({
+        "ke_served": n.ke_served,
+        "ke_failed": n.ke_failed,
+        "ke_denied": n.ke_denied,
+        "ke_limited": n.ke_limited,
+        "replies": n.replies,
+        "naks": n.naks,
+        "dropped": n.dropped,
+    }))
+}
+
+/// NTS serving as `[nts-ke-server]` asks, set up as `ntpkit serve` sets it up: the files read,
+/// the key-exchange listeners bound, the event loop's UDP servers answering NTS (serving
+/// threads are given the keyring as they are made).
+fn start_nts(
+    config: &DaemonConfig,
+    serve_cfg: &ServeConfig,
+    shared: &Arc<Shared>,
+    udp: &mut [UdpServer],
+    worker_sockets: &[ntpkit_os::UdpSocket],
+) -> Result<Option<crate::nts_serve::NtsStart>, DaemonError> {
+    let Some(n) = config.nts_serve_config() else {
+        return Ok(None);
+    };
+    // The first `listen` address's port, whichever driver serves it.
+    let ntp_port = udp
+        .first()
+        .map(|u| u.local_addr().port())
+        .or_else(|| worker_sockets.first().map(|s| s.local_addr().port()));
+    let start = crate::nts_serve::prepare(&n, serve_cfg.policy(), ntp_port)
+        .map_err(|e| DaemonError::Nts(e.to_string()))?;
+    for u in udp.iter_mut() {
+        u.serve_nts(start.ring.clone(), shared.clone())?;
+    }
+    for a in start.listener.local_addrs() {
+        tracing::info!("NTS-KE server listening on {a} (tcp)");
+    }
+    if start.master_created {
+        tracing::info!(
+            "created NTS master secret {} (32 random bytes, mode 0600)",
+            n.master.display()
+        );
+    }
+    Ok(Some(start))
 }
 
 fn save_drift(path: &Option<PathBuf>, ppm: f64) {

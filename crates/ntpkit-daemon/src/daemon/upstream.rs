@@ -15,14 +15,20 @@
 //! well as the 64-bit cookie, and a reply later than one poll interval finds the port closed. With
 //! `port-per-request = false` each source keeps one socket for its life instead.
 //!
+//! A server or pool with `nts = true` is resolved to key-exchange servers instead: each address
+//! becomes a source once its NTS key exchange succeeds, at the NTP server the exchange
+//! negotiated (see [`super::nts`]).
+//!
 //! Servers and pools can be added and removed while running ([`Upstreams::add_entry`],
 //! [`Upstreams::remove`]), from the control socket.
 
-use super::config::{parse_host_port, DaemonConfig, Host};
-use ntpkit_core::sync::{SourceConfig, SourceId, SourceState, SyncSystem, SystemStatus};
+use super::config::{default_port, nts_tls, parse_host_port, DaemonConfig, Host};
+use super::nts::{spawn_key_exchange, KeDone, KeSchedule, KeTarget, NtsLink};
+use ntpkit_core::sync::{NtsStatus, SourceConfig, SourceId, SourceState, SyncSystem, SystemStatus};
 use ntpkit_core::MonoTime;
 use ntpkit_os::{Interest, PollSet, UdpSocket, UdpSocketOptions, Waker};
 use rand_core::RngCore;
+use rustls::ClientConfig;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -64,6 +70,14 @@ struct Entry {
     bad: Vec<SourceId>,
     /// Removed while running: nothing is resolved or added for it any more.
     removed: bool,
+    /// With NTS: the TLS configuration of its key exchanges.
+    nts: Option<Arc<ClientConfig>>,
+    /// With NTS: key-exchange servers of members to be, whose first exchange runs.
+    ke_in_flight: Vec<SocketAddr>,
+    /// With NTS: addresses of the name not tried yet, for when an exchange fails.
+    ke_candidates: Vec<SocketAddr>,
+    /// With NTS: the back-off of the last retry after every first exchange failed, seconds.
+    ke_backoff: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -84,6 +98,16 @@ struct Link {
     socket: Option<UdpSocket>,
     server: SocketAddr,
     entry: usize,
+    /// With NTS: keys, cookies, key exchanges.
+    nts: Option<NtsLink>,
+}
+
+impl Link {
+    /// The address the source was found at: its key-exchange server with NTS, else the
+    /// server itself (what resolution returns, pools avoid and names are compared with).
+    fn found_at(&self) -> SocketAddr {
+        self.nts.as_ref().map_or(self.server, |n| n.ke_addr)
+    }
 }
 
 /// What a resolver thread found for an entry.
@@ -95,6 +119,8 @@ pub struct Upstreams {
     entries: Vec<Entry>,
     links: HashMap<SourceId, Link>,
     results: (mpsc::Sender<Resolved>, mpsc::Receiver<Resolved>),
+    /// Finished NTS key exchanges.
+    key_exchanges: (mpsc::Sender<KeDone>, mpsc::Receiver<KeDone>),
     waker: Arc<Waker>,
     next_pool_check: Option<MonoTime>,
     /// Source ids registered in the last poll set, in order, and the index of the first.
@@ -104,48 +130,54 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// The upstreams of `config`, none resolved yet; resolver threads wake `waker`.
-    pub fn new(config: &DaemonConfig, waker: Arc<Waker>) -> Self {
-        let servers = config
-            .server
-            .iter()
-            .map(|s| (s.address.as_str(), s.source_config(), 1, false));
-        let pools = config
-            .pool
-            .iter()
-            .map(|p| (p.name.as_str(), p.source_config(), p.max_sources, true));
+    /// The upstreams of `config`, none resolved yet; resolver threads wake `waker`. Fails when
+    /// the certificates an NTS source trusts cannot be loaded.
+    pub fn new(config: &DaemonConfig, waker: Arc<Waker>) -> Result<Self, String> {
+        let servers = config.server.iter().map(|s| {
+            let tls = nts_tls(s.nts, s.ca_file.as_deref())
+                .map_err(|e| format!("server {:?}: {e}", s.address))?;
+            Ok((s.address.as_str(), s.source_config(), 1, false, tls))
+        });
+        let pools = config.pool.iter().map(|p| {
+            let tls = nts_tls(p.nts, p.ca_file.as_deref())
+                .map_err(|e| format!("pool {:?}: {e}", p.name))?;
+            Ok((p.name.as_str(), p.source_config(), p.max_sources, true, tls))
+        });
+        let entries: Vec<_> = servers.chain(pools).collect::<Result<_, String>>()?;
         let mut upstreams = Upstreams {
             entries: Vec::new(),
             links: HashMap::new(),
             results: mpsc::channel(),
+            key_exchanges: mpsc::channel(),
             waker,
             next_pool_check: None,
             registered: (0, Vec::new()),
             port_per_request: config.port_per_request,
         };
-        for (text, cfg, max, is_pool) in servers.chain(pools) {
+        for (text, cfg, max, is_pool, tls) in entries {
             // The configuration was checked: the address parses.
-            let _ = upstreams.add_entry(text, is_pool, cfg, max);
+            let _ = upstreams.add_entry(text, is_pool, cfg, max, tls);
         }
-        upstreams
+        Ok(upstreams)
     }
 
-    /// Adds a server (`is_pool` false, `max_members` 1) or a pool; it is resolved at the next
-    /// [`handle_timeout`](Self::handle_timeout). Refused if the address does not parse or the
-    /// same host and port is configured already.
+    /// Adds a server (`is_pool` false, `max_members` 1) or a pool, with NTS when `nts` holds
+    /// its TLS configuration; it is resolved at the next [`handle_timeout`](Self::handle_timeout).
+    /// Refused if the address does not parse or the same host and port is configured already.
     pub fn add_entry(
         &mut self,
         text: &str,
         is_pool: bool,
         config: SourceConfig,
         max_members: usize,
+        nts: Option<Arc<ClientConfig>>,
     ) -> Result<(), String> {
-        let (host, port) = parse_host_port(text, 123)?;
+        let (host, port) = parse_host_port(text, default_port(nts.is_some()))?;
         let taken = self
             .entries
             .iter()
             .any(|e| !e.removed && e.host == host && e.port == port)
-            || matches!(host, Host::Ip(ip) if self.links.values().any(|l| l.server == SocketAddr::new(ip, port)));
+            || matches!(host, Host::Ip(ip) if self.links.values().any(|l| l.found_at() == SocketAddr::new(ip, port)));
         if taken {
             return Err(format!("{text} is a source already"));
         }
@@ -162,6 +194,10 @@ impl Upstreams {
             strikes: HashMap::new(),
             bad: Vec::new(),
             removed: false,
+            nts,
+            ke_in_flight: Vec::new(),
+            ke_candidates: Vec::new(),
+            ke_backoff: 0.0,
         });
         self.next_pool_check = None;
         Ok(())
@@ -201,7 +237,9 @@ impl Upstreams {
             ));
         }
         let member = self.links.iter().find_map(|(id, l)| {
-            let matches = l.server.to_string() == address || l.server.ip().to_string() == address;
+            let matches = [l.server, l.found_at()]
+                .iter()
+                .any(|a| a.to_string() == address || a.ip().to_string() == address);
             matches.then_some(*id)
         });
         let Some(id) = member else {
@@ -217,7 +255,7 @@ impl Upstreams {
         e.strikes.remove(&id);
         e.bad.retain(|m| *m != id);
         if e.is_pool {
-            e.avoid.insert(link.server, now.add_secs_f64(AVOID_FOR));
+            e.avoid.insert(link.found_at(), now.add_secs_f64(AVOID_FOR));
             if e.resolution == Resolution::Done {
                 e.resolution = Resolution::RetryAt(now, 0.0);
             }
@@ -247,7 +285,9 @@ impl Upstreams {
         self.links
             .iter()
             .filter(|(_, l)| {
-                l.server.to_string() == address || l.server.ip().to_string() == address
+                [l.server, l.found_at()]
+                    .iter()
+                    .any(|a| a.to_string() == address || a.ip().to_string() == address)
             })
             .map(|(id, _)| *id)
             .collect()
@@ -291,7 +331,11 @@ impl Upstreams {
                 Host::Ip(ip) => {
                     e.resolution = Resolution::Done;
                     let addr = SocketAddr::new(ip, e.port);
-                    self.add(i, vec![addr], system, now, rng);
+                    if e.nts.is_some() {
+                        self.start_first_key_exchanges(i, vec![addr], now);
+                    } else {
+                        self.add(i, vec![addr], system, now, rng);
+                    }
                 }
                 Host::Name(name) => {
                     let backoff = match e.resolution {
@@ -324,6 +368,208 @@ impl Upstreams {
         if self.next_pool_check.is_none() {
             self.next_pool_check = self.pool_check_interval().map(|i| now.add_secs_f64(i));
         }
+        self.start_due_key_exchanges(now);
+    }
+
+    /// Starts the first key exchange with each of `addrs` (key-exchange servers of an NTS
+    /// entry) that could become a member; the rest are tried when an exchange fails.
+    fn start_first_key_exchanges(&mut self, entry: usize, addrs: Vec<SocketAddr>, now: MonoTime) {
+        self.entries[entry].ke_candidates = addrs;
+        self.try_ke_candidates(entry, now);
+    }
+
+    /// Starts first key exchanges with the entry's untried addresses while it has free places;
+    /// with no member, none running and none left to try, schedules a new resolution.
+    fn try_ke_candidates(&mut self, entry: usize, now: MonoTime) {
+        let in_use: Vec<SocketAddr> = self.links.values().map(|l| l.found_at()).collect();
+        let e = &mut self.entries[entry];
+        let Some(tls) = e.nts.clone() else {
+            return;
+        };
+        e.avoid.retain(|_, until| *until > now);
+        while !e.ke_candidates.is_empty() {
+            let addr = e.ke_candidates.remove(0);
+            if e.members.len() + e.ke_in_flight.len() >= e.max_members {
+                e.ke_candidates.insert(0, addr);
+                break;
+            }
+            if in_use.contains(&addr)
+                || e.avoid.contains_key(&addr)
+                || e.ke_in_flight.contains(&addr)
+            {
+                continue;
+            }
+            let host = match &e.host {
+                Host::Name(n) => n.clone(),
+                Host::Ip(ip) => ip.to_string(),
+            };
+            tracing::debug!("{}: NTS key exchange with {addr}", e.text);
+            match spawn_key_exchange(
+                host,
+                addr,
+                tls.clone(),
+                KeTarget::NewMember(entry),
+                self.key_exchanges.0.clone(),
+                self.waker.clone(),
+            ) {
+                Ok(()) => e.ke_in_flight.push(addr),
+                Err(err) => tracing::warn!("cannot start an NTS key-exchange thread: {err}"),
+            }
+        }
+        if e.members.is_empty() && e.ke_in_flight.is_empty() {
+            let wait = next_backoff(e.ke_backoff);
+            e.ke_backoff = wait;
+            e.resolution = Resolution::RetryAt(now.add_secs_f64(wait), wait);
+            tracing::warn!(
+                "{}: no NTS key exchange succeeded; trying again in {wait:.0} s",
+                e.text
+            );
+        }
+    }
+
+    /// Starts the key exchanges of running sources that are due.
+    fn start_due_key_exchanges(&mut self, now: MonoTime) {
+        for (id, l) in self.links.iter_mut() {
+            let Some(nts) = l.nts.as_mut() else {
+                continue;
+            };
+            if nts.due().is_none_or(|at| at > now) {
+                continue;
+            }
+            let Some(tls) = self.entries[l.entry].nts.clone() else {
+                continue;
+            };
+            tracing::debug!("{}: NTS key exchange with {}", l.server, nts.ke_addr);
+            nts.ke = KeSchedule::InFlight;
+            if let Err(err) = spawn_key_exchange(
+                nts.ke_host.clone(),
+                nts.ke_addr,
+                tls,
+                KeTarget::Source(*id),
+                self.key_exchanges.0.clone(),
+                self.waker.clone(),
+            ) {
+                nts.failed(format!("cannot start a key-exchange thread: {err}"), now);
+            }
+        }
+    }
+
+    /// Takes the finished NTS key exchanges: adds the members whose first exchange
+    /// succeeded, gives running sources their new keys and cookies, schedules retries.
+    pub fn take_key_exchanges(
+        &mut self,
+        system: &mut SyncSystem,
+        now: MonoTime,
+        rng: &mut dyn RngCore,
+    ) {
+        while let Ok(done) = self.key_exchanges.1.try_recv() {
+            match done.target {
+                KeTarget::NewMember(i) => self.first_key_exchange_done(i, done, system, now, rng),
+                KeTarget::Source(id) => self.key_exchange_done(id, done, system, now, rng),
+            }
+        }
+    }
+
+    fn first_key_exchange_done(
+        &mut self,
+        entry: usize,
+        done: KeDone,
+        system: &mut SyncSystem,
+        now: MonoTime,
+        rng: &mut dyn RngCore,
+    ) {
+        let e = &mut self.entries[entry];
+        e.ke_in_flight.retain(|a| *a != done.ke_addr);
+        if e.removed {
+            return;
+        }
+        match done.result {
+            Ok((outcome, text, ntp)) => {
+                e.ke_backoff = 0.0;
+                if e.members.len() >= e.max_members {
+                    return;
+                }
+                if self.links.values().any(|l| l.server == ntp) {
+                    tracing::warn!(
+                        "{}: NTS-KE server {} sends us to {ntp}, a source already",
+                        e.text,
+                        done.ke_addr
+                    );
+                    self.try_ke_candidates(entry, now);
+                    return;
+                }
+                tracing::info!(
+                    "{}: NTS key exchange with {} done: {} cookies, {}, NTP server {text}",
+                    e.text,
+                    done.ke_addr,
+                    outcome.cookies.len(),
+                    outcome.keys.aead.name()
+                );
+                let host = match &e.host {
+                    Host::Name(n) => n.clone(),
+                    Host::Ip(ip) => ip.to_string(),
+                };
+                let link = NtsLink::new(host, done.ke_addr, outcome, text);
+                self.attach(entry, ntp, Some(link), system, now, rng);
+            }
+            Err(why) => {
+                tracing::warn!("{}: {why}", e.text);
+                self.try_ke_candidates(entry, now);
+            }
+        }
+    }
+
+    fn key_exchange_done(
+        &mut self,
+        id: SourceId,
+        done: KeDone,
+        system: &mut SyncSystem,
+        now: MonoTime,
+        rng: &mut dyn RngCore,
+    ) {
+        let label = self.label(id).unwrap_or_default();
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let Some(nts) = link.nts.as_mut() else {
+            return;
+        };
+        match done.result {
+            Ok((outcome, text, ntp)) => {
+                tracing::info!(
+                    "{label}: new NTS key exchange done: {} cookies",
+                    outcome.cookies.len()
+                );
+                nts.installed(outcome, text);
+                if ntp != link.server {
+                    // The key-exchange server sends us elsewhere: the source moves.
+                    tracing::info!("{label}: NTS-KE moved the source to {ntp}");
+                    let entry = link.entry;
+                    let nts = link.nts.take();
+                    self.links.remove(&id);
+                    system.remove_source(id);
+                    self.entries[entry].members.retain(|m| *m != id);
+                    self.attach(entry, ntp, nts, system, now, rng);
+                }
+            }
+            Err(why) => {
+                let wait = nts.failed(why.clone(), now);
+                tracing::warn!("{label}: {why}; next key exchange in {wait:.0} s");
+            }
+        }
+    }
+
+    /// Call when source `id` became unreachable: an NTS source runs a new key exchange (its
+    /// server may have moved or changed keys).
+    pub fn on_unreachable(&mut self, id: SourceId, now: MonoTime) {
+        if let Some(nts) = self.links.get_mut(&id).and_then(|l| l.nts.as_mut()) {
+            nts.want_key_exchange(now);
+        }
+    }
+
+    /// What NTS did for source `id`, if it uses NTS.
+    pub fn nts_status(&self, id: SourceId) -> Option<NtsStatus> {
+        self.links.get(&id)?.nts.as_ref().map(NtsLink::status)
     }
 
     /// How often the pools are checked: eight of their shortest poll intervals.
@@ -350,6 +596,11 @@ impl Upstreams {
             };
             let text = self.entries[i].text.clone();
             match found {
+                Ok(addrs) if !addrs.is_empty() && self.entries[i].nts.is_some() => {
+                    self.entries[i].resolution = Resolution::Done;
+                    self.replace_bad(i, &addrs, system, now);
+                    self.start_first_key_exchanges(i, addrs, now);
+                }
                 Ok(addrs) if !addrs.is_empty() => {
                     self.entries[i].resolution = Resolution::Done;
                     self.replace_bad(i, &addrs, system, now);
@@ -397,7 +648,7 @@ impl Upstreams {
         system: &mut SyncSystem,
         now: MonoTime,
     ) {
-        let in_use: Vec<SocketAddr> = self.links.values().map(|l| l.server).collect();
+        let in_use: Vec<SocketAddr> = self.links.values().map(|l| l.found_at()).collect();
         let e = &mut self.entries[entry];
         e.avoid.retain(|_, until| *until > now);
         let fresh = addrs
@@ -416,7 +667,7 @@ impl Upstreams {
             if let Some(link) = self.links.remove(&id) {
                 self.entries[entry]
                     .avoid
-                    .insert(link.server, now.add_secs_f64(AVOID_FOR));
+                    .insert(link.found_at(), now.add_secs_f64(AVOID_FOR));
             }
         }
         self.entries[entry].bad.clear();
@@ -440,51 +691,69 @@ impl Upstreams {
         rng: &mut dyn RngCore,
     ) -> usize {
         let in_use: Vec<SocketAddr> = self.links.values().map(|l| l.server).collect();
-        let e = &mut self.entries[entry];
-        e.avoid.retain(|_, until| *until > now);
+        self.entries[entry].avoid.retain(|_, until| *until > now);
         let mut added = 0;
         for addr in addrs {
+            let e = &self.entries[entry];
             if e.members.len() >= e.max_members {
                 break;
             }
             if in_use.contains(&addr) || e.avoid.contains_key(&addr) {
                 continue;
             }
-            // With a port per request, the socket is opened when a request goes out.
-            let socket = if self.port_per_request {
-                None
-            } else {
-                match client_socket(addr) {
-                    Ok(s) => Some(s),
-                    Err(err) => {
-                        tracing::warn!("{}: cannot open a client socket for {addr}: {err}", e.text);
-                        continue;
-                    }
-                }
-            };
-            let id = system.add_source(addr, e.config, now, rng);
-            e.members.push(id);
-            tracing::info!(
-                "source {}{addr}: minpoll {} maxpoll {} iburst {}",
-                match &e.host {
-                    Host::Name(n) => format!("{n} "),
-                    Host::Ip(_) => String::new(),
-                },
-                e.config.minpoll,
-                e.config.maxpoll,
-                e.config.iburst
-            );
-            self.links.insert(
-                id,
-                Link {
-                    socket,
-                    server: addr,
-                    entry,
-                },
-            );
-            added += 1;
+            if self.attach(entry, addr, None, system, now, rng).is_some() {
+                added += 1;
+            }
         }
         added
+    }
+
+    /// Makes `addr` a source of `entry` (with its NTS state, if any).
+    fn attach(
+        &mut self,
+        entry: usize,
+        addr: SocketAddr,
+        nts: Option<NtsLink>,
+        system: &mut SyncSystem,
+        now: MonoTime,
+        rng: &mut dyn RngCore,
+    ) -> Option<SourceId> {
+        let e = &mut self.entries[entry];
+        // With a port per request, the socket is opened when a request goes out.
+        let socket = if self.port_per_request {
+            None
+        } else {
+            match client_socket(addr) {
+                Ok(s) => Some(s),
+                Err(err) => {
+                    tracing::warn!("{}: cannot open a client socket for {addr}: {err}", e.text);
+                    return None;
+                }
+            }
+        };
+        let id = system.add_source(addr, e.config, now, rng);
+        e.members.push(id);
+        tracing::info!(
+            "source {}{addr}: minpoll {} maxpoll {} iburst {}{}",
+            match &e.host {
+                Host::Name(n) => format!("{n} "),
+                Host::Ip(_) => String::new(),
+            },
+            e.config.minpoll,
+            e.config.maxpoll,
+            e.config.iburst,
+            if nts.is_some() { " nts" } else { "" }
+        );
+        self.links.insert(
+            id,
+            Link {
+                socket,
+                server: addr,
+                entry,
+                nts,
+            },
+        );
+        Some(id)
     }
 
     /// Re-resolves every name at once (SIGHUP).
@@ -549,14 +818,31 @@ impl Upstreams {
                 _ => None,
             })
             .chain(self.next_pool_check)
+            .chain(
+                self.links
+                    .values()
+                    .filter_map(|l| l.nts.as_ref().and_then(NtsLink::due)),
+            )
             .min()
     }
 
     /// Sends `request` to source `id`: from a new socket with a port per request (closing the
-    /// previous request's), else from the source's socket.
-    pub fn send(&mut self, id: SourceId, request: &[u8]) {
+    /// previous request's), else from the source's socket. With NTS the request spends a
+    /// cookie; without one it is not sent.
+    pub fn send(&mut self, id: SourceId, request: &[u8], now: MonoTime, rng: &mut dyn RngCore) {
         let Some(l) = self.links.get_mut(&id) else {
             return;
+        };
+        let protected;
+        let request = match l.nts.as_mut() {
+            None => request,
+            Some(nts) => match nts.protect(request, now, rng) {
+                Some(bytes) => {
+                    protected = bytes;
+                    &protected[..]
+                }
+                None => return,
+            },
         };
         if self.port_per_request {
             l.socket = None;
@@ -588,21 +874,35 @@ impl Upstreams {
     }
 
     /// The datagrams that `set` says arrived (one per readable socket): source, bytes, and
-    /// receive time (Unix ns). Datagrams from any other address than the source's are dropped.
-    pub fn receive(&mut self, set: &PollSet, mut each: impl FnMut(SourceId, &[u8], i64)) {
+    /// receive time (Unix ns). Datagrams from any other address than the source's are dropped;
+    /// so are replies to NTS requests that do not authenticate (an authentic one is passed on
+    /// as its NTP header).
+    pub fn receive(
+        &mut self,
+        set: &PollSet,
+        now: MonoTime,
+        mut each: impl FnMut(SourceId, &[u8], i64),
+    ) {
         let mut buf = [0u8; 2048];
         for (k, id) in self.registered.1.iter().enumerate() {
             if !set.readable(self.registered.0 + k) {
                 continue;
             }
-            let Some(l) = self.links.get(id) else {
+            let Some(l) = self.links.get_mut(id) else {
                 continue;
             };
             let Some(socket) = &l.socket else {
                 continue;
             };
             match socket.recv_from(&mut buf) {
-                Ok((n, from, rx)) if from == l.server => each(*id, &buf[..n], rx),
+                Ok((n, from, rx)) if from == l.server => match l.nts.as_mut() {
+                    None => each(*id, &buf[..n], rx),
+                    Some(nts) => {
+                        if let Some(header) = nts.open(&buf[..n], now) {
+                            each(*id, header, rx);
+                        }
+                    }
+                },
                 Ok((_, from, _)) => tracing::debug!(
                     "dropped a datagram from {from} on the socket of {}",
                     l.server
