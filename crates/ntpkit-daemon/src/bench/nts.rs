@@ -371,7 +371,8 @@ pub fn run(cfg: &BenchConfig, nts: &NtsBenchConfig) -> Result<(Tally, BenchRepor
     check_ke_target(&nts.ke_host, nts.ke_port, nts.allow_remote)?;
     let outcome = nts_ke::key_exchange(&nts.ke_host, nts.ke_port, nts.tls.clone(), nts.ke_timeout)
         .map_err(BenchError::Nts)?;
-    let (ntp_name, target) = nts_ke::negotiated_server(&outcome, &nts.ke_host).map_err(BenchError::Nts)?;
+    let (ntp_name, target) =
+        nts_ke::negotiated_server(&outcome, &nts.ke_host).map_err(BenchError::Nts)?;
     super::check_target(target, nts.allow_remote)?;
     let cfg = BenchConfig {
         target,
