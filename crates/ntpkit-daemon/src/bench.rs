@@ -17,6 +17,9 @@
 //! The pure parts — cookie bookkeeping, pacing, the histogram, reply classification and the
 //! report — are separate from the socket loop ([`run`]) and tested without sockets.
 //!
+//! [`nts`] runs the same loops with NTS-protected requests (after one NTS-KE), [`ke`] measures
+//! NTS-KE handshakes per second.
+//!
 //! Load is only for servers one runs oneself: [`check_target`] refuses anything but loopback
 //! unless the caller allows remote targets explicitly.
 
@@ -29,6 +32,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
+
+pub mod ke;
+pub mod nts;
 
 const NANOS_PER_SEC: f64 = 1e9;
 /// Requests the book remembers per thread (a power of two): a reply to a request this many
@@ -123,6 +129,8 @@ pub enum BenchError {
     Socket(SocketAddr, io::Error),
     /// The OS random source failed.
     Random(String),
+    /// The NTS key exchange failed, or its NTP server cannot be resolved.
+    Nts(crate::nts_ke::NtsError),
 }
 
 impl std::fmt::Display for BenchError {
@@ -138,6 +146,7 @@ impl std::fmt::Display for BenchError {
             BenchError::Config(m) => f.write_str(m),
             BenchError::Socket(a, e) => write!(f, "cannot open a UDP socket to {a}: {e}"),
             BenchError::Random(e) => write!(f, "OS random source failed: {e}"),
+            BenchError::Nts(e) => write!(f, "{e}"),
         }
     }
 }
@@ -233,6 +242,16 @@ impl RequestBook {
     /// The cookie of the request `ahead` places after the next one to be issued (0: the next).
     pub fn cookie(&self, ahead: usize) -> u64 {
         self.base.wrapping_add(self.next + ahead as u64)
+    }
+
+    /// The sequence number of the request `ahead` places after the next one (the first is 1).
+    pub fn seq(&self, ahead: usize) -> u64 {
+        self.next + ahead as u64
+    }
+
+    /// The cookie of the request with sequence number `seq`.
+    pub fn cookie_of(&self, seq: u64) -> u64 {
+        self.base.wrapping_add(seq)
     }
 
     /// Records that the next request (cookie [`cookie(0)`](Self::cookie)) went out on `socket`
@@ -617,6 +636,8 @@ pub struct Tally {
     pub latency: Histogram,
     /// Length of the measured window, ns.
     pub window_ns: i64,
+    /// NTS replies by verdict (all zero for plain requests).
+    pub nts: nts::NtsCounts,
 }
 
 impl Tally {
@@ -634,6 +655,7 @@ impl Tally {
         self.refused += o.refused;
         self.latency.merge(&o.latency);
         self.window_ns = self.window_ns.max(o.window_ns);
+        self.nts.merge(&o.nts);
     }
 
     /// Counts one datagram received at `now_ns` (`in_window`: during the measured window).
@@ -678,13 +700,18 @@ impl Tally {
         } else if stratum >= 16 {
             self.invalid.bad_stratum += 1;
         } else {
-            self.valid_total += 1;
-            if in_window {
-                self.valid += 1;
-            }
-            if measured {
-                self.latency.record((now_ns - sent_ns).max(0) as u64);
-            }
+            self.count_valid(sent_ns, measured, now_ns, in_window);
+        }
+    }
+
+    /// Counts a valid reply received at `now_ns` to a request sent at `sent_ns`.
+    fn count_valid(&mut self, sent_ns: i64, measured: bool, now_ns: i64, in_window: bool) {
+        self.valid_total += 1;
+        if in_window {
+            self.valid += 1;
+        }
+        if measured {
+            self.latency.record((now_ns - sent_ns).max(0) as u64);
         }
     }
 }
@@ -711,6 +738,35 @@ pub struct LatencyReport {
     pub p99_9: f64,
     /// Largest.
     pub max: f64,
+}
+
+impl LatencyReport {
+    /// The figures of `h` (nanoseconds) in microseconds; None if it is empty.
+    pub fn of(h: &Histogram) -> Option<LatencyReport> {
+        let us = |ns: u64| ns as f64 / 1e3;
+        h.mean().map(|mean| LatencyReport {
+            samples: h.count(),
+            min: us(h.min().unwrap_or(0)),
+            mean: mean / 1e3,
+            p50: us(h.quantile(0.50).unwrap_or(0)),
+            p90: us(h.quantile(0.90).unwrap_or(0)),
+            p99: us(h.quantile(0.99).unwrap_or(0)),
+            p99_9: us(h.quantile(0.999).unwrap_or(0)),
+            max: us(h.max().unwrap_or(0)),
+        })
+    }
+
+    /// One line: `p50 … µs  p90 …  max … µs`.
+    fn render(&self) -> String {
+        format!(
+            "p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
+            micros(self.p50),
+            micros(self.p90),
+            micros(self.p99),
+            micros(self.p99_9),
+            micros(self.max)
+        )
+    }
 }
 
 /// Error counts of the socket calls.
@@ -778,6 +834,9 @@ pub struct BenchReport {
     pub errors: ErrorReport,
     /// Whole-run totals.
     pub total: TotalReport,
+    /// NTS runs: the key exchange and the replies by verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nts: Option<nts::NtsReport>,
 }
 
 impl BenchReport {
@@ -785,18 +844,7 @@ impl BenchReport {
     pub fn new(cfg: &BenchConfig, tally: &Tally) -> BenchReport {
         let secs = tally.window_ns.max(0) as f64 / NANOS_PER_SEC;
         let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-        let us = |ns: u64| ns as f64 / 1e3;
-        let h = &tally.latency;
-        let latency_us = h.mean().map(|mean| LatencyReport {
-            samples: h.count(),
-            min: us(h.min().unwrap_or(0)),
-            mean: mean / 1e3,
-            p50: us(h.quantile(0.50).unwrap_or(0)),
-            p90: us(h.quantile(0.90).unwrap_or(0)),
-            p99: us(h.quantile(0.99).unwrap_or(0)),
-            p99_9: us(h.quantile(0.999).unwrap_or(0)),
-            max: us(h.max().unwrap_or(0)),
-        });
+        let latency_us = LatencyReport::of(&tally.latency);
         BenchReport {
             target: cfg.target.to_string(),
             mode: cfg.load.name(),
@@ -836,6 +884,7 @@ impl BenchReport {
                 sent: tally.sent_total,
                 valid: tally.valid_total,
             },
+            nts: None,
         }
     }
 
@@ -866,9 +915,14 @@ impl BenchReport {
         );
         let _ = writeln!(
             s,
-            "replies:  {:>12}/s  ({} valid)",
+            "replies:  {:>12}/s  ({} {})",
             group(self.valid_per_s.round() as u64),
-            group(self.valid)
+            group(self.valid),
+            if self.nts.is_some() {
+                "authenticated"
+            } else {
+                "valid"
+            }
         );
         let _ = writeln!(
             s,
@@ -879,15 +933,7 @@ impl BenchReport {
         );
         match &self.latency_us {
             Some(l) => {
-                let _ = writeln!(
-                    s,
-                    "latency:  p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
-                    micros(l.p50),
-                    micros(l.p90),
-                    micros(l.p99),
-                    micros(l.p99_9),
-                    micros(l.max)
-                );
+                let _ = writeln!(s, "latency:  {}", l.render());
             }
             None => s.push_str("latency:  no valid reply in the window\n"),
         }
@@ -920,6 +966,9 @@ impl BenchReport {
                 "socket errors: send {}, receive {} (connection refused {})",
                 e.send, e.receive, e.refused
             );
+        }
+        if let Some(n) = &self.nts {
+            s.push_str(&n.render_text());
         }
         s
     }
@@ -1018,10 +1067,86 @@ fn open_sockets(target: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, Benc
         .collect()
 }
 
+/// What one thread sends and how it counts what comes back: plain NTP requests
+/// ([`PlainRequests`]) or NTS-protected ones ([`nts::NtsRequests`]).
+pub trait Requests {
+    /// Bytes of the longest request.
+    fn max_len(&self) -> usize;
+    /// Bytes read of each reply (a longer one is cut).
+    fn reply_len(&self) -> usize;
+    /// Writes into `buf` (`max_len` bytes) the request that `book` issues `ahead` places after
+    /// its next one; returns its length.
+    fn write(&mut self, book: &RequestBook, ahead: usize, buf: &mut [u8]) -> usize;
+    /// Counts one datagram received at `now_ns` (`in_window`: during the measured window).
+    fn count(
+        &mut self,
+        tally: &mut Tally,
+        book: &mut RequestBook,
+        datagram: &[u8],
+        now_ns: i64,
+        in_window: bool,
+    );
+}
+
+/// Plain NTPv4 client requests, each with its cookie as the transmit timestamp.
+#[derive(Clone, Debug)]
+pub struct PlainRequests {
+    template: [u8; HEADER_LEN],
+}
+
+impl Default for PlainRequests {
+    fn default() -> Self {
+        let mut template = [0u8; HEADER_LEN];
+        Header {
+            version: 4,
+            mode: Mode::Client,
+            ..Header::default()
+        }
+        .emit(&mut template);
+        PlainRequests { template }
+    }
+}
+
+impl Requests for PlainRequests {
+    fn max_len(&self) -> usize {
+        HEADER_LEN
+    }
+
+    fn reply_len(&self) -> usize {
+        REPLY_BUF
+    }
+
+    fn write(&mut self, book: &RequestBook, ahead: usize, buf: &mut [u8]) -> usize {
+        buf[..HEADER_LEN].copy_from_slice(&self.template);
+        ntpkit_wire::stamp_transmit(buf, NtpTimestamp::from_bits(book.cookie(ahead)));
+        HEADER_LEN
+    }
+
+    fn count(
+        &mut self,
+        tally: &mut Tally,
+        book: &mut RequestBook,
+        datagram: &[u8],
+        now_ns: i64,
+        in_window: bool,
+    ) {
+        tally.count_reply(book, datagram, now_ns, in_window);
+    }
+}
+
 /// Runs the benchmark and returns what every thread counted, merged.
 pub fn run(cfg: &BenchConfig) -> Result<Tally, BenchError> {
+    run_with(cfg, |_| Ok(PlainRequests::default()))
+}
+
+/// Runs the benchmark with the requests `make` returns for each thread (numbered from 0).
+pub fn run_with<R: Requests + Send>(
+    cfg: &BenchConfig,
+    mut make: impl FnMut(usize) -> Result<R, BenchError>,
+) -> Result<Tally, BenchError> {
     validate(cfg)?;
     let threads = cfg.threads;
+    let mut requests = (0..threads).map(&mut make).collect::<Result<Vec<R>, _>>()?;
     let mut per_thread: Vec<Vec<UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, s) in open_sockets(cfg.target, cfg.sockets)?
         .into_iter()
@@ -1063,14 +1188,18 @@ pub fn run(cfg: &BenchConfig) -> Result<Tally, BenchError> {
         .collect();
     if threads == 1 {
         let socks = per_thread.pop().expect("one thread");
-        return Ok(run_thread(&plans[0], &socks, bases[0]));
+        let req = requests.first_mut().expect("one thread");
+        return Ok(run_thread(&plans[0], &socks, bases[0], req));
     }
     let tallies: Vec<Tally> = std::thread::scope(|scope| {
         let handles: Vec<_> = per_thread
             .iter()
             .zip(&plans)
             .zip(&bases)
-            .map(|((socks, plan), &base)| scope.spawn(move || run_thread(plan, socks, base)))
+            .zip(requests.iter_mut())
+            .map(|(((socks, plan), &base), req)| {
+                scope.spawn(move || run_thread(plan, socks, base, req))
+            })
             .collect();
         handles
             .into_iter()
@@ -1086,19 +1215,12 @@ pub fn run(cfg: &BenchConfig) -> Result<Tally, BenchError> {
 
 /// One thread's loop over its sockets: send what the load allows, take what has come, wait in
 /// `poll` only when neither moved anything.
-fn run_thread(plan: &Plan, socks: &[UdpSocket], base: u64) -> Tally {
+fn run_thread<R: Requests>(plan: &Plan, socks: &[UdpSocket], base: u64, requests: &mut R) -> Tally {
     let n = socks.len();
     let mut book = RequestBook::new(BOOK_SLOTS_LOG2, n, base);
     let mut tally = Tally::default();
-    let mut send = SendBatch::new(plan.batch, HEADER_LEN);
-    let mut recv = RecvBatch::new((2 * plan.batch).clamp(64, 1024), REPLY_BUF);
-    let mut template = [0u8; HEADER_LEN];
-    Header {
-        version: 4,
-        mode: Mode::Client,
-        ..Header::default()
-    }
-    .emit(&mut template);
+    let mut send = SendBatch::new(plan.batch, requests.max_len());
+    let mut recv = RecvBatch::new((2 * plan.batch).clamp(64, 1024), requests.reply_len());
     let pacer = match plan.load {
         Load::Open { rate } => Some(Pacer::new(rate, plan.start_ns)),
         _ => None,
@@ -1151,9 +1273,8 @@ fn run_thread(plan: &Plan, socks: &[UdpSocket], base: u64) -> Tally {
                 if room > 0 {
                     for k in 0..room {
                         let buf = send.next_buf().expect("room within the batch");
-                        buf.copy_from_slice(&template);
-                        ntpkit_wire::stamp_transmit(buf, NtpTimestamp::from_bits(book.cookie(k)));
-                        send.commit_connected(HEADER_LEN);
+                        let len = requests.write(&book, k, buf);
+                        send.commit_connected(len);
                     }
                     let t = ntpkit_os::monotonic_nanos();
                     match sock.send_batch_in_order(&mut send) {
@@ -1182,7 +1303,7 @@ fn run_thread(plan: &Plan, socks: &[UdpSocket], base: u64) -> Tally {
                     let t = ntpkit_os::monotonic_nanos();
                     let in_window = t >= plan.measure_ns && t < window_end && sending;
                     for k in 0..got {
-                        tally.count_reply(&mut book, recv.get(k).data, t, in_window);
+                        requests.count(&mut tally, &mut book, recv.get(k).data, t, in_window);
                     }
                     progress |= got > 0;
                 }

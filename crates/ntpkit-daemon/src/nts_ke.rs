@@ -2,7 +2,8 @@
 //! certificates, connects to the key-exchange server over TCP with a timeout and pumps bytes
 //! between the blocking socket and [`ntpkit_nts::KeClient`] until the exchange ends.
 
-use ntpkit_nts::ke::{client_config, DEFAULT_KE_PORT};
+use ntpkit_nts::ke::client_config;
+pub use ntpkit_nts::ke::DEFAULT_KE_PORT;
 use ntpkit_nts::{KeClient, KeError, KeOutcome};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;

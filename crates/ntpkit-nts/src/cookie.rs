@@ -5,7 +5,7 @@
 //! AEAD_AES_SIV_CMAC_256. A cookie comes back inside an extension field whose value is padded
 //! to a multiple of 4 bytes, so opening also accepts the cookie followed by that zero padding.
 
-use crate::aead::{self, TAG_LEN};
+use crate::aead::TAG_LEN;
 use crate::keys::CookieKeyring;
 use crate::{AeadAlgorithm, NtsKeys};
 use rand_core::RngCore;
@@ -13,8 +13,8 @@ use rand_core::RngCore;
 /// Length of the cookie nonce.
 pub const COOKIE_NONCE_LEN: usize = 16;
 const KEY_ID_LEN: usize = 4;
-/// The algorithm that seals cookies, whatever the association negotiated.
-const COOKIE_AEAD: AeadAlgorithm = AeadAlgorithm::AesSivCmac256;
+/// Longest sealed contents of a cookie: an AEAD id and two keys of at most 32 bytes.
+const MAX_PLAINTEXT: usize = 2 + 2 * 32;
 
 /// Why a cookie was not made or did not open.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
@@ -66,18 +66,22 @@ pub fn make_cookie(
     let key_id = key.key_id().to_be_bytes();
     let mut nonce = [0u8; COOKIE_NONCE_LEN];
     rng.fill_bytes(&mut nonce);
-    let mut plain = Vec::with_capacity(2 + 2 * klen);
-    plain.extend_from_slice(&keys.aead.id().to_be_bytes());
-    plain.extend_from_slice(&keys.c2s);
-    plain.extend_from_slice(&keys.s2c);
-    // The cookie key is 32 bytes and the nonce 16, so sealing cannot fail; mapping the error
-    // keeps the function free of panics all the same.
-    let sealed = aead::seal(COOKIE_AEAD, key.bytes(), &key_id, &nonce, &plain)
-        .map_err(|_| CookieError::Unauthentic)?;
-    let mut cookie = Vec::with_capacity(cookie_len(keys.aead));
+    // Room for the zero padding a cookie field adds, so that it costs no reallocation.
+    let mut cookie = Vec::with_capacity(cookie_len(keys.aead).next_multiple_of(4));
     cookie.extend_from_slice(&key_id);
     cookie.extend_from_slice(&nonce);
-    cookie.extend_from_slice(&sealed);
+    cookie.extend_from_slice(&[0; TAG_LEN]);
+    cookie.extend_from_slice(&keys.aead.id().to_be_bytes());
+    cookie.extend_from_slice(&keys.c2s);
+    cookie.extend_from_slice(&keys.s2c);
+    // The nonce is not empty, so sealing cannot fail; mapping the error keeps the function free
+    // of panics all the same.
+    let sealed_at = KEY_ID_LEN + COOKIE_NONCE_LEN;
+    let tag = key
+        .siv()
+        .seal_in_place(&key_id, &nonce, &mut cookie[sealed_at + TAG_LEN..])
+        .map_err(|_| CookieError::Unauthentic)?;
+    cookie[sealed_at..sealed_at + TAG_LEN].copy_from_slice(&tag);
     Ok(cookie)
 }
 
@@ -102,7 +106,14 @@ pub fn open_cookie(
     let key = ring
         .key_for_id(id, unix_secs)
         .ok_or(CookieError::UnknownKey(id))?;
-    let plain = aead::open(COOKIE_AEAD, key.bytes(), key_id, nonce, sealed)
+    let (tag, ciphertext) = sealed.split_at(TAG_LEN);
+    let mut buf = [0u8; MAX_PLAINTEXT];
+    let plain = buf
+        .get_mut(..ciphertext.len())
+        .ok_or(CookieError::BadLength(cookie.len()))?;
+    plain.copy_from_slice(ciphertext);
+    key.siv()
+        .open_in_place(key_id, nonce, tag, plain)
         .map_err(|_| CookieError::Unauthentic)?;
     let (alg_id, keys) = plain.split_at_checked(2).ok_or(CookieError::BadContents)?;
     let aead = AeadAlgorithm::from_id(u16::from_be_bytes([alg_id[0], alg_id[1]]))

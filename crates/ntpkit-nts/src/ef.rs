@@ -53,7 +53,8 @@ pub fn authenticator_len(nonce_len: usize, plaintext_len: usize) -> usize {
 }
 
 /// Seals `plaintext` under `key` with everything already in `out` as associated data and appends
-/// the authenticator field. Call last, once the packet before it is complete.
+/// the authenticator field. Call last, once the packet before it is complete. The field is
+/// written in place: the plaintext is copied where its ciphertext goes and encrypted there.
 pub(crate) fn push_authenticator(
     out: &mut Vec<u8>,
     keys_aead: crate::AeadAlgorithm,
@@ -61,18 +62,32 @@ pub(crate) fn push_authenticator(
     nonce: &[u8],
     plaintext: &[u8],
 ) -> Result<(), AeadError> {
-    let sealed = aead::seal(keys_aead, key, out, nonce, plaintext)?;
-    let nonce_area = nonce.len().next_multiple_of(4).max(NONCE_ROOM);
-    let mut body = Vec::with_capacity(4 + nonce_area + sealed.len() + 3);
-    body.extend_from_slice(&(nonce.len() as u16).to_be_bytes());
-    body.extend_from_slice(&(sealed.len() as u16).to_be_bytes());
-    body.extend_from_slice(nonce);
-    body.resize(4 + nonce.len().next_multiple_of(4), 0);
-    body.extend_from_slice(&sealed);
-    body.resize(body.len().next_multiple_of(4), 0);
+    let siv = aead::SivKey::new(keys_aead, key)?;
+    let start = out.len();
+    let nonce_padded = nonce.len().next_multiple_of(4);
     // Additional padding, so that nonce plus padding fill at least N_REQ bytes.
-    body.resize(body.len() + nonce_area - nonce.len().next_multiple_of(4), 0);
-    push_ef(out, AUTHENTICATOR, &body);
+    let nonce_area = nonce_padded.max(NONCE_ROOM);
+    let sealed_len = TAG_LEN + plaintext.len();
+    let body_len = 4 + nonce_padded + sealed_len.next_multiple_of(4) + nonce_area - nonce_padded;
+    let field_len = ef_len(body_len);
+    out.extend_from_slice(&AUTHENTICATOR.to_be_bytes());
+    out.extend_from_slice(&(field_len as u16).to_be_bytes());
+    out.extend_from_slice(&(nonce.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(sealed_len as u16).to_be_bytes());
+    out.extend_from_slice(nonce);
+    out.resize(start + 8 + nonce_padded, 0);
+    let tag_at = out.len() - start;
+    out.resize(out.len() + TAG_LEN, 0);
+    out.extend_from_slice(plaintext);
+    let (ad, field) = out.split_at_mut(start);
+    match siv.seal_in_place(ad, nonce, &mut field[tag_at + TAG_LEN..]) {
+        Ok(tag) => field[tag_at..tag_at + TAG_LEN].copy_from_slice(&tag),
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    }
+    out.resize(start + field_len, 0);
     Ok(())
 }
 
@@ -333,50 +348,64 @@ impl PendingRequest {
     /// Call on each datagram that arrives for this request. Accepts only an authentic reply
     /// (once) or an NTS NAK echoing this request's unique identifier.
     pub fn verify_reply(&mut self, reply: &[u8]) -> Result<ReplyVerdict, ReplyError> {
-        let packet = Packet::parse(reply).map_err(ReplyError::Malformed)?;
-        if packet.mac.is_some() {
-            return Err(ReplyError::TrailingMac);
-        }
-        let fields = NtsFields::collect(&packet);
-        match fields.unique_ids.as_slice() {
-            [id] => {
-                // The value includes the field's padding; ours is 32 bytes, a multiple of 4.
-                if *id != self.unique_id.as_slice() {
-                    return Err(ReplyError::UniqueIdMismatch);
-                }
+        let verdict = verify_reply_to(&self.unique_id, &self.keys, reply)?;
+        if let ReplyVerdict::Authentic { .. } = verdict {
+            if self.answered {
+                return Err(ReplyError::AlreadyAnswered);
             }
-            ids => return Err(ReplyError::UniqueIdCount(ids.len())),
+            self.answered = true;
         }
-        let Some((auth, offset)) = fields.authenticator else {
-            if packet.header.kiss_code() == Some(KissCode::NtsNak) {
-                return Ok(ReplyVerdict::Nak);
-            }
-            return Err(ReplyError::Unauthenticated);
-        };
-        if fields.after_authenticator {
-            return Err(ReplyError::FieldsAfterAuthenticator);
-        }
-        let auth = Authenticator::parse(auth).map_err(ReplyError::BadAuthenticator)?;
-        let plain = aead::open(
-            self.keys.aead,
-            &self.keys.s2c,
-            &reply[..offset],
-            auth.nonce,
-            auth.ciphertext,
-        )
-        .map_err(|_| ReplyError::Unauthentic)?;
-        if self.answered {
-            return Err(ReplyError::AlreadyAnswered);
-        }
-        let inner = inner_fields(&plain).ok_or(ReplyError::MalformedEncrypted)?;
-        let cookies = inner
-            .into_iter()
-            .filter(|(t, v)| *t == COOKIE && !v.is_empty())
-            .map(|(_, v)| v.to_vec())
-            .collect();
-        self.answered = true;
-        Ok(ReplyVerdict::Authentic { cookies })
+        Ok(verdict)
     }
+}
+
+/// Call on a reply to a request whose unique identifier and keys the caller keeps itself (a
+/// load generator that sends the same requests again): the checks of
+/// [`PendingRequest::verify_reply`], without its one-answer-per-request state.
+pub fn verify_reply_to(
+    unique_id: &[u8],
+    keys: &NtsKeys,
+    reply: &[u8],
+) -> Result<ReplyVerdict, ReplyError> {
+    let packet = Packet::parse(reply).map_err(ReplyError::Malformed)?;
+    if packet.mac.is_some() {
+        return Err(ReplyError::TrailingMac);
+    }
+    let fields = NtsFields::collect(&packet);
+    match fields.unique_ids.as_slice() {
+        [id] => {
+            // The value includes the field's padding; ours is 32 bytes, a multiple of 4.
+            if *id != unique_id {
+                return Err(ReplyError::UniqueIdMismatch);
+            }
+        }
+        ids => return Err(ReplyError::UniqueIdCount(ids.len())),
+    }
+    let Some((auth, offset)) = fields.authenticator else {
+        if packet.header.kiss_code() == Some(KissCode::NtsNak) {
+            return Ok(ReplyVerdict::Nak);
+        }
+        return Err(ReplyError::Unauthenticated);
+    };
+    if fields.after_authenticator {
+        return Err(ReplyError::FieldsAfterAuthenticator);
+    }
+    let auth = Authenticator::parse(auth).map_err(ReplyError::BadAuthenticator)?;
+    let plain = aead::open(
+        keys.aead,
+        &keys.s2c,
+        &reply[..offset],
+        auth.nonce,
+        auth.ciphertext,
+    )
+    .map_err(|_| ReplyError::Unauthentic)?;
+    let inner = inner_fields(&plain).ok_or(ReplyError::MalformedEncrypted)?;
+    let cookies = inner
+        .into_iter()
+        .filter(|(t, v)| *t == COOKIE && !v.is_empty())
+        .map(|(_, v)| v.to_vec())
+        .collect();
+    Ok(ReplyVerdict::Authentic { cookies })
 }
 
 #[cfg(test)]

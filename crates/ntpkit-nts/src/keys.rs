@@ -4,8 +4,10 @@
 //! HKDF-SHA256(ikm = master, salt = none, info = "ntpkit nts cookie key" || p as u64 BE), so
 //! every server that shares the master derives the same keys and opens the others' cookies.
 
+use crate::aead::SivKey;
 use hkdf::Hkdf;
 use sha2::Sha256;
+use std::sync::{Arc, RwLock};
 
 /// Shortest master secret accepted, in bytes.
 pub const MIN_MASTER_LEN: usize = 32;
@@ -28,14 +30,29 @@ pub enum KeyError {
 }
 
 /// The key of one period, derived from the master secret.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct CookieKey {
     /// The period this key belongs to.
     pub period: u64,
     key: [u8; COOKIE_KEY_LEN],
+    /// The key expanded for sealing and opening, shared by every copy.
+    siv: Arc<SivKey>,
 }
 
+impl PartialEq for CookieKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.period == other.period && self.key == other.key
+    }
+}
+
+impl Eq for CookieKey {}
+
 impl CookieKey {
+    /// The key expanded for AEAD_AES_SIV_CMAC_256: call to seal or open a cookie.
+    pub fn siv(&self) -> &SivKey {
+        &self.siv
+    }
+
     /// The key bytes; call only to seal or open a cookie.
     pub fn bytes(&self) -> &[u8; COOKIE_KEY_LEN] {
         &self.key
@@ -57,10 +74,27 @@ impl std::fmt::Debug for CookieKey {
 }
 
 /// A server's master secret and rotation period; derives the key of any period.
-#[derive(Clone)]
 pub struct CookieKeyring {
     master: Vec<u8>,
     rotation_secs: u64,
+    /// Keys derived already, the latest [`KEY_CACHE`] periods: every NTS reply needs the key
+    /// of its request's cookie and the current one, and deriving one costs two HMAC-SHA256
+    /// runs, about a microsecond.
+    cache: RwLock<Vec<CookieKey>>,
+}
+
+/// Periods whose keys a keyring keeps derived: the previous, current and next, and one more
+/// so that a rotation does not evict a key still in use.
+const KEY_CACHE: usize = 4;
+
+impl Clone for CookieKeyring {
+    fn clone(&self) -> Self {
+        CookieKeyring {
+            master: self.master.clone(),
+            rotation_secs: self.rotation_secs,
+            cache: RwLock::new(Vec::new()),
+        }
+    }
 }
 
 impl std::fmt::Debug for CookieKeyring {
@@ -84,6 +118,7 @@ impl CookieKeyring {
         Ok(CookieKeyring {
             master: master.to_vec(),
             rotation_secs,
+            cache: RwLock::new(Vec::with_capacity(KEY_CACHE)),
         })
     }
 
@@ -104,6 +139,25 @@ impl CookieKeyring {
 
     /// The key of `period`.
     pub fn key(&self, period: u64) -> CookieKey {
+        if let Ok(cache) = self.cache.read() {
+            if let Some(k) = cache.iter().find(|k| k.period == period) {
+                return k.clone();
+            }
+        }
+        let key = self.derive(period);
+        if let Ok(mut cache) = self.cache.write() {
+            if !cache.iter().any(|k| k.period == period) {
+                if cache.len() >= KEY_CACHE {
+                    cache.remove(0);
+                }
+                cache.push(key.clone());
+            }
+        }
+        key
+    }
+
+    /// Derives the key of `period` from the master secret.
+    fn derive(&self, period: u64) -> CookieKey {
         let mut info = [0u8; INFO_LABEL.len() + 8];
         info[..INFO_LABEL.len()].copy_from_slice(INFO_LABEL);
         info[INFO_LABEL.len()..].copy_from_slice(&period.to_be_bytes());
@@ -116,7 +170,11 @@ impl CookieKeyring {
         {
             key = [0; COOKIE_KEY_LEN];
         }
-        CookieKey { period, key }
+        CookieKey {
+            period,
+            key,
+            siv: Arc::new(SivKey::from_key(&key)),
+        }
     }
 
     /// Call to seal a new cookie: the key current at `unix_secs`.
@@ -142,6 +200,27 @@ mod tests {
     use super::*;
 
     const MASTER: [u8; 32] = [0x42; 32];
+
+    #[test]
+    fn derived_keys_are_kept_and_stay_the_same() {
+        let k = CookieKeyring::new(&MASTER, 100).unwrap();
+        let fresh: Vec<CookieKey> = (0..10).map(|p| k.derive(p)).collect();
+        for _ in 0..2 {
+            for (p, want) in fresh.iter().enumerate() {
+                assert_eq!(&k.key(p as u64), want);
+            }
+        }
+        assert!(k.cache.read().unwrap().len() <= KEY_CACHE);
+        // The kept key schedules open what the key's bytes sealed.
+        let key = k.key(3);
+        let alg = crate::AeadAlgorithm::AesSivCmac256;
+        let sealed = crate::aead::seal(alg, key.bytes(), b"ad", &[1; 16], b"keys").unwrap();
+        let mut plain = sealed[16..].to_vec();
+        key.siv()
+            .open_in_place(b"ad", &[1; 16], &sealed[..16], &mut plain)
+            .unwrap();
+        assert_eq!(plain, b"keys");
+    }
 
     #[test]
     fn same_master_same_keys_other_master_other_keys() {

@@ -37,7 +37,9 @@ pub mod server;
 
 pub use aead::AeadError;
 pub use cookie::{make_cookie, open_cookie, CookieError};
-pub use ef::{build_request, BuildError, PendingRequest, ReplyError, ReplyVerdict};
+pub use ef::{
+    build_request, verify_reply_to, BuildError, PendingRequest, ReplyError, ReplyVerdict,
+};
 pub use jar::{CookieJar, JarError, JAR_CAPACITY};
 pub use ke::{KeClient, KeError, KeOutcome, KeServer, KeServerError, KeServerSettings};
 pub use keys::{CookieKey, CookieKeyring, KeyError};

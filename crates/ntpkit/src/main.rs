@@ -320,18 +320,57 @@ window (after --warmup, for --duration); loss is the share of the window's reque
 unanswered --grace seconds after it. The run stops by itself. Exit status: 0 if at least one \
 valid reply came, 1 otherwise.
 
+NTS (RFC 8915): --nts HOST[:KEPORT] runs one NTS-KE first, then sends authenticated requests \
+to the NTP server it names, with the same loads. To keep the generator cheap, each thread builds \
+16,384 requests before the run (each with its own unique identifier, transmit timestamp and \
+authenticator, the key exchange's cookies used in turn) and sends them again and again: \
+stateless servers such as chronyd and ntpkit serve a request sent again like a new one, but a \
+real client never sends a cookie twice. A reply counts as authenticated when it echoes its \
+request's unique identifier and its authenticator verifies under the server-to-client key; \
+--verify-one-in N verifies one reply in N in full and checks the others for the unique \
+identifier and an authenticator only. NTS NAKs and replies that fail verification are counted \
+apart.
+
+--nts-ke HOST[:PORT] measures NTS-KE instead: --connections threads run complete key exchanges \
+(TCP connect, full TLS 1.3 handshake without resumption, request and response records) back to \
+back for --duration seconds (and at most --requests exchanges), and report exchanges/s and \
+failures. Both NTS modes trust --ca-file (default: the system's CA bundle) and fail at once with \
+the key exchange's error, as `ntpkit query --nts` does.
+
 A load generator sends as much as the server takes: only loopback targets (127.0.0.0/8, ::1) \
 are accepted unless --allow-remote is given, which is for servers you run yourself, e.g. in a \
 network namespace of your own.
 
-Example: ntpkit bench 127.0.0.1:1123 --sockets 4 --window 32 --duration 5";
+Examples: ntpkit bench 127.0.0.1:1123 --sockets 4 --window 32 --duration 5
+          ntpkit bench --nts localhost:4460 --ca-file server.crt --duration 5
+          ntpkit bench --nts-ke localhost:4460 --ca-file server.crt --connections 2";
 
 #[derive(Args, Debug)]
 #[command(after_help = BENCH_AFTER_HELP)]
 struct BenchArgs {
     /// Server: HOST, HOST:PORT, IPv4:PORT, [IPv6]:PORT (port 123 by default).
-    #[arg(value_name = "HOST[:PORT]")]
-    server: String,
+    #[arg(value_name = "HOST[:PORT]", required_unless_present_any = ["nts", "nts_ke"])]
+    server: Option<String>,
+    /// Send NTS-authenticated requests: key exchange with this NTS-KE server (TCP port 4460 by
+    /// default), then load the NTP server it names.
+    #[arg(long, value_name = "HOST[:KEPORT]", conflicts_with_all = ["server", "nts_ke"])]
+    nts: Option<String>,
+    /// Measure complete NTS-KE exchanges per second with this server instead of NTP.
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with_all = ["server", "rate", "flood"])]
+    nts_ke: Option<String>,
+    /// PEM file of the certificates to trust for NTS-KE instead of the system's CA bundle.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
+    /// With --nts: verify one reply in N in full (the others: unique identifier and
+    /// authenticator present).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    verify_one_in: u64,
+    /// With --nts-ke: key exchanges run at once, one thread each.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    connections: u16,
+    /// Seconds allowed for one NTS key exchange.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    ke_timeout: f64,
     /// Seconds measured (after the warm-up).
     #[arg(short, long, default_value_t = 5.0, value_name = "SECS")]
     duration: f64,
@@ -783,6 +822,13 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn bench_cmd(a: BenchArgs) -> anyhow::Result<ExitCode> {
     use ntpkit_daemon::bench::{self, BenchConfig, BenchReport, Load};
+    anyhow::ensure!(
+        a.ca_file.is_none() || a.nts.is_some() || a.nts_ke.is_some(),
+        "--ca-file is for NTS: give it with --nts or --nts-ke"
+    );
+    if a.nts_ke.is_some() {
+        return bench_ke_cmd(a);
+    }
     let load = match (a.rate, a.flood) {
         (Some(rate), _) => {
             anyhow::ensure!(
@@ -811,8 +857,19 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<ExitCode> {
         warmup <= Duration::from_secs(600) && grace <= Duration::from_secs(600),
         "--warmup and --grace must be at most 600 seconds"
     );
-    let target = query::resolve(&a.server)?;
-    bench::check_target(target, a.allow_remote)?;
+    let nts = match &a.nts {
+        Some(ke) => Some(nts_bench_config(ke, &a)?),
+        None => None,
+    };
+    let target = match (&nts, &a.server) {
+        (None, Some(server)) => {
+            let target = query::resolve(server)?;
+            bench::check_target(target, a.allow_remote)?;
+            target
+        }
+        // The NTS-KE server names the NTP server.
+        _ => BenchConfig::default().target,
+    };
     let cfg = BenchConfig {
         target,
         load,
@@ -825,8 +882,15 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<ExitCode> {
         timeout: positive_secs(a.timeout, "--timeout")?,
         max_requests: a.requests,
     };
-    let tally = bench::run(&cfg)?;
-    let report = BenchReport::new(&cfg, &tally);
+    let (tally, report) = match &nts {
+        Some(n) => bench::nts::run(&cfg, n)?,
+        None => {
+            let tally = bench::run(&cfg)?;
+            let report = BenchReport::new(&cfg, &tally);
+            (tally, report)
+        }
+    };
+    let target = report.target.clone();
     let mut out = std::io::stdout().lock();
     if a.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
@@ -836,13 +900,80 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<ExitCode> {
     if tally.valid_total > 0 {
         return Ok(ExitCode::SUCCESS);
     }
-    if tally.refused > 0 {
+    if let Some(f) = tally.nts.first_failure {
+        eprintln!("error: no authenticated reply from {target}: {f}");
+    } else if tally.nts.naks > 0 {
+        eprintln!(
+            "error: no authenticated reply from {target}: NTS NAK (the server could not open \
+             the cookies)"
+        );
+    } else if tally.refused > 0 {
         eprintln!(
             "error: no valid reply from {target}: connection refused (no server on that port)"
         );
     } else {
         eprintln!("error: no valid reply from {target}");
     }
+    Ok(ExitCode::FAILURE)
+}
+
+/// The NTS part of `ntpkit bench --nts`: the key-exchange server and the TLS configuration.
+fn nts_bench_config(
+    ke: &str,
+    a: &BenchArgs,
+) -> anyhow::Result<ntpkit_daemon::bench::nts::NtsBenchConfig> {
+    use ntpkit_daemon::nts_ke;
+    let (ke_host, ke_port) = nts_ke::split_host_port(ke, nts_ke::DEFAULT_KE_PORT)?;
+    ntpkit_daemon::bench::nts::check_ke_target(&ke_host, ke_port, a.allow_remote)?;
+    let tls = nts_ke::ke_config(nts_ke::load_roots(a.ca_file.as_deref())?)?;
+    Ok(ntpkit_daemon::bench::nts::NtsBenchConfig {
+        ke_host,
+        ke_port,
+        tls,
+        ke_timeout: positive_secs(a.ke_timeout, "--ke-timeout")?,
+        verify_one_in: a.verify_one_in,
+        allow_remote: a.allow_remote,
+    })
+}
+
+/// `ntpkit bench --nts-ke`: key exchanges per second.
+fn bench_ke_cmd(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    use ntpkit_daemon::bench::ke::{self, KeBenchConfig, KeReport};
+    let ke = a.nts_ke.as_deref().unwrap_or_default();
+    let n = nts_bench_config(ke, &a)?;
+    let duration = positive_secs(a.duration, "--duration")?;
+    let warmup = secs(a.warmup, "--warmup")?;
+    anyhow::ensure!(
+        duration <= Duration::from_secs(3600) && warmup <= Duration::from_secs(600),
+        "--duration must be at most 3600 seconds and --warmup at most 600"
+    );
+    let cfg = KeBenchConfig {
+        host: n.ke_host,
+        port: n.ke_port,
+        tls: n.tls,
+        connections: a.connections as usize,
+        warmup,
+        duration,
+        timeout: n.ke_timeout,
+        max_exchanges: a.requests,
+        allow_remote: a.allow_remote,
+    };
+    let tally = ke::run(&cfg)?;
+    let report = KeReport::new(&cfg, &tally);
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        write!(out, "{}", report.render_text())?;
+    }
+    if tally.completed_total > 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "error: no key exchange with {} completed: {}",
+        report.target,
+        tally.first_failure.as_deref().unwrap_or("none was started")
+    );
     Ok(ExitCode::FAILURE)
 }
 

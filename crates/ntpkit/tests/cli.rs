@@ -507,6 +507,59 @@ fn one_error_line(out: &Output) -> String {
 }
 
 #[test]
+fn bench_nts_errors_name_the_problem() {
+    let dir = TempDir::new("bench-nts");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let ca = dir.path("ca.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // the listener is closed again: nothing listens there
+    let refused = format!("127.0.0.1:{port}");
+    for mode in ["--nts", "--nts-ke"] {
+        let started = Instant::now();
+        let out = run(ntpkit().args(["bench", mode, &refused, "--ca-file", &ca, "-d", "5"]));
+        let line = one_error_line(&out);
+        assert!(
+            line.contains(&format!("NTS-KE server {refused} refused the connection")),
+            "{line}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "failed at once");
+        let out = run(ntpkit().args(["bench", mode, "localhost:ke", "--ca-file", &ca]));
+        let line = one_error_line(&out);
+        assert!(
+            line.contains("cannot resolve NTS-KE server localhost:ke: invalid port"),
+            "{line}"
+        );
+        let out = run(ntpkit().args(["bench", mode, "192.0.2.1:4460"]));
+        let line = one_error_line(&out);
+        assert!(
+            line.contains("refusing to load 192.0.2.1:4460: it is not a loopback address"),
+            "{line}"
+        );
+        let out = run(ntpkit().args(["bench", mode, &refused, "--ca-file", "/nonexistent/ca.pem"]));
+        let line = one_error_line(&out);
+        assert!(
+            line.contains("cannot use CA file /nonexistent/ca.pem") && line.contains("--ca-file"),
+            "{line}"
+        );
+    }
+    let out = run(ntpkit().args(["bench", "127.0.0.1:123", "--ca-file", &ca]));
+    let line = one_error_line(&out);
+    assert!(line.contains("--ca-file is for NTS"), "{line}");
+    let out = run(ntpkit().args(["bench", "127.0.0.1:123", "--nts", "localhost"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be used with"), "{err}");
+}
+
+#[test]
 fn simulate_rejects_unwritable_outputs_before_the_run() {
     let dir = TempDir::new("unwritable");
     let a_file = dir.path("plain-file");

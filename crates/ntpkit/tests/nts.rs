@@ -187,11 +187,12 @@ const SERVE_KE_PORT: u16 = 11966;
 fn ntpkit_nts_server<'l>(lab: &'l Lab, crt: &Path, key: &Path) -> Proc<'l> {
     let listen = format!("127.0.0.1:{SERVE_NTP_PORT}");
     let ke = format!("127.0.0.1:{SERVE_KE_PORT}");
-    ntpkit_nts_server_on(lab, "serve", &listen, &ke, 3, crt, key)
+    ntpkit_nts_server_on(lab, "serve", &listen, &ke, 3, crt, key, &[])
 }
 
 /// Starts `ntpkit serve` named `name` with NTS: NTP on `listen`, NTS-KE on `ke`, at `stratum`,
-/// with the lab's master secret file (created by the first server).
+/// with the lab's master secret file (created by the first server) and `extra` arguments.
+#[allow(clippy::too_many_arguments)]
 fn ntpkit_nts_server_on<'l>(
     lab: &'l Lab,
     name: &str,
@@ -200,31 +201,30 @@ fn ntpkit_nts_server_on<'l>(
     stratum: u8,
     crt: &Path,
     key: &Path,
+    extra: &[&str],
 ) -> Proc<'l> {
     let stratum = stratum.to_string();
     let crt = crt.to_string_lossy().to_string();
     let key = key.to_string_lossy().to_string();
     let master = lab.path("master").to_string_lossy().to_string();
-    let mut p = lab.spawn(
-        name,
-        &[
-            NTPKIT,
-            "serve",
-            "--listen",
-            listen,
-            "--nts-ke",
-            ke,
-            "--cert",
-            &crt,
-            "--key",
-            &key,
-            "--nts-master",
-            &master,
-            "--stratum",
-            &stratum,
-        ],
-        SECS(120),
-    );
+    let mut args = vec![
+        NTPKIT,
+        "serve",
+        "--listen",
+        listen,
+        "--nts-ke",
+        ke,
+        "--cert",
+        &crt,
+        "--key",
+        &key,
+        "--nts-master",
+        &master,
+        "--stratum",
+        &stratum,
+    ];
+    args.extend_from_slice(extra);
+    let mut p = lab.spawn(name, &args, SECS(120));
     p.wait_for("Waiting for NTP requests", SECS(10));
     p
 }
@@ -471,6 +471,7 @@ fn shared_master_secret_between_two_servers() {
         3,
         &crt,
         &key,
+        &[],
     );
     let mut second = ntpkit_nts_server_on(
         &lab,
@@ -480,6 +481,7 @@ fn shared_master_secret_between_two_servers() {
         4,
         &crt,
         &key,
+        &[],
     );
     assert!(!second.stdout().contains("Created NTS master secret"));
 
@@ -1208,5 +1210,117 @@ fn daemon_serves_nts() {
         let r = query_once(&lab, SERVE_KE_PORT, &ca_a);
         assert!(r.stderr.contains("not trusted"), "{r}");
         d.stop_with(libc::SIGTERM);
+    }
+}
+
+/// `ntpkit bench --nts` and `--nts-ke` against `ntpkit serve --nts-ke` for about a second each:
+/// authenticated replies, every one verified and none failing, key exchanges completed; with
+/// another certificate trusted, the key exchange fails with the message of `query --nts`.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn bench_nts_against_ntpkit_serve() {
+    support::require("bench_nts_against_ntpkit_serve", &[]);
+    let _load = support::loading();
+    let lab = Lab::new("ntsb");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let (other, _) = self_signed(&lab, "other", false);
+    // Every request comes from one address: without --no-rate-limit nearly all would be limited.
+    let mut serve = ntpkit_nts_server_on(
+        &lab,
+        "serve",
+        &format!("127.0.0.1:{SERVE_NTP_PORT}"),
+        &format!("127.0.0.1:{SERVE_KE_PORT}"),
+        3,
+        &crt,
+        &key,
+        &["--no-rate-limit"],
+    );
+    let ke = format!("localhost:{SERVE_KE_PORT}");
+    let ca = crt.to_string_lossy().to_string();
+    let r = lab.run(
+        &[
+            NTPKIT,
+            "bench",
+            "--nts",
+            &ke,
+            "--ca-file",
+            &ca,
+            "--rate",
+            "2000",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--sockets",
+            "2",
+            "--json",
+        ],
+        SECS(30),
+    );
+    assert!(r.status.success(), "{r}\n{}", serve.output());
+    let v: Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+    assert_eq!(v["target"], format!("127.0.0.1:{SERVE_NTP_PORT}"), "{v}");
+    assert_eq!(
+        v["nts"]["ntp_server"],
+        format!("localhost:{SERVE_NTP_PORT}"),
+        "{v}"
+    );
+    assert!(v["valid"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(v["nts"]["failed"], 0, "{v}");
+    assert_eq!(v["nts"]["naks"], 0, "{v}");
+    assert_eq!(v["nts"]["verified"], v["total"]["valid"], "{v}");
+    assert_eq!(v["invalid"]["unknown_origin"], 0, "{v}");
+
+    let r = lab.run(
+        &[
+            NTPKIT,
+            "bench",
+            "--nts-ke",
+            &ke,
+            "--ca-file",
+            &ca,
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--requests",
+            "40",
+            "--json",
+        ],
+        SECS(30),
+    );
+    assert!(r.status.success(), "{r}\n{}", serve.output());
+    let v: Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+    assert_eq!(v["mode"], "nts-ke", "{v}");
+    assert_eq!(v["total"]["failed"], 0, "{v}");
+    assert_eq!(v["total"]["completed"], 40, "{v}");
+    let counters = nts_counters(&mut serve);
+    support::say(&format!("ntpkit serve: {counters}"));
+    // One exchange for --nts, one checked before the run and 40 in it for --nts-ke.
+    assert!(counters.contains("ke_served=42 "), "{counters}");
+    assert!(counters.contains("naks=0 dropped=0"), "{counters}");
+
+    for mode in ["--nts", "--nts-ke"] {
+        let other = other.to_string_lossy().to_string();
+        let r = lab.run(
+            &[
+                NTPKIT,
+                "bench",
+                mode,
+                &ke,
+                "--ca-file",
+                &other,
+                "--duration",
+                "1",
+            ],
+            SECS(30),
+        );
+        assert!(!r.status.success(), "{r}");
+        let err = r.stderr.trim();
+        assert!(
+            err.contains("not trusted") && err.contains("--ca-file"),
+            "{r}"
+        );
+        assert_eq!(err.lines().count(), 1, "{r}");
     }
 }
