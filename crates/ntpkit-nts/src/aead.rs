@@ -4,19 +4,16 @@
 //! the associated data first and the nonce as the last component, which is what chrony and
 //! NTPsec compute. The output is the 16-byte synthetic IV followed by the ciphertext.
 //!
-//! S2V, CMAC and CTR are written here over the `aes` block cipher (AES-NI where the processor
-//! has it): a [`SivKey`] expands its two key schedules once, and sealing and opening work in
-//! place without allocating, as the server does four of them per authenticated reply. The
-//! tests check it against RFC 5297's vectors and the `aes-siv` crate.
+//! The cipher is the `aes-siv` crate's; a [`SivKey`] holds one key and seals and opens in place,
+//! so the server does not allocate for the four AEAD operations of an authenticated reply.
+//! The tests check it against RFC 5297's vectors.
 
 use crate::AeadAlgorithm;
-use aes::cipher::{BlockEncrypt, KeyInit};
-use aes::{Aes128Enc, Block};
+use aes_siv::siv::Aes128Siv;
+use aes_siv::KeyInit;
 
 /// Length of the authentication tag (the synthetic IV) that sealing prepends.
 pub const TAG_LEN: usize = 16;
-/// Blocks of key stream computed per call of the block cipher (AES-NI pipelines them).
-const CTR_BATCH: usize = 8;
 
 /// Why sealing or opening failed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
@@ -43,19 +40,13 @@ pub enum AeadError {
     Cipher,
 }
 
-/// An AEAD_AES_SIV_CMAC_256 key with both AES-128 key schedules expanded and the CMAC
-/// subkeys derived, so that sealing and opening expand nothing and allocate nothing.
+/// An AEAD_AES_SIV_CMAC_256 key, checked once, for sealing and opening in place.
 ///
-/// S2V takes the associated data, then the nonce, then the plaintext (RFC 5297 §3's nonce-based
-/// interface); CTR mode runs under the second half of the key.
+/// The nonce-based interface of RFC 5297 §3 passes the associated data, then the nonce, as
+/// S2V's components.
+#[derive(Clone)]
 pub struct SivKey {
-    mac: Aes128Enc,
-    ctr: Aes128Enc,
-    /// CMAC subkeys K1 and K2 of the first half of the key.
-    k1: [u8; 16],
-    k2: [u8; 16],
-    /// CMAC of the all-zero block: where S2V starts.
-    d0: [u8; 16],
+    key: [u8; 32],
 }
 
 impl std::fmt::Debug for SivKey {
@@ -63,58 +54,6 @@ impl std::fmt::Debug for SivKey {
         // Never print key material.
         f.write_str("SivKey")
     }
-}
-
-/// Doubling in GF(2^128) as CMAC and S2V define it.
-fn dbl(v: &[u8; 16]) -> [u8; 16] {
-    let x = u128::from_be_bytes(*v);
-    let carry = (x >> 127) as u8;
-    ((x << 1) ^ (0x87 * u128::from(carry))).to_be_bytes()
-}
-
-fn xor(a: &mut [u8; 16], b: &[u8; 16]) {
-    for (x, y) in a.iter_mut().zip(b) {
-        *x ^= y;
-    }
-}
-
-/// CMAC under `mac` (subkeys `k1`, `k2`) of `data`, with `tail` (if any) XORed into its last
-/// 16 bytes (`data` is then at least 16 bytes long).
-fn cmac(
-    mac: &Aes128Enc,
-    k1: &[u8; 16],
-    k2: &[u8; 16],
-    data: &[u8],
-    tail: Option<&[u8; 16]>,
-) -> [u8; 16] {
-    let n = data.len();
-    let blocks = n.div_ceil(16).max(1);
-    let tail_start = n.saturating_sub(16);
-    let mut x = [0u8; 16];
-    for b in 0..blocks {
-        let start = b * 16;
-        let end = (start + 16).min(n);
-        let mut block = [0u8; 16];
-        block[..end - start].copy_from_slice(&data[start..end]);
-        if let Some(t) = tail {
-            for i in start.max(tail_start)..end {
-                block[i - start] ^= t[i - tail_start];
-            }
-        }
-        if b + 1 == blocks {
-            if end - start == 16 {
-                xor(&mut block, k1);
-            } else {
-                block[end - start] = 0x80;
-                xor(&mut block, k2);
-            }
-        }
-        xor(&mut x, &block);
-        let mut c = Block::from(x);
-        mac.encrypt_block(&mut c);
-        x = c.into();
-    }
-    x
 }
 
 impl SivKey {
@@ -132,64 +71,11 @@ impl SivKey {
 
     /// Call with an AEAD_AES_SIV_CMAC_256 key whose length is known to be right.
     pub fn from_key(key: &[u8; 32]) -> SivKey {
-        let (mac_key, ctr_key) = key.split_at(16);
-        let mac = Aes128Enc::new(mac_key.into());
-        let mut l = Block::default();
-        mac.encrypt_block(&mut l);
-        let k1 = dbl(&l.into());
-        let k2 = dbl(&k1);
-        let d0 = cmac(&mac, &k1, &k2, &[0; 16], None);
-        SivKey {
-            mac,
-            ctr: Aes128Enc::new(ctr_key.into()),
-            k1,
-            k2,
-            d0,
-        }
+        SivKey { key: *key }
     }
 
-    fn cmac(&self, data: &[u8], tail: Option<&[u8; 16]>) -> [u8; 16] {
-        cmac(&self.mac, &self.k1, &self.k2, data, tail)
-    }
-
-    /// S2V(ad, nonce, plaintext): the synthetic IV, which is also the tag.
-    fn s2v(&self, ad: &[u8], nonce: &[u8], plaintext: &[u8]) -> [u8; 16] {
-        let mut d = self.d0;
-        for component in [ad, nonce] {
-            d = dbl(&d);
-            xor(&mut d, &self.cmac(component, None));
-        }
-        if plaintext.len() >= 16 {
-            self.cmac(plaintext, Some(&d))
-        } else {
-            let mut t = dbl(&d);
-            let mut padded = [0u8; 16];
-            padded[..plaintext.len()].copy_from_slice(plaintext);
-            padded[plaintext.len()] = 0x80;
-            xor(&mut t, &padded);
-            self.cmac(&t, None)
-        }
-    }
-
-    /// Encrypts or decrypts `data` in place in CTR mode from the synthetic IV `iv`.
-    fn ctr(&self, iv: &[u8; 16], data: &mut [u8]) {
-        let mut q = *iv;
-        // The two bits RFC 5297 §2.6 clears so that implementations may use 32-bit counters.
-        q[8] &= 0x7f;
-        q[12] &= 0x7f;
-        let mut counter = u128::from_be_bytes(q);
-        for chunk in data.chunks_mut(16 * CTR_BATCH) {
-            let mut stream = [Block::default(); CTR_BATCH];
-            let used = chunk.len().div_ceil(16);
-            for block in &mut stream[..used] {
-                *block = Block::from(counter.to_be_bytes());
-                counter = counter.wrapping_add(1);
-            }
-            self.ctr.encrypt_blocks(&mut stream[..used]);
-            for (byte, k) in chunk.iter_mut().zip(stream.iter().flatten()) {
-                *byte ^= k;
-            }
-        }
+    fn cipher(&self) -> Aes128Siv {
+        Aes128Siv::new(&self.key.into())
     }
 
     /// Call to seal in place: computes the tag of `plaintext` under `ad` and `nonce`, then
@@ -203,13 +89,15 @@ impl SivKey {
         if nonce.is_empty() {
             return Err(AeadError::EmptyNonce);
         }
-        let tag = self.s2v(ad, nonce, plaintext);
-        self.ctr(&tag, plaintext);
-        Ok(tag)
+        let tag = self
+            .cipher()
+            .encrypt_in_place_detached([ad, nonce], plaintext)
+            .map_err(|_| AeadError::Cipher)?;
+        Ok(tag.into())
     }
 
     /// Call to open in place: decrypts `ciphertext` (without its tag) where it lies and checks
-    /// `tag`; on failure the buffer is zeroed.
+    /// `tag`; on failure the buffer holds the ciphertext again.
     pub fn open_in_place(
         &self,
         ad: &[u8],
@@ -221,18 +109,9 @@ impl SivKey {
             return Err(AeadError::EmptyNonce);
         }
         let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| AeadError::TooShort(tag.len()))?;
-        self.ctr(tag, ciphertext);
-        let expected = self.s2v(ad, nonce, ciphertext);
-        // Compared without an early exit, so that timing says nothing about the tag.
-        let diff = expected
-            .iter()
-            .zip(tag)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
-            ciphertext.fill(0);
-            return Err(AeadError::Unauthentic);
-        }
-        Ok(())
+        self.cipher()
+            .decrypt_in_place_detached([ad, nonce], ciphertext, &(*tag).into())
+            .map_err(|_| AeadError::Unauthentic)
     }
 }
 
