@@ -804,6 +804,22 @@ mod tests {
     }
 
     #[test]
+    fn corrections_take_one_to_three_poll_intervals() {
+        let t = |p, theta, sd| Discipline::slew_time(p, theta, sd);
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9 * b;
+        // A correction of 3 sd or more: one interval, so the rate changes only at updates.
+        assert!(near(t(64.0, 30e-6, 10e-6), 64.0));
+        assert!(near(t(64.0, -1e-3, 10e-6), 64.0));
+        // Within one sd, mostly noise: three intervals.
+        assert!(near(t(64.0, 5e-6, 10e-6), 192.0));
+        assert!(near(t(64.0, 0.0, 10e-6), 192.0));
+        // In between, inversely proportional to the correction.
+        assert!(near(t(64.0, 15e-6, 10e-6), 128.0));
+        // Never under a second.
+        assert!(near(t(0.25, 1.0, 1e-6), 1.0));
+    }
+
+    #[test]
     fn poll_grows_only_once_the_estimate_outweighs_its_samples() {
         // Perfectly predicted samples, each with 1 ms of noise: the interval may double only
         // once the offset estimate's variance is below a sample's / (2 × POLL_TARGET).
