@@ -18,10 +18,12 @@
 //! Control: after each update the discipline sets the frequency correction to cancel ν̂ and
 //! to slew θ̂ away within [`slew_time`](Discipline::slew_time) (bounded by the maximum slew
 //! rate), as one [`ClockCommand::Slew`]: the clock itself goes back to −ν̂ at the slew's end.
-//! The slew lasts at least one poll interval, so the clock's rate changes at updates only
-//! (a slew over half the interval made it jump twice per poll, and RMS frequency errors 5×
-//! chronyd's); a correction within the estimate's own uncertainty, mostly noise, is spread over
-//! up to three intervals (as chrony's `corrtimeratio`), so noise moves the clock's rate little.
+//! The slew's length is inversely proportional to the correction in standard deviations of the
+//! estimate (as chrony's `corrtimeratio`): a correction within the estimate's own uncertainty,
+//! mostly noise, is spread over three poll intervals, one of three standard deviations over one
+//! interval, so the clock's rate changes little and only at updates (slewing every correction
+//! over half an interval gave RMS frequency errors 5× chronyd's); a large, real offset still
+//! goes within half an interval.
 //! Offsets beyond the step threshold are stepped at start-up, or after they persist for the
 //! step-out time; offsets beyond the panic threshold are refused and reported.
 
@@ -49,10 +51,13 @@ const SAMPLE_INFO_MEMORY: f64 = 16.0;
 /// The poll interval grows only while the estimate holds the information of at least this
 /// many typical samples at twice the interval (noisy paths keep polling).
 const POLL_TARGET: f64 = 8.0;
-/// Phase corrections within the estimate's own uncertainty are slewed over up to this many
-/// poll intervals, larger ones over one: the clock's rate changes only at updates, and little
-/// for corrections that are mostly noise.
+/// Phase corrections are slewed over a time inversely proportional to their size in standard
+/// deviations of the estimate: this many poll intervals for one within a standard deviation
+/// (mostly noise: the clock's rate then changes little), one interval at three, down to
+/// [`SHORTEST_CORRECTION`] for large ones (a real offset, removed quickly).
 const CORRECTION_TIME_RATIO: f64 = 3.0;
+/// The shortest slew of a phase correction, in poll intervals.
+const SHORTEST_CORRECTION: f64 = 0.5;
 
 /// How samples become clock corrections.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
@@ -536,15 +541,17 @@ impl Discipline {
     }
 
     /// The time (seconds) over which an estimated phase error `theta` known to within `sd` is
-    /// slewed away: one poll interval (at least a second) for a correction of 3 sd or more,
-    /// up to [`CORRECTION_TIME_RATIO`] intervals for one within a standard deviation.
+    /// slewed away: [`CORRECTION_TIME_RATIO`] poll intervals for a correction within one
+    /// standard deviation, one interval at three, half an interval from six on; at least a
+    /// second.
     pub fn slew_time(poll_interval: f64, theta: f64, sd: f64) -> f64 {
         let stretch = if theta == 0.0 {
             CORRECTION_TIME_RATIO
         } else {
-            (CORRECTION_TIME_RATIO * sd / theta.abs()).clamp(1.0, CORRECTION_TIME_RATIO)
+            (CORRECTION_TIME_RATIO * sd / theta.abs())
+                .clamp(SHORTEST_CORRECTION, CORRECTION_TIME_RATIO)
         };
-        poll_interval.max(1.0) * stretch
+        (poll_interval * stretch).max(1.0)
     }
 
     fn start(&mut self, z: f64, r: f64) {
@@ -807,14 +814,16 @@ mod tests {
     fn corrections_take_one_to_three_poll_intervals() {
         let t = |p, theta, sd| Discipline::slew_time(p, theta, sd);
         let near = |a: f64, b: f64| (a - b).abs() < 1e-9 * b;
-        // A correction of 3 sd or more: one interval, so the rate changes only at updates.
+        // A correction of 3 sd: one interval, so the rate changes only at updates.
         assert!(near(t(64.0, 30e-6, 10e-6), 64.0));
-        assert!(near(t(64.0, -1e-3, 10e-6), 64.0));
         // Within one sd, mostly noise: three intervals.
         assert!(near(t(64.0, 5e-6, 10e-6), 192.0));
         assert!(near(t(64.0, 0.0, 10e-6), 192.0));
         // In between, inversely proportional to the correction.
         assert!(near(t(64.0, 15e-6, 10e-6), 128.0));
+        // A large offset, a real one: half an interval.
+        assert!(near(t(64.0, -1e-3, 10e-6), 32.0));
+        assert!(near(t(64.0, 60e-6, 10e-6), 32.0));
         // Never under a second.
         assert!(near(t(0.25, 1.0, 1e-6), 1.0));
     }
