@@ -1324,3 +1324,43 @@ fn bench_nts_against_ntpkit_serve() {
         assert_eq!(err.lines().count(), 1, "{r}");
     }
 }
+
+/// `[[pool]] nts = true`: each address of the name is a key-exchange server for the pool's
+/// name; those that complete the exchange become members (here the one on 127.0.0.1; the
+/// name's other address, if it has one, has no server), and the pool synchronizes over NTS.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn daemon_pool_with_nts() {
+    use support::daemon::{daemon, virtual_clock, wait_until};
+    support::require("daemon_pool_with_nts", &[]);
+    let lab = Lab::new("ntsl");
+    let (crt, key) = self_signed(&lab, "server", false);
+    let _serve = ntpkit_nts_server(&lab, &crt, &key);
+    let toml = format!(
+        "[[pool]]\nname = \"localhost:{SERVE_KE_PORT}\"\nnts = true\nca-file = \"{}\"\n\
+         max-sources = 2\nminpoll = 0\nmaxpoll = 0\n{}",
+        crt.display(),
+        virtual_clock(0.01, 3.0)
+    );
+    let mut d = daemon(&lab, "client", &toml);
+    let st = wait_until(&lab, &["client"], SECS(60), |_, st| {
+        st["system"]["sources"][0]["state"] == "selected"
+            && daemon_nts(st).is_some_and(|n| n["authenticated"].as_u64() >= Some(4))
+    })
+    .remove(0);
+    let sources = st["system"]["sources"].as_array().expect("sources");
+    assert_eq!(sources.len(), 1, "{st}");
+    assert_eq!(
+        sources[0]["address"],
+        format!("127.0.0.1:{SERVE_NTP_PORT}"),
+        "{st}"
+    );
+    assert_eq!(sources[0]["name"], "localhost", "{st}");
+    let n = daemon_nts(&st).expect("NTS status");
+    assert_eq!(
+        (n["rejected"].as_u64(), n["naks"].as_u64()),
+        (Some(0), Some(0)),
+        "{n}"
+    );
+    d.stop_with(libc::SIGTERM);
+}
