@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`offset_uncertainty`](BoundTerms::offset_uncertainty) | the discipline's offset estimate is only known to within its standard deviation √P₀₀: [`BOUND_SIGMAS`] × √P₀₀ at the last update |
 //! | [`unslewed_offset`](BoundTerms::unslewed_offset) | the estimated offset θ̂ the discipline has not slewed away yet: the clock is knowingly off by it |
+//! | [`estimate_disagreement`](BoundTerms::estimate_disagreement) | how far the selected source's filtered offset lay outside θ̂ ± the offset uncertainty at the last update: the discipline holds back samples it takes for outliers, and until it accepts them the measurement is the better witness |
 //! | [`path_asymmetry`](BoundTerms::path_asymmetry) | half the root delay through the selected source (our path delay to it plus its own root delay): NTP cannot tell a symmetric path from one whose delay is all on one side, so half the delay is the honest floor |
 //! | [`root_dispersion`](BoundTerms::root_dispersion) | the selected source's own root dispersion: how far its time may be from true time, as it vouches |
 //! | [`clock_error_growth`](BoundTerms::clock_error_growth) | since the last update, the oscillator may drift away from the estimated frequency by up to the configured maximum clock error rate (chrony's `maxclockerror`) |
@@ -71,6 +72,9 @@ pub struct BoundTerms {
     pub offset_uncertainty: f64,
     /// |θ̂|: the estimated offset not yet slewed away, now.
     pub unslewed_offset: f64,
+    /// How far the selected source's filtered offset lay beyond the offset uncertainty from θ̂
+    /// at the last update (0 when within it).
+    pub estimate_disagreement: f64,
     /// Half the root delay through the selected source.
     pub path_asymmetry: f64,
     /// The selected source's root dispersion.
@@ -89,6 +93,7 @@ impl BoundTerms {
     pub fn total(&self) -> f64 {
         self.offset_uncertainty
             + self.unslewed_offset
+            + self.estimate_disagreement
             + self.path_asymmetry
             + self.root_dispersion
             + self.clock_error_growth
@@ -106,6 +111,8 @@ pub struct BoundInputs {
     pub frequency_sd: f64,
     /// Estimated offset (true − clock) now, seconds.
     pub offset_now: f64,
+    /// |selected source's filtered offset − θ̂| at the last update, seconds.
+    pub measurement_gap: f64,
     /// Root delay through the selected source (our path delay plus its root delay), seconds.
     pub root_delay: f64,
     /// The selected source's root dispersion, seconds.
@@ -137,9 +144,11 @@ impl ErrorBound {
             return ErrorBound::UNKNOWN;
         }
         let since = inputs.since_update.max(0.0);
+        let offset_uncertainty = BOUND_SIGMAS * inputs.offset_sd.max(0.0);
         let terms = BoundTerms {
-            offset_uncertainty: BOUND_SIGMAS * inputs.offset_sd.max(0.0),
+            offset_uncertainty,
             unslewed_offset: inputs.offset_now.abs(),
+            estimate_disagreement: (inputs.measurement_gap.abs() - offset_uncertainty).max(0.0),
             path_asymmetry: inputs.root_delay.max(0.0) / 2.0,
             root_dispersion: inputs.root_dispersion.max(0.0),
             clock_error_growth: max_clock_error * since,
@@ -173,6 +182,7 @@ mod tests {
             offset_sd: 1e-6,
             frequency_sd: 1e-9,
             offset_now: -3e-6,
+            measurement_gap: 2e-6,
             root_delay: 200e-6,
             root_dispersion: 50e-6,
             since_update: 16.0,
@@ -193,6 +203,7 @@ mod tests {
         assert!(close(t.unslewed_offset, 3e-6), "|θ̂|, whatever its sign");
         assert!(close(t.path_asymmetry, 100e-6), "half the root delay");
         assert!(close(t.root_dispersion, 50e-6));
+        assert_eq!(t.estimate_disagreement, 0.0, "a 2 µs gap is within 5 µs");
         assert!((t.clock_error_growth - 16e-6).abs() < 1e-15, "1 ppm × 16 s");
         assert!(
             (t.frequency_uncertainty_growth - 80e-9).abs() < 1e-18,
@@ -215,6 +226,8 @@ mod tests {
         assert!((change(|i| i.offset_now = 4e-6) - 1e-6).abs() < 1e-15);
         assert!((change(|i| i.root_delay = 400e-6) - 100e-6).abs() < 1e-15);
         assert!((change(|i| i.root_dispersion = 60e-6) - 10e-6).abs() < 1e-15);
+        // A measurement 8 µs from θ̂ is 3 µs beyond its 5 µs uncertainty.
+        assert!((change(|i| i.measurement_gap = 8e-6) - 3e-6).abs() < 1e-15);
         // 10 more seconds: 10 µs of clock error and 50 ns of frequency uncertainty.
         assert!((change(|i| i.since_update = 26.0) - 10.05e-6).abs() < 1e-15);
     }

@@ -514,6 +514,7 @@ impl SyncSystem {
             offset_sd: anchor.offset_sd,
             frequency_sd: anchor.frequency_sd,
             offset_now: self.discipline.state(now).offset,
+            measurement_gap: anchor.measurement_gap,
             root_delay: anchor.root_delay,
             root_dispersion: anchor.root_dispersion,
             since_update: now.secs_since(anchor.at),
@@ -866,6 +867,7 @@ impl SyncSystem {
             at: now,
             offset_sd: d.offset_sd,
             frequency_sd: d.frequency_sd_ppm * 1e-6,
+            measurement_gap: (e.offset - d.offset).abs(),
             root_delay,
             root_dispersion: info.root_dispersion,
         });
@@ -973,6 +975,8 @@ struct BoundAnchor {
     at: MonoTime,
     offset_sd: f64,
     frequency_sd: f64,
+    /// |the peer's filtered offset − the discipline's estimate|.
+    measurement_gap: f64,
     root_delay: f64,
     root_dispersion: f64,
 }
