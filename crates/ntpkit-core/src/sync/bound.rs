@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`offset_uncertainty`](BoundTerms::offset_uncertainty) | the discipline's offset estimate is only known to within its standard deviation √P₀₀: [`BOUND_SIGMAS`] × √P₀₀ at the last update |
 //! | [`unslewed_offset`](BoundTerms::unslewed_offset) | the estimated offset θ̂ the discipline has not slewed away yet: the clock is knowingly off by it |
-//! | [`estimate_disagreement`](BoundTerms::estimate_disagreement) | how far the selected source's filtered offset lay outside θ̂ ± the offset uncertainty at the last update: the discipline holds back samples it takes for outliers, and until it accepts them the measurement is the better witness |
+//! | [`estimate_disagreement`](BoundTerms::estimate_disagreement) | how far the selected source's filtered offset or latest sample lay outside θ̂ ± the offset uncertainty at the last update: the discipline holds back samples it takes for outliers, and until it accepts them the measurement is the better witness |
 //! | [`path_asymmetry`](BoundTerms::path_asymmetry) | half the root delay through the selected source (our path delay to it plus its own root delay): NTP cannot tell a symmetric path from one whose delay is all on one side, so half the delay is the honest floor |
 //! | [`root_dispersion`](BoundTerms::root_dispersion) | the selected source's own root dispersion: how far its time may be from true time, as it vouches |
 //! | [`clock_error_growth`](BoundTerms::clock_error_growth) | since the last update, the oscillator may drift away from the estimated frequency by up to the configured maximum clock error rate (chrony's `maxclockerror`) |
@@ -72,8 +72,8 @@ pub struct BoundTerms {
     pub offset_uncertainty: f64,
     /// |θ̂|: the estimated offset not yet slewed away, now.
     pub unslewed_offset: f64,
-    /// How far the selected source's filtered offset lay beyond the offset uncertainty from θ̂
-    /// at the last update (0 when within it).
+    /// How far the selected source's filtered offset or latest sample lay beyond the offset
+    /// uncertainty from θ̂ at the last update (0 when within it).
     pub estimate_disagreement: f64,
     /// Half the root delay through the selected source.
     pub path_asymmetry: f64,
@@ -111,7 +111,8 @@ pub struct BoundInputs {
     pub frequency_sd: f64,
     /// Estimated offset (true − clock) now, seconds.
     pub offset_now: f64,
-    /// |selected source's filtered offset − θ̂| at the last update, seconds.
+    /// |selected source's filtered offset or latest sample − θ̂| at the last update, the
+    /// larger, seconds.
     pub measurement_gap: f64,
     /// Root delay through the selected source (our path delay plus its root delay), seconds.
     pub root_delay: f64,

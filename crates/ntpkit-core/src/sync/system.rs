@@ -867,7 +867,12 @@ impl SyncSystem {
             at: now,
             offset_sd: d.offset_sd,
             frequency_sd: d.frequency_sd_ppm * 1e-6,
-            measurement_gap: (e.offset - d.offset).abs(),
+            // The filtered estimate and the latest sample: the filter prefers an older sample
+            // of smaller delay, the discipline may hold the latest back as an outlier.
+            measurement_gap: src
+                .last_sample(phase)
+                .map_or(0.0, |x| (x.offset - d.offset).abs())
+                .max((e.offset - d.offset).abs()),
             root_delay,
             root_dispersion: info.root_dispersion,
         });
@@ -975,7 +980,7 @@ struct BoundAnchor {
     at: MonoTime,
     offset_sd: f64,
     frequency_sd: f64,
-    /// |the peer's filtered offset − the discipline's estimate|.
+    /// |the peer's filtered offset or latest sample − the discipline's estimate|, the larger.
     measurement_gap: f64,
     root_delay: f64,
     root_dispersion: f64,
