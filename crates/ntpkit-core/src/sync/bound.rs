@@ -11,6 +11,7 @@
 //! | [`path_asymmetry`](BoundTerms::path_asymmetry) | half the root delay through the selected source (our path delay to it plus its own root delay): NTP cannot tell a symmetric path from one whose delay is all on one side, so half the delay is the honest floor |
 //! | [`root_dispersion`](BoundTerms::root_dispersion) | the selected source's own root dispersion: how far its time may be from true time, as it vouches |
 //! | [`clock_error_growth`](BoundTerms::clock_error_growth) | since the last update, the oscillator may drift away from the estimated frequency by up to the configured maximum clock error rate (chrony's `maxclockerror`) |
+//! | [`prediction_error_growth`](BoundTerms::prediction_error_growth) | the last update found the clock away from where the discipline predicted it by the innovation y after an interval Δ: since then the same unpredicted drift rate \|y\| / Δ is allowed for (an early frequency estimate is more confident than it should be) |
 //! | [`frequency_uncertainty_growth`](BoundTerms::frequency_uncertainty_growth) | since the last update, the estimated frequency's own uncertainty ([`BOUND_SIGMAS`] × √P₁₁) times the elapsed time |
 //!
 //! The first term is statistical, the others are worst-case limits; [`BOUND_SIGMAS`] is chosen
@@ -84,6 +85,9 @@ pub struct BoundTerms {
     /// [`BOUND_SIGMAS`] × the frequency estimate's standard deviation × seconds since the last
     /// update.
     pub frequency_uncertainty_growth: f64,
+    /// The drift rate the last update found unpredicted (|innovation| / interval) × seconds
+    /// since the last update.
+    pub prediction_error_growth: f64,
     /// Seconds since the last update (the growth terms' elapsed time).
     pub since_update: f64,
 }
@@ -98,6 +102,7 @@ impl BoundTerms {
             + self.root_dispersion
             + self.clock_error_growth
             + self.frequency_uncertainty_growth
+            + self.prediction_error_growth
     }
 }
 
@@ -120,6 +125,8 @@ pub struct BoundInputs {
     pub root_dispersion: f64,
     /// Seconds since the last update.
     pub since_update: f64,
+    /// |innovation of the last update| / the interval before it, s/s.
+    pub unpredicted_drift: f64,
 }
 
 /// The clock error bound at one instant.
@@ -154,6 +161,7 @@ impl ErrorBound {
             root_dispersion: inputs.root_dispersion.max(0.0),
             clock_error_growth: max_clock_error * since,
             frequency_uncertainty_growth: BOUND_SIGMAS * inputs.frequency_sd.max(0.0) * since,
+            prediction_error_growth: inputs.unpredicted_drift.abs() * since,
             since_update: since,
         };
         ErrorBound {
@@ -187,6 +195,7 @@ mod tests {
             root_delay: 200e-6,
             root_dispersion: 50e-6,
             since_update: 16.0,
+            unpredicted_drift: 0.0,
         }
     }
 
@@ -231,6 +240,8 @@ mod tests {
         assert!((change(|i| i.measurement_gap = 8e-6) - 3e-6).abs() < 1e-15);
         // 10 more seconds: 10 µs of clock error and 50 ns of frequency uncertainty.
         assert!((change(|i| i.since_update = 26.0) - 10.05e-6).abs() < 1e-15);
+        // The last update found 2 µs of drift unpredicted over 16 s: 2 µs more after 16 s.
+        assert!((change(|i| i.unpredicted_drift = 0.125e-6) - 2e-6).abs() < 1e-15);
     }
 
     #[test]

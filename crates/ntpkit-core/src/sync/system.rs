@@ -518,6 +518,7 @@ impl SyncSystem {
             root_delay: anchor.root_delay,
             root_dispersion: anchor.root_dispersion,
             since_update: now.secs_since(anchor.at),
+            unpredicted_drift: anchor.unpredicted_drift,
         };
         ErrorBound::compute(status, &inputs, self.config.max_clock_error)
     }
@@ -875,6 +876,11 @@ impl SyncSystem {
                 .max((e.offset - d.offset).abs()),
             root_delay,
             root_dispersion: info.root_dispersion,
+            unpredicted_drift: self
+                .last_update
+                .map(|(t, _)| now.secs_since(t))
+                .filter(|&dt| dt > 0.0)
+                .map_or(0.0, |dt| d.last_offset.abs() / dt),
         });
         let root_dispersion =
             info.root_dispersion + e.dispersion + e.jitter + d.offset_sd + d.offset.abs();
@@ -984,6 +990,8 @@ struct BoundAnchor {
     measurement_gap: f64,
     root_delay: f64,
     root_dispersion: f64,
+    /// |innovation| / interval of the last update, s/s.
+    unpredicted_drift: f64,
 }
 
 impl From<SystemConfig> for Settings {
