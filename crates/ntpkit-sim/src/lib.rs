@@ -9,6 +9,8 @@
 //! with NTS on the sources that ask for it through `ntpkit-nts`'s cookie and AEAD code ([`nts`]).
 //! It reports per-node statistics of the true error (clock − true time), which a real network
 //! never shows, as a table, JSON, a CSV time series or a plot; `--runs K` repeats with K seeds.
+//! It also measures how often each node's reported error bound covers that true error
+//! ([`coverage`]).
 //!
 //! What it does not do: read the OS clock, use OS randomness, sleep, or contain any protocol
 //! logic of its own. The same seed gives byte-identical output: every random number comes from
@@ -26,6 +28,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod coverage;
 pub mod nts;
 pub mod plot;
 pub mod queue;

@@ -1,6 +1,7 @@
 //! Reports: per-node statistics of one run, their mean ± sd over several runs, and how both are
 //! printed (a table, or JSON).
 
+use crate::coverage::BoundReport;
 use crate::nts::NtsCounters;
 use crate::scenario::Scenario;
 use crate::sim::Outcome;
@@ -52,6 +53,9 @@ pub struct NodeReport {
     /// NTS over the node's NTS sources; absent for a node without any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nts: Option<NtsCounters>,
+    /// Coverage of the error bound; absent for a node that never synchronized (and references).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_bound: Option<BoundReport>,
 }
 
 /// One run's results.
@@ -123,6 +127,7 @@ impl Report {
                     offset_s: summary(c.n.into(), c.err),
                     frequency_ppm: summary(c.n.into(), c.freq),
                     nts: spec.sources.iter().any(|s| s.nts).then_some(c.nts),
+                    error_bound: c.bound.as_deref().map(BoundReport::new),
                 }
             })
             .collect();
@@ -199,6 +204,14 @@ impl Report {
                 self.nodes.len() - max_rows
             );
         }
+        s.push_str(&bound_table(
+            self.nodes.iter().filter_map(|n| {
+                n.error_bound
+                    .as_ref()
+                    .map(|b| (n.name.as_str(), b, n.offset_s.rms))
+            }),
+            max_rows,
+        ));
         let nts: Vec<(&str, &NtsCounters)> = self
             .nodes
             .iter()
@@ -395,6 +408,10 @@ pub struct NodeRuns {
     pub synced_runs: usize,
     /// Each statistic's mean ± sd.
     pub stats: BTreeMap<&'static str, MeanSd>,
+    /// Coverage of the error bound, every run's samples pooled; absent if the node never
+    /// synchronized.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_bound: Option<BoundReport>,
 }
 
 /// Several runs with seeds N..N+K−1.
@@ -439,6 +456,11 @@ impl RunsReport {
                         .into_iter()
                         .map(|(k, v)| (k, MeanSd::of(&v)))
                         .collect(),
+                    error_bound: BoundReport::pool(
+                        reports
+                            .iter()
+                            .filter_map(|r| r.nodes[i].error_bound.as_ref()),
+                    ),
                 }
             })
             .collect();
@@ -499,6 +521,82 @@ impl RunsReport {
                 self.nodes.len() - max_rows
             );
         }
+        s.push_str(&bound_table(
+            self.nodes.iter().filter_map(|n| {
+                let rms = n.stats.get("offset_rms_s").map_or(f64::NAN, |m| m.mean);
+                n.error_bound.as_ref().map(|b| (n.name.as_str(), b, rms))
+            }),
+            max_rows,
+        ));
         s
     }
+}
+
+/// The error bound's coverage, one node per line (name, report, RMS true error), then a
+/// summary over all of them; empty without any.
+fn bound_table<'a>(
+    rows: impl Iterator<Item = (&'a str, &'a BoundReport, f64)>,
+    max_rows: usize,
+) -> String {
+    let rows: Vec<_> = rows.collect();
+    let mut s = String::new();
+    if rows.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<20} {:>9} {:>9} {:>7} {:>12} {:>5} {:>22} {:>10} {:>10} {:>10} {:>7} {:>7}",
+        "error bound",
+        "from",
+        "samples",
+        "unknown",
+        "coverage",
+        "miss",
+        "worst miss (at)",
+        "median B",
+        "p99 B",
+        "ClockBound",
+        "B/RMS",
+        "B/CB"
+    );
+    for (name, b, rms) in rows.iter().take(max_rows) {
+        let worst = b.worst_violation.map_or("-".into(), |w| {
+            format!("{} ({})", fmt_secs(w.excess_s), fmt_time(w.at_s))
+        });
+        let median = b.median_bound_s.unwrap_or(f64::NAN);
+        let cb = b.median_clockbound_s.unwrap_or(f64::NAN);
+        let _ = writeln!(
+            s,
+            "{:<20} {:>9} {:>9} {:>7} {:>11.5}% {:>5} {:>22} {:>10} {:>10} {:>10} {:>7.1} {:>7.2}",
+            truncate(name, 20),
+            fmt_time(b.synchronized_at_s),
+            b.samples,
+            b.unknown_samples,
+            b.coverage * 100.0,
+            b.violations,
+            worst,
+            b.median_bound_s.map_or("-".into(), fmt_secs),
+            b.p99_bound_s.map_or("-".into(), fmt_secs),
+            b.median_clockbound_s.map_or("-".into(), fmt_secs),
+            median / rms,
+            median / cb,
+        );
+    }
+    if rows.len() > max_rows {
+        let _ = writeln!(s, "… {} more nodes", rows.len() - max_rows);
+    }
+    let samples: u64 = rows.iter().map(|(_, b, _)| b.samples).sum();
+    let misses: u64 = rows.iter().map(|(_, b, _)| b.violations).sum();
+    let bounded: u64 = rows
+        .iter()
+        .map(|(_, b, _)| b.samples - b.unknown_samples)
+        .sum();
+    let _ = writeln!(
+        s,
+        "(B: half-width of the bound, true time within clock ± B; coverage: samples with a bound \
+         whose |true error| ≤ B; {misses} misses in {bounded} bounded samples of {samples}; \
+         ClockBound: median of |offset| + root dispersion + root delay/2; B/RMS: median B over \
+         the RMS true error; B/CB: median B over ClockBound's)"
+    );
+    s
 }

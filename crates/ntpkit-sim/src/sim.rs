@@ -13,11 +13,12 @@
 //! The node's monotonic time is true time (the daemon uses the OS monotonic clock).
 
 use crate::clock::SimClock;
+use crate::coverage::BoundCounters;
 use crate::nts::{unix_secs, InFlightSlab, NtsCounters, NtsLink, NtsServer};
 use crate::queue::EventQueue;
 use crate::rng::{exponential, normal, stream, uniform, Rng, StreamKind};
 use crate::scenario::{Direction, Distribution, Scenario};
-use ntpkit_core::sync::{DisciplineConfig, SystemConfig};
+use ntpkit_core::sync::{BoundStatus, DisciplineConfig, SystemConfig};
 use ntpkit_core::{
     measure, ClockCommand, MonoTime, Responder, Response, ServedState, SourceConfig, SourceId,
     SyncSystem,
@@ -117,6 +118,8 @@ pub struct NodeCounters {
     pub last: (f64, f64),
     /// NTS, over the node's NTS sources.
     pub nts: NtsCounters,
+    /// Coverage of the error bound, from the node's first synchronized sample on.
+    pub bound: Option<Box<BoundCounters>>,
 }
 
 /// A node present in this simulation (all of them, or one shard's).
@@ -926,6 +929,16 @@ impl<'s, 't> Sim<'s, 't> {
                 c.freq.0 += freq;
                 c.freq.1 += freq * freq;
                 c.freq.2 = c.freq.2.max(freq.abs());
+            }
+            if let Some(sys) = node.sync.as_ref() {
+                let now = MonoTime(t);
+                let bound = sys.error_bound(now);
+                if c.bound.is_none() && bound.status == BoundStatus::Synchronized {
+                    c.bound = Some(Box::new(BoundCounters::new(t)));
+                }
+                if let Some(b) = c.bound.as_deref_mut() {
+                    b.add(t, err, bound.bound(), sys.clockbound_formula(now));
+                }
             }
             if let Some(&Some(k)) = self.plot_index.get(i) {
                 self.series[k].push((t as f64 * 1e-9, err));

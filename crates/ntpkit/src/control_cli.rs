@@ -1,5 +1,5 @@
 //! The commands that talk to a running daemon over its control socket: `status`, `sources`,
-//! `source add|remove|burst`, `makestep`.
+//! `now`, `source add|remove|burst`, `makestep`.
 
 use clap::{Args, Subcommand};
 use ntpkit_daemon::daemon::control::{self, ControlCommand};
@@ -116,6 +116,22 @@ pub fn sources(a: &ControlArgs) -> anyhow::Result<ExitCode> {
         print!("{}", status.render_sources());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ntpkit now`: the daemon's time, the interval true time is in, the bound and its status.
+/// Exit status 1 when the status is unknown (no bound).
+pub fn now(a: &ControlArgs) -> anyhow::Result<ExitCode> {
+    let now = control::query_now(&a.socket, a.timeout()?)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&now)?);
+    } else {
+        print!("{}", now.render());
+    }
+    Ok(if now.bound.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `ntpkit source …`.

@@ -71,6 +71,10 @@ enum Command {
     Status(control_cli::ControlArgs),
     /// Show a running daemon's sources, like `chronyc sources`.
     Sources(control_cli::ControlArgs),
+    /// Show a running daemon's time with its error bound: true time is within the earliest and
+    /// latest shown. Exit status 0 with a bound (synchronized, holdover), 1 when the status is
+    /// unknown.
+    Now(control_cli::ControlArgs),
     /// Add, remove or burst sources of a running daemon (root or the daemon's user).
     #[command(subcommand)]
     Source(control_cli::SourceCommand),
@@ -518,6 +522,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon_cmd(args, daemon_config.expect("loaded above")),
         Command::Status(args) => control_cli::status(&args),
         Command::Sources(args) => control_cli::sources(&args),
+        Command::Now(args) => control_cli::now(&args),
         Command::Source(c) => control_cli::source(c),
         Command::Makestep(args) => control_cli::makestep(&args),
         Command::Simulate(args) => ntpkit_sim::cli::run(args),

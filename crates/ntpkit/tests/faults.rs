@@ -740,3 +740,144 @@ fn trickle(
     }
     sent
 }
+
+/// `ntpkit now --json` of the daemon whose control socket is `sock`, as user nobody (the
+/// command is open to every user).
+fn now(lab: &Lab, sock: &str) -> Value {
+    let r = lab.run(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            NTPKIT,
+            "now",
+            "--json",
+            "--socket",
+            sock,
+        ],
+        SECS(10),
+    );
+    let doc: Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("`now` answer: {e}\n{r}"));
+    // Exit status 0 exactly when there is a bound.
+    assert_eq!(r.status.success(), doc["bound"].is_number(), "{r}");
+    doc
+}
+
+/// Three references, a middle daemon following them, a leaf following the middle one; both on
+/// virtual clocks. For over a minute `ntpkit now` is sampled on both: whenever the status is
+/// synchronized (or holdover) the interval holds true time — the virtual clock's offset from
+/// the OS clock is within the bound, and earliest ≤ time ≤ latest — also across the minute in
+/// which one reference turns falseticker.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker() {
+    support::require(
+        "now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker",
+        &[],
+    );
+    let lab = Lab::new("now");
+    let mut refs: Vec<Proc> = (1..=3)
+        .map(|i| reference(&lab, &format!("ref{i}"), &format!("127.0.1.{i}:1123"), 0.0))
+        .collect();
+    let servers: String = (1..=3)
+        .map(|i| fast_server(&format!("127.0.1.{i}:1123")))
+        .collect();
+    let public = lab.public_dir();
+    let socks = [public.join("mid.sock"), public.join("leaf.sock")];
+    let _mid = daemon_at(
+        &lab,
+        "mid",
+        &format!(
+            "listen = [\"127.0.0.2:1123\"]\n{servers}{}",
+            virtual_clock(0.05, 20.0)
+        ),
+        &socks[0],
+    );
+    let _leaf = daemon_at(
+        &lab,
+        "leaf",
+        &format!(
+            "{}{}",
+            fast_server("127.0.0.2:1123"),
+            virtual_clock(-0.03, -15.0)
+        ),
+        &socks[1],
+    );
+    let socks: Vec<String> = socks
+        .iter()
+        .map(|p| p.to_string_lossy().to_string())
+        .collect();
+    let deadline = Instant::now() + SECS(90);
+    while socks
+        .iter()
+        .any(|s| now(&lab, s)["status"] != "synchronized")
+    {
+        assert!(Instant::now() < deadline, "not synchronized within 90 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let start = Instant::now();
+    let mut bad = None;
+    let mut bounds = Vec::new();
+    while start.elapsed() < SECS(65) {
+        if bad.is_none() && start.elapsed() > SECS(15) {
+            // The third reference restarts three seconds off: a falseticker for the middle one.
+            refs[2].stop_with(libc::SIGTERM);
+            bad = Some(reference(&lab, "ref3-bad", "127.0.1.3:1123", 3.0));
+        }
+        for (name, sock) in ["mid", "leaf"].iter().zip(&socks) {
+            let n = now(&lab, sock);
+            let status = n["status"].as_str().unwrap_or_default();
+            if status == "unknown" {
+                assert!(n["bound"].is_null() && n["earliest_ns"].is_null(), "{n:#}");
+                continue;
+            }
+            let bound = n["bound"].as_f64().expect("a bound");
+            let error = n["clock"]["offset_from_os"]
+                .as_f64()
+                .expect("virtual clock");
+            assert!(
+                error.abs() <= bound,
+                "{name}: true error {error:+.9} s outside ±{bound:.9} s ({status})\n{n:#}"
+            );
+            let (t, e, l) = (
+                n["time_ns"].as_i64().unwrap(),
+                n["earliest_ns"].as_i64().unwrap(),
+                n["latest_ns"].as_i64().unwrap(),
+            );
+            assert!(e <= t && t <= l, "{n:#}");
+            bounds.push(bound);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(bounds.len() > 100, "only {} bounded samples", bounds.len());
+    bounds.sort_by(f64::total_cmp);
+    let median = bounds[bounds.len() / 2];
+    assert!(median < 0.01, "a median bound of {median} s on loopback");
+    // The falseticker was seen and left out.
+    let r = lab.run(
+        &[NTPKIT, "status", "--json", "--socket", &socks[0]],
+        SECS(10),
+    );
+    r.assert_ok();
+    let st: Value = serde_json::from_str(&r.stdout).expect("status JSON");
+    let bad_state = source(&st, "127.0.1.3:1123")["state"].clone();
+    assert!(
+        bad_state == "falseticker" || bad_state == "unusable",
+        "{bad_state}\n{st:#}"
+    );
+    assert_eq!(state(&st), "synchronized", "{st:#}");
+    // The text form names the interval and the status.
+    let text = lab.run(&[NTPKIT, "now", "--socket", &socks[1]], SECS(10));
+    text.assert_ok();
+    for want in [
+        "Time     : ",
+        "Earliest : ",
+        "Latest   : ",
+        "Bound    : ±",
+        "Status   : synchronized",
+    ] {
+        assert!(text.stdout.contains(want), "{want:?} in\n{}", text.stdout);
+    }
+}

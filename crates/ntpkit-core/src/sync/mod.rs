@@ -13,6 +13,7 @@
 //! [`SyncSystem`] ties them together and is what drivers use; its doc lists the call contract.
 
 pub mod asymmetry;
+pub mod bound;
 pub mod discipline;
 pub mod filter;
 mod inline;
@@ -21,6 +22,7 @@ pub mod source;
 pub mod status;
 pub mod system;
 
+pub use bound::{BoundStatus, BoundTerms, ErrorBound};
 pub use discipline::{
     Discipline, DisciplineConfig, DisciplineEvent, DisciplineMode, DisciplineState,
 };

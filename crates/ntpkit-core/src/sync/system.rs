@@ -1,6 +1,7 @@
 //! The whole synchronization state of one node: its sources, selection, the discipline and the
 //! state it serves downstream.
 
+use super::bound::{BoundInputs, BoundStatus, ErrorBound, DEFAULT_MAX_CLOCK_ERROR};
 use super::discipline::{Discipline, DisciplineConfig, DisciplineEvent};
 use super::inline::InlineVec;
 use super::select::{select_into, Candidate, NoSelection, Selection};
@@ -43,6 +44,10 @@ pub struct SystemConfig {
     /// at PHI) for this long (seconds) after it; then the served state becomes unsynchronized
     /// (or the local stratum). Sources that disagree end it at once.
     pub holdover: f64,
+    /// Maximum rate (s/s) at which the clock's error may grow beyond what the frequency
+    /// estimate predicts, for the error bound (chrony's `maxclockerror`; default 1 ppm, see
+    /// [`DEFAULT_MAX_CLOCK_ERROR`]).
+    pub max_clock_error: f64,
 }
 
 impl Default for SystemConfig {
@@ -55,6 +60,7 @@ impl Default for SystemConfig {
             local_stratum: None,
             startup_wait: 6.0,
             holdover: 3600.0,
+            max_clock_error: DEFAULT_MAX_CLOCK_ERROR,
         }
     }
 }
@@ -225,6 +231,8 @@ pub struct SyncSystem {
     /// from it (e.g. the reference time of the local clock when it serves itself).
     clock_seen: (MonoTime, ClockTime),
     served: Option<ServedState>,
+    /// What the error bound grows from: recorded with the served state.
+    bound_anchor: Option<BoundAnchor>,
     sys_poll: i8,
     commands: CommandQueue,
     events: VecDeque<Event>,
@@ -250,6 +258,7 @@ impl SyncSystem {
             unresolved: 0,
             clock_seen: (now, clock),
             served: None,
+            bound_anchor: None,
             sys_poll: i8::MIN,
             commands: CommandQueue::default(),
             events: VecDeque::new(),
@@ -492,6 +501,46 @@ impl SyncSystem {
             None => SyncState::Synchronized,
             Some(_) => SyncState::Holdover,
         }
+    }
+
+    /// The clock error bound at `now` (monotonic): true time is within `B` of the clock while
+    /// synchronized or holding over; unknown otherwise (see [`super::bound`] for the terms).
+    pub fn error_bound(&self, now: MonoTime) -> ErrorBound {
+        let status = match self.sync_state(now) {
+            SyncState::Synchronized => BoundStatus::Synchronized,
+            SyncState::Holdover => BoundStatus::Holdover,
+            _ => return ErrorBound::UNKNOWN,
+        };
+        let (Some(anchor), Some(_)) = (self.bound_anchor, self.served) else {
+            return ErrorBound::UNKNOWN;
+        };
+        let inputs = BoundInputs {
+            offset_sd: anchor.offset_sd,
+            frequency_sd: anchor.frequency_sd,
+            offset_now: self.discipline.state(now).offset,
+            measurement_gap: anchor.measurement_gap,
+            root_delay: anchor.root_delay,
+            root_dispersion: anchor.root_dispersion,
+            since_update: now.secs_since(anchor.at),
+            unpredicted_drift: anchor.unpredicted_drift,
+        };
+        ErrorBound::compute(status, &inputs, self.config.max_clock_error)
+    }
+
+    /// The bound AWS ClockBound derives from a chronyd's tracking at `now`: |estimated offset|
+    /// plus the root dispersion served (aged since the last update) plus half the root delay
+    /// served; None when [`error_bound`](Self::error_bound) is unknown. For comparison only.
+    pub fn clockbound_formula(&self, now: MonoTime) -> Option<f64> {
+        self.error_bound(now).bound()?;
+        let served = self.served_state(now);
+        let dispersion = served
+            .root_dispersion_at(self.clock_at(now))
+            .to_seconds_f64();
+        Some(
+            self.discipline.state(now).offset.abs()
+                + dispersion
+                + served.root_delay as f64 * 0.5e-9,
+        )
     }
 
     /// What to tell downstream clients at `now` (monotonic).
@@ -819,6 +868,24 @@ impl SyncSystem {
         };
         let d = self.discipline.state(now);
         let root_delay = info.root_delay + e.delay;
+        self.bound_anchor = Some(BoundAnchor {
+            at: now,
+            offset_sd: d.offset_sd,
+            frequency_sd: d.frequency_sd_ppm * 1e-6,
+            // The filtered estimate and the latest sample: the filter prefers an older sample
+            // of smaller delay, the discipline may hold the latest back as an outlier.
+            measurement_gap: src
+                .last_sample(phase)
+                .map_or(0.0, |x| (x.offset - d.offset).abs())
+                .max((e.offset - d.offset).abs()),
+            root_delay,
+            root_dispersion: info.root_dispersion,
+            unpredicted_drift: self
+                .last_update
+                .map(|(t, _)| now.secs_since(t))
+                .filter(|&dt| dt > 0.0)
+                .map_or(0.0, |dt| d.last_offset.abs() / dt),
+        });
         let root_dispersion =
             info.root_dispersion + e.dispersion + e.jitter + d.offset_sd + d.offset.abs();
         self.served = Some(ServedState {
@@ -913,6 +980,22 @@ struct Settings {
     local_stratum: Option<u8>,
     startup_wait: f64,
     holdover: f64,
+    max_clock_error: f64,
+}
+
+/// The state the error bound grows from, recorded at the last update (or change of system
+/// peer): the discipline's uncertainties and the path terms through the peer.
+#[derive(Clone, Copy, Debug)]
+struct BoundAnchor {
+    at: MonoTime,
+    offset_sd: f64,
+    frequency_sd: f64,
+    /// |the peer's filtered offset or latest sample − the discipline's estimate|, the larger.
+    measurement_gap: f64,
+    root_delay: f64,
+    root_dispersion: f64,
+    /// |innovation| / interval of the last update, s/s.
+    unpredicted_drift: f64,
 }
 
 impl From<SystemConfig> for Settings {
@@ -924,6 +1007,7 @@ impl From<SystemConfig> for Settings {
             local_stratum: c.local_stratum,
             startup_wait: c.startup_wait,
             holdover: c.holdover,
+            max_clock_error: c.max_clock_error,
         }
     }
 }
@@ -992,6 +1076,7 @@ impl std::ops::Index<usize> for Sources {
 mod tests {
     use super::*;
     use crate::clock::SoftClock;
+    use crate::sync::bound::BoundStatus;
     use crate::{Responder, Response, ServedState};
     use rand_core::SeedableRng;
     use rand_xoshiro::Xoshiro256PlusPlus;
@@ -1487,5 +1572,125 @@ mod tests {
         assert_eq!(refused, 1, "{:?}", b.events);
         assert!(b.events.iter().filter(|e| e.is_warning()).count() <= 2);
         assert_eq!(b.status().tracking.state, SyncState::Unsynchronized);
+    }
+
+    /// Runs `b` for `secs` seconds in steps of one second; after each, checks that a bound,
+    /// if there is one, covers the true error; returns the bounds seen.
+    fn bounds_over(b: &mut Bench, secs: i64) -> Vec<ErrorBound> {
+        (0..secs)
+            .map(|_| {
+                b.run_for(1, |_, _| {});
+                let bound = b.sys.error_bound(MonoTime(b.t));
+                if bound.status != BoundStatus::Unknown {
+                    assert!(
+                        bound.covers(b.error()),
+                        "{} not within {bound:?}",
+                        b.error()
+                    );
+                }
+                bound
+            })
+            .collect()
+    }
+
+    #[test]
+    fn error_bound_is_unknown_until_synchronized_then_covers_the_true_error() {
+        let mut b = Bench::fast(&[0.0], (0.01, 5.0));
+        assert_eq!(b.sys.error_bound(MonoTime(0)), ErrorBound::UNKNOWN);
+        let bounds = bounds_over(&mut b, 120);
+        let first = bounds
+            .iter()
+            .position(|x| x.status == BoundStatus::Synchronized)
+            .expect("synchronizes");
+        assert!(bounds[..first].iter().all(|x| x.bound().is_none()));
+        let t = bounds.last().unwrap().terms.unwrap();
+        // A 2 ms round trip to a stratum-1 server: half of it is the asymmetry floor.
+        assert!((t.path_asymmetry - 1e-3).abs() < 1e-5, "{t:?}");
+        assert!(
+            t.root_dispersion < 1e-4,
+            "a reference's own dispersion: {t:?}"
+        );
+        assert!(
+            t.offset_uncertainty > 0.0 && t.offset_uncertainty < 1e-4,
+            "{t:?}"
+        );
+        assert!(t.since_update <= 4.0, "polls every 4 s at most: {t:?}");
+        let growth = SystemConfig::default().max_clock_error * t.since_update;
+        assert!((t.clock_error_growth - growth).abs() < 1e-12, "{t:?}");
+        let cb = b.sys.clockbound_formula(MonoTime(b.t)).unwrap();
+        assert!(cb > 0.0);
+    }
+
+    #[test]
+    fn error_bound_holds_over_grows_then_is_unknown_and_comes_back() {
+        let cfg = SystemConfig {
+            holdover: 120.0,
+            max_clock_error: 5e-6,
+            ..SystemConfig::default()
+        };
+        let src = SourceConfig {
+            minpoll: 2,
+            maxpoll: 2,
+            iburst: true,
+        };
+        let mut b = Bench::new(&[0.0], (0.01, 5.0), cfg, src);
+        bounds_over(&mut b, 60);
+        assert_eq!(
+            b.sys.error_bound(MonoTime(b.t)).status,
+            BoundStatus::Synchronized
+        );
+        b.alive[0] = false;
+        let bounds = bounds_over(&mut b, 140);
+        let holdover: Vec<&ErrorBound> = bounds
+            .iter()
+            .filter(|x| x.status == BoundStatus::Holdover)
+            .collect();
+        assert!(holdover.len() > 20, "{} in holdover", holdover.len());
+        // In holdover the bound grows at least at the maximum clock error rate.
+        let (a, z) = (
+            holdover[0].terms.unwrap(),
+            holdover.last().unwrap().terms.unwrap(),
+        );
+        let dt = z.since_update - a.since_update;
+        assert!(dt > 20.0);
+        assert!(z.total() - a.total() >= 5e-6 * dt * 0.999, "{a:?} → {z:?}");
+        // Past the holdover limit (120 s after the last update): unknown, no number.
+        let last = bounds.last().unwrap();
+        assert_eq!(*last, ErrorBound::UNKNOWN);
+        assert_eq!(b.sys.clockbound_formula(MonoTime(b.t)), None);
+        // The source answers again: synchronized.
+        b.alive[0] = true;
+        let bounds = bounds_over(&mut b, 60);
+        assert_eq!(bounds.last().unwrap().status, BoundStatus::Synchronized);
+        assert!(bounds.last().unwrap().terms.unwrap().since_update <= 4.0);
+    }
+
+    #[test]
+    fn error_bound_is_unknown_when_the_sources_disagree() {
+        let src = SourceConfig {
+            minpoll: 0,
+            maxpoll: 2,
+            iburst: true,
+        };
+        let mut b = Bench::new(&[0.0, 0.0, 1.0], (0.0, 0.0), SystemConfig::default(), src);
+        bounds_over(&mut b, 40);
+        assert_eq!(
+            b.sys.error_bound(MonoTime(b.t)).status,
+            BoundStatus::Synchronized
+        );
+        b.offsets[1] = 2.0;
+        bounds_over(&mut b, 20);
+        assert_eq!(b.sys.error_bound(MonoTime(b.t)), ErrorBound::UNKNOWN);
+    }
+
+    #[test]
+    fn error_bound_is_unknown_for_a_local_reference() {
+        let cfg = SystemConfig {
+            local_stratum: Some(10),
+            ..SystemConfig::default()
+        };
+        let b = Bench::new(&[], (0.0, 0.0), cfg, SourceConfig::default());
+        assert_eq!(b.sys.sync_state(MonoTime(0)), SyncState::Local);
+        assert_eq!(b.sys.error_bound(MonoTime(0)), ErrorBound::UNKNOWN);
     }
 }

@@ -285,6 +285,10 @@ pub struct SyncSection {
     /// Seconds the last update is served while no source is selectable.
     #[serde(default = "default_holdover")]
     pub holdover: f64,
+    /// Largest rate at which the clock's error may grow beyond its frequency estimate, for the
+    /// error bound (chrony's `maxclockerror`), ppm.
+    #[serde(default = "default_max_clock_error")]
+    pub max_clock_error_ppm: f64,
 }
 
 impl Default for SyncSection {
@@ -338,6 +342,12 @@ fn default_max_slew() -> f64 {
 fn default_holdover() -> f64 {
     3600.0
 }
+fn default_max_clock_error() -> f64 {
+    ntpkit_core::sync::bound::DEFAULT_MAX_CLOCK_ERROR * 1e6
+}
+/// The largest maximum clock error rate accepted: a bound growing faster than 0.1 % is no
+/// bound anyone can use.
+const MAX_CLOCK_ERROR_PPM: f64 = 1000.0;
 /// The largest frequency correction the `system` backend can apply (the kernel's tick length
 /// moves by at most 10 %; ntpkit keeps within 99,000 ppm).
 const MAX_SLEW_PPM: f64 = 99_000.0;
@@ -571,6 +581,12 @@ impl DaemonConfig {
                 " ppm",
             ),
             (
+                "sync.max-clock-error-ppm",
+                self.sync.max_clock_error_ppm,
+                MAX_CLOCK_ERROR_PPM,
+                " ppm",
+            ),
+            (
                 "tcp-limits.idle-timeout",
                 self.tcp_limits.idle_timeout,
                 86_400.0,
@@ -788,6 +804,7 @@ impl DaemonConfig {
             },
             local_stratum: self.sync.local_stratum,
             holdover: self.sync.holdover,
+            max_clock_error: self.sync.max_clock_error_ppm * 1e-6,
             ..SystemConfig::default()
         }
     }
@@ -1103,6 +1120,7 @@ mod tests {
         assert_eq!(c.sync.step_threshold, 0.128);
         assert_eq!(c.pool[0].max_sources, 4);
         assert_eq!(c.system_config(-20, None).holdover, 600.0);
+        assert_eq!(c.system_config(-20, None).max_clock_error, 1e-6);
         assert_eq!(c.tcp_limits().per_address, 2);
         assert_eq!(c.tcp_limits().frame_timeout, Duration::from_secs(2));
     }
@@ -1179,7 +1197,7 @@ mod tests {
         let e = parse(
             "drift-file = \"/tmp\"\n[[server]]\naddress = \"192.0.2.1\"\n\
              [[server]]\naddress = \"192.0.2.1:123\"\n[tcp-limits]\nidle-timeout = 1e30\n\
-             [sync]\nmax-slew-ppm = 500000\n",
+             [sync]\nmax-slew-ppm = 500000\nmax-clock-error-ppm = -1\n",
         )
         .unwrap_err();
         for want in [
@@ -1187,6 +1205,7 @@ mod tests {
             "server \"192.0.2.1:123\" is listed twice",
             "tcp-limits.idle-timeout = 1000000000000000000000000000000: must be more than 0",
             "sync.max-slew-ppm = 500000: must be more than 0 and at most 99000 ppm",
+            "sync.max-clock-error-ppm = -1: must be more than 0 and at most 1000 ppm",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }

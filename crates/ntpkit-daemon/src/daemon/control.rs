@@ -2,8 +2,9 @@
 //! `ntpkit source …` / `ntpkit makestep` change it.
 //!
 //! Protocol (ntpkit's own): the client writes one line, the request — a [`ControlCommand`] as
-//! a JSON object, or the bare word `status` — and reads one JSON document until the daemon
-//! closes the connection. `status` answers a [`DaemonStatus`]; any user may ask it (the socket
+//! a JSON object, or the bare word `status` or `now` — and reads one JSON document until the
+//! daemon closes the connection. `status` answers a [`DaemonStatus`] and `now` a [`NowReport`]
+//! (the time with its error bound); any user may ask them (the socket
 //! is world-writable, as chronyc's and ntp-ctl's reading commands are open to all). Commands
 //! that change state are only taken from root, the daemon's own user and the configured
 //! `control-users` (checked with `SO_PEERCRED`) and answer `{"ok": true, "message": "..."}`.
@@ -13,7 +14,7 @@
 //! deadline per connection, the answer built when the request is complete.
 
 use super::clock::ClockReport;
-use ntpkit_core::sync::SystemStatus;
+use ntpkit_core::sync::{BoundStatus, BoundTerms, ErrorBound, SystemStatus};
 use ntpkit_os::{Interest, PollSet};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -34,6 +35,8 @@ const MAX_REQUEST: usize = 4096;
 pub enum ControlCommand {
     /// The whole status (anyone).
     Status,
+    /// The current time with its error bound (anyone).
+    Now,
     /// Adds a server or a pool.
     SourceAdd {
         /// `host[:port]` as in the configuration.
@@ -78,21 +81,24 @@ pub enum ControlCommand {
 impl ControlCommand {
     /// Parses a request line.
     pub fn parse(line: &str) -> Result<ControlCommand, String> {
-        if line == "status" {
-            return Ok(ControlCommand::Status);
+        match line {
+            "status" => return Ok(ControlCommand::Status),
+            "now" => return Ok(ControlCommand::Now),
+            _ => {}
         }
         serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
     }
 
     /// True for the commands only privileged users may send.
     pub fn changes_state(&self) -> bool {
-        !matches!(self, ControlCommand::Status)
+        !matches!(self, ControlCommand::Status | ControlCommand::Now)
     }
 
     /// The command's name as the command line spells it.
     pub fn cli_name(&self) -> &'static str {
         match self {
             ControlCommand::Status => "status",
+            ControlCommand::Now => "now",
             ControlCommand::SourceAdd { .. } => "source add",
             ControlCommand::SourceRemove { .. } => "source remove",
             ControlCommand::Burst { .. } => "source burst",
@@ -107,6 +113,68 @@ pub fn ok_answer(message: &str) -> Vec<u8> {
         .expect("serializes");
     v.push(b'\n');
     v
+}
+
+/// The answer to `now`: the clock's reading and the interval true time is in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NowReport {
+    /// The disciplined clock's reading, Unix nanoseconds.
+    pub time_ns: i64,
+    /// `time − bound`: true time is no earlier (None when the status is unknown).
+    pub earliest_ns: Option<i64>,
+    /// `time + bound`: true time is no later (None when the status is unknown).
+    pub latest_ns: Option<i64>,
+    /// The bound's half-width, seconds (None when the status is unknown).
+    pub bound: Option<f64>,
+    /// Synchronized, holdover or unknown.
+    pub status: BoundStatus,
+    /// The bound's terms, seconds (docs/error-bound.md).
+    pub terms: Option<BoundTerms>,
+    /// The clock backend (a virtual clock also tells its offset from the OS clock).
+    pub clock: ClockReport,
+}
+
+impl NowReport {
+    /// The report of clock reading `time_ns` with bound `bound`.
+    pub fn new(time_ns: i64, bound: &ErrorBound, clock: ClockReport) -> Self {
+        let b = bound.bound();
+        // Rounded outwards to whole nanoseconds: the interval never shrinks.
+        let b_ns = b.map(|b| (b * 1e9).ceil().min(i64::MAX as f64) as i64);
+        NowReport {
+            time_ns,
+            earliest_ns: b_ns.map(|b| time_ns.saturating_sub(b)),
+            latest_ns: b_ns.map(|b| time_ns.saturating_add(b)),
+            bound: b,
+            status: bound.status,
+            terms: bound.terms,
+            clock,
+        }
+    }
+
+    /// Renders for a person: the time, the interval, the bound and the status.
+    pub fn render(&self) -> String {
+        let utc = |ns: i64| {
+            format!(
+                "{}{:03} UTC",
+                crate::query::format_utc(ns),
+                ns.rem_euclid(1_000) // format_utc stops at microseconds
+            )
+        };
+        let mut out = format!("Time     : {}\n", utc(self.time_ns));
+        match (self.earliest_ns, self.latest_ns, self.bound) {
+            (Some(e), Some(l), Some(b)) => {
+                out += &format!("Earliest : {}\n", utc(e));
+                out += &format!("Latest   : {}\n", utc(l));
+                out += &format!("Bound    : ±{b:.9} seconds\n");
+            }
+            _ => {
+                out += "Earliest : unknown\nLatest   : unknown\n";
+                out += "Bound    : unknown (the clock is not synchronized: no bound holds)\n";
+            }
+        }
+        out += &format!("Status   : {}\n", self.status);
+        out
+    }
 }
 
 /// Everything the daemon reports.
@@ -458,6 +526,17 @@ pub fn error_answer(message: &str) -> Vec<u8> {
     let mut v = serde_json::to_vec(&serde_json::json!({ "error": message })).expect("serializes");
     v.push(b'\n');
     v
+}
+
+/// Asks the daemon at `socket` for the time and its error bound (blocking, with a timeout).
+pub fn query_now(socket: &Path, timeout: Duration) -> std::io::Result<NowReport> {
+    let doc = request(socket, &ControlCommand::Now, timeout)?;
+    serde_json::from_value(doc).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad answer to `now` from daemon: {e}"),
+        )
+    })
 }
 
 /// Asks the daemon at `socket` for its status (blocking, with a timeout).

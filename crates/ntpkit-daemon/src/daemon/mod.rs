@@ -620,6 +620,14 @@ fn answer(
             let status = DaemonStatus::new(st, clock.report(realtime_nanos()), server);
             return serde_json::to_vec_pretty(&status).expect("serializes");
         }
+        ControlCommand::Now => {
+            // The clock is read at the instant the bound is computed for.
+            let os = realtime_nanos();
+            let time = clock.read_at(os);
+            let bound = system.error_bound(now);
+            let report = control::NowReport::new(time.0, &bound, clock.report(os));
+            return serde_json::to_vec_pretty(&report).expect("serializes");
+        }
         ControlCommand::SourceAdd {
             address,
             pool,
