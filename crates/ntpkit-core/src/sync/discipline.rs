@@ -38,6 +38,8 @@ const WANDER_MODELS: [f64; 6] = [1e-22, 1e-20, 1e-18, 1e-16, 1e-14, 1e-12];
 /// Per-update forgetting factor of the models' log-likelihoods (memory of ~100 updates: a
 /// shorter one lets noisy paths switch models on chance runs; docs/benchmarks.md).
 const LIKELIHOOD_MEMORY: f64 = 0.99;
+/// Largest intrinsic frequency error a clock is believed to have (s/s), as chrony's `maxdrift`.
+const MAX_DRIFT: f64 = 500e-6;
 /// Phase random-walk intensity (s²/s): white frequency noise of the oscillator and timestamping.
 const PHASE_NOISE: f64 = 1e-20;
 /// A sample whose innovation exceeds this many standard deviations is held back as a possible
@@ -183,7 +185,9 @@ impl Model {
         let k0 = self.p00 / s;
         let k1 = self.p01 / s;
         self.theta += k0 * y;
-        self.nu += k1 * y;
+        // No oscillator is off by more than MAX_DRIFT: an estimate beyond it comes from
+        // following an upstream's fast slew, and would carry the clock away.
+        self.nu = (self.nu + k1 * y).clamp(-MAX_DRIFT, MAX_DRIFT);
         let (p00, p01, p11) = (self.p00, self.p01, self.p11);
         // (I − K H) P computed in full is symmetric only up to rounding: its two off-diagonal
         // terms are averaged.
