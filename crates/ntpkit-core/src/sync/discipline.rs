@@ -55,11 +55,14 @@ const SAMPLE_INFO_MEMORY: f64 = 16.0;
 const POLL_TARGET: f64 = 8.0;
 /// Phase corrections are slewed over a time inversely proportional to their size in standard
 /// deviations of the estimate: this many poll intervals for one within a standard deviation
-/// (mostly noise: the clock's rate then changes little), one interval at three, down to
-/// [`SHORTEST_CORRECTION`] for large ones (a real offset, removed quickly).
+/// (mostly noise: the clock's rate then changes little), one interval from three on.
 const CORRECTION_TIME_RATIO: f64 = 3.0;
-/// The shortest slew of a phase correction, in poll intervals.
-const SHORTEST_CORRECTION: f64 = 0.5;
+/// The shortest slew of a phase correction while the discipline settles (before
+/// [`SETTLED_UPDATES`] updates), in poll intervals: the offset found at start is real and goes
+/// quickly.
+const SETTLING_CORRECTION: f64 = 0.5;
+/// Updates after which the discipline has settled.
+const SETTLED_UPDATES: u64 = 8;
 
 /// How samples become clock corrections.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
@@ -546,14 +549,14 @@ impl Discipline {
 
     /// The time (seconds) over which an estimated phase error `theta` known to within `sd` is
     /// slewed away: [`CORRECTION_TIME_RATIO`] poll intervals for a correction within one
-    /// standard deviation, one interval at three, half an interval from six on; at least a
-    /// second.
-    pub fn slew_time(poll_interval: f64, theta: f64, sd: f64) -> f64 {
+    /// standard deviation, one interval from three on (`settled`), down to half an interval
+    /// while the discipline settles; at least a second.
+    pub fn slew_time(poll_interval: f64, theta: f64, sd: f64, settled: bool) -> f64 {
+        let shortest = if settled { 1.0 } else { SETTLING_CORRECTION };
         let stretch = if theta == 0.0 {
             CORRECTION_TIME_RATIO
         } else {
-            (CORRECTION_TIME_RATIO * sd / theta.abs())
-                .clamp(SHORTEST_CORRECTION, CORRECTION_TIME_RATIO)
+            (CORRECTION_TIME_RATIO * sd / theta.abs()).clamp(shortest, CORRECTION_TIME_RATIO)
         };
         (poll_interval * stretch).max(1.0)
     }
@@ -637,7 +640,9 @@ impl Discipline {
         }
         let max = self.config.max_slew_ppm * 1e-6;
         let base = (-m.nu).clamp(-max, max);
-        let wanted_rate = theta / Self::slew_time(poll_interval, theta, m.p00.max(0.0).sqrt());
+        let settled = u64::from(self.updates) >= SETTLED_UPDATES;
+        let sd = m.p00.max(0.0).sqrt();
+        let wanted_rate = theta / Self::slew_time(poll_interval, theta, sd, settled);
         let rate = (base + wanted_rate).clamp(-max, max) - base;
         if rate == 0.0 || theta == 0.0 {
             self.set_correction(now, base);
@@ -816,20 +821,23 @@ mod tests {
 
     #[test]
     fn corrections_take_one_to_three_poll_intervals() {
-        let t = |p, theta, sd| Discipline::slew_time(p, theta, sd);
+        let t = |p, theta, sd| Discipline::slew_time(p, theta, sd, true);
         let near = |a: f64, b: f64| (a - b).abs() < 1e-9 * b;
-        // A correction of 3 sd: one interval, so the rate changes only at updates.
+        // A correction of 3 sd or more: one interval, so the rate changes only at updates.
         assert!(near(t(64.0, 30e-6, 10e-6), 64.0));
+        assert!(near(t(64.0, -1e-3, 10e-6), 64.0));
         // Within one sd, mostly noise: three intervals.
         assert!(near(t(64.0, 5e-6, 10e-6), 192.0));
         assert!(near(t(64.0, 0.0, 10e-6), 192.0));
         // In between, inversely proportional to the correction.
         assert!(near(t(64.0, 15e-6, 10e-6), 128.0));
-        // A large offset, a real one: half an interval.
-        assert!(near(t(64.0, -1e-3, 10e-6), 32.0));
-        assert!(near(t(64.0, 60e-6, 10e-6), 32.0));
         // Never under a second.
         assert!(near(t(0.25, 1.0, 1e-6), 1.0));
+        // While settling, a large offset (6 sd or more) goes within half an interval.
+        let settling = |theta| Discipline::slew_time(64.0, theta, 10e-6, false);
+        assert!(near(settling(-1e-3), 32.0));
+        assert!(near(settling(30e-6), 64.0));
+        assert!(near(settling(5e-6), 192.0));
     }
 
     #[test]
