@@ -232,10 +232,9 @@ fn a_dead_upstream_is_unreachable_held_over_and_recovered() {
 }
 
 /// A clock 50 ms off at start with ten good sources at default polling: the offset is slewed
-/// away within two poll intervals (the slew of a correction lasts one), and meanwhile and afterwards no good source is
-/// ever an outlier
-/// or falseticker, and every source's offset reads against the clock as it is, not as it was
-/// when the burst samples were taken.
+/// away within two poll intervals (the slew of a correction lasts one), and meanwhile and
+/// afterwards no good source is ever an outlier or falseticker, and every source's offset reads
+/// against the clock as it is, not as it was when the burst samples were taken.
 #[test]
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn sources_are_judged_against_the_slewed_clock() {

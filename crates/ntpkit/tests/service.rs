@@ -919,6 +919,7 @@ const PAGES: [&str; 15] = [
     "ntpkit-source-remove.1",
     "ntpkit-source-burst.1",
     "ntpkit-makestep.1",
+    "ntpkit-now.1",
     "ntpkit-simulate.1",
     "ntpkit-man.1",
     "ntpkit-completions.1",
