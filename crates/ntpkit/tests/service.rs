@@ -906,7 +906,7 @@ fn logs_to_the_journal_carry_priorities_and_no_timestamps() {
 // Manual pages and completions
 
 /// One page per command and per subcommand of `ntpkit source`.
-const PAGES: [&str; 15] = [
+const PAGES: [&str; 16] = [
     "ntpkit.1",
     "ntpkit-serve.1",
     "ntpkit-query.1",
