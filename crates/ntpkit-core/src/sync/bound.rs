@@ -182,6 +182,22 @@ impl ErrorBound {
     }
 }
 
+/// The bound as a linear forecast, for readers that extrapolate it by themselves (a
+/// shared-memory page): `bound + growth_rate × t` covers the bound the system would report
+/// at every instant `t` seconds from now up to `valid_for`, if no update arrives meanwhile.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+pub struct BoundForecast {
+    /// Synchronized or holdover.
+    pub status: BoundStatus,
+    /// The bound now, seconds.
+    pub bound: f64,
+    /// How fast the bound may grow, s/s.
+    pub growth_rate: f64,
+    /// Seconds until the bound runs out without an update (the end of the holdover), at most
+    /// the horizon asked for.
+    pub valid_for: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

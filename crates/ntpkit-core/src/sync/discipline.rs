@@ -474,6 +474,12 @@ impl Discipline {
         st
     }
 
+    /// When the slew in progress ends, if one is (the estimated offset changes at one rate
+    /// until then and at another after).
+    pub fn slew_end(&self) -> Option<MonoTime> {
+        self.slew_end
+    }
+
     /// True while the estimated offset is beyond the panic threshold and left uncorrected.
     pub fn is_refusing(&self) -> bool {
         self.refusing

@@ -22,7 +22,7 @@ pub mod source;
 pub mod status;
 pub mod system;
 
-pub use bound::{BoundStatus, BoundTerms, ErrorBound};
+pub use bound::{BoundForecast, BoundStatus, BoundTerms, ErrorBound, BOUND_SIGMAS};
 pub use discipline::{
     Discipline, DisciplineConfig, DisciplineEvent, DisciplineMode, DisciplineState,
 };

@@ -1,7 +1,7 @@
 //! The whole synchronization state of one node: its sources, selection, the discipline and the
 //! state it serves downstream.
 
-use super::bound::{BoundInputs, BoundStatus, ErrorBound, DEFAULT_MAX_CLOCK_ERROR};
+use super::bound::{BoundForecast, BoundInputs, BoundStatus, ErrorBound, DEFAULT_MAX_CLOCK_ERROR};
 use super::discipline::{Discipline, DisciplineConfig, DisciplineEvent};
 use super::inline::InlineVec;
 use super::select::{select_into, Candidate, NoSelection, Selection};
@@ -525,6 +525,38 @@ impl SyncSystem {
             unpredicted_drift: anchor.unpredicted_drift,
         };
         ErrorBound::compute(status, &inputs, self.config.max_clock_error)
+    }
+
+    /// The bound at `now` with how fast it may grow and for how long (at most `horizon`
+    /// seconds) if no update arrives; None when the bound is unknown.
+    ///
+    /// Without updates the bound is a constant, plus terms linear in the time since the last
+    /// update, plus |θ̂|, the estimated offset not yet slewed away, which changes linearly at
+    /// one rate until the end of a slew in progress and at another after it. So the bound is
+    /// convex on either side of the slew's end, and the steepest line from now that stays
+    /// above it reaches it at the slew's end or at the end of the horizon: the growth rate
+    /// is the larger of those two slopes.
+    pub fn bound_forecast(&self, now: MonoTime, horizon: f64) -> Option<BoundForecast> {
+        let current = self.error_bound(now);
+        let bound = current.bound()?;
+        let (updated, _) = self.last_update?;
+        // A millisecond short of the holdover's end, where the bound is still known.
+        let valid_for = (self.config.holdover - now.secs_since(updated) - 1e-3).clamp(0.0, horizon);
+        let end = now.add_secs_f64(valid_for);
+        let slew_end = self.discipline.slew_end().filter(|&t| t > now && t < end);
+        let mut growth_rate = self.config.max_clock_error;
+        for t in slew_end.into_iter().chain([end]) {
+            let dt = t.secs_since(now);
+            if let (Some(b), true) = (self.error_bound(t).bound(), dt > 0.0) {
+                growth_rate = growth_rate.max((b - bound) / dt);
+            }
+        }
+        Some(BoundForecast {
+            status: current.status,
+            bound,
+            growth_rate,
+            valid_for,
+        })
     }
 
     /// The bound AWS ClockBound derives from a chronyd's tracking at `now`: |estimated offset|
@@ -1663,6 +1695,59 @@ mod tests {
         let bounds = bounds_over(&mut b, 60);
         assert_eq!(bounds.last().unwrap().status, BoundStatus::Synchronized);
         assert!(bounds.last().unwrap().terms.unwrap().since_update <= 4.0);
+    }
+
+    #[test]
+    fn the_bound_forecast_stays_above_the_bound_until_it_runs_out() {
+        let cfg = SystemConfig {
+            holdover: 300.0,
+            ..SystemConfig::default()
+        };
+        let src = SourceConfig {
+            minpoll: 4,
+            maxpoll: 4,
+            iburst: true,
+        };
+        // 10 ms off: the first corrections are slews that take a while.
+        let mut b = Bench::new(&[0.0], (0.01, 5.0), cfg, src);
+        assert_eq!(
+            b.sys.bound_forecast(MonoTime(0), 60.0),
+            None,
+            "no bound yet"
+        );
+        let mut checked = 0;
+        let mut slewing = 0;
+        for second in 0..200 {
+            b.run_for(1, |_, _| {});
+            if second == 120 {
+                b.alive[0] = false;
+            }
+            let now = MonoTime(b.t);
+            let Some(f) = b.sys.bound_forecast(now, 60.0) else {
+                continue;
+            };
+            assert_eq!(Some(f.bound), b.sys.error_bound(now).bound());
+            assert!(f.growth_rate >= cfg.max_clock_error);
+            assert!(f.valid_for > 0.0 && f.valid_for <= 60.0, "{f:?}");
+            if b.sys.discipline.slew_end().is_some_and(|e| e > now) {
+                slewing += 1;
+            }
+            for k in 1..=600 {
+                let dt = f.valid_for * k as f64 / 600.0;
+                let later = b.sys.error_bound(now.add_secs_f64(dt)).bound().unwrap();
+                assert!(
+                    later <= f.bound + f.growth_rate * dt + 1e-12,
+                    "{dt} s on: {later} above {f:?}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 150, "{checked} forecasts");
+        assert!(slewing > 10, "forecasts made during a slew: {slewing}");
+        // Near the end of the holdover the forecast is cut short.
+        b.run_for(180, |_, _| {});
+        let f = b.sys.bound_forecast(MonoTime(b.t), 600.0).unwrap();
+        assert!(f.valid_for < 60.0, "{f:?}");
     }
 
     #[test]

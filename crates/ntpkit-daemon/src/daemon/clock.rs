@@ -170,6 +170,19 @@ impl ClockBackend {
         }
     }
 
+    /// How far the disciplined clock reads ahead of the OS clock at OS time `os_ns`
+    /// (seconds), and the rate at which it gains on it (s/s): zero for `system`, which
+    /// disciplines the OS clock itself.
+    pub fn divergence_from_os(&self, os_ns: i64) -> (f64, f64) {
+        match &self.soft {
+            Some(c) => (
+                c.offset_at(os_ns) as f64 * 1e-9,
+                c.rate_ppm_at(os_ns) * 1e-6,
+            ),
+            None => (0.0, 0.0),
+        }
+    }
+
     /// What server threads should serve.
     pub fn served_view(&self) -> ClockView {
         match (self.kind, self.soft) {

@@ -71,9 +71,67 @@ pub struct DaemonConfig {
     /// control socket (add and remove sources, burst, step the clock).
     #[serde(default)]
     pub control_users: Vec<String>,
+    /// Publish the clock's error bound in shared memory, in AWS ClockBound's layout
+    /// (version 2), for ClockBound clients and the `ntpkit-clock` crate: `true` for
+    /// ClockBound's own path (/var/run/clockbound/shm0), or a path. Off when absent.
+    #[serde(default)]
+    pub clockbound_shm: ClockBoundShm,
     /// Serve NTS (`[nts-ke-server]`): a key-exchange server, and authenticated replies to NTS
     /// requests on the NTP listeners.
     pub nts_ke_server: Option<NtsKeServerSection>,
+}
+
+/// `clockbound-shm`: off, on at ClockBound's default path, or on at a path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ClockBoundShm {
+    /// No page.
+    #[default]
+    Off,
+    /// A page at this path.
+    At(PathBuf),
+}
+
+impl ClockBoundShm {
+    /// Where to publish, if anywhere.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ClockBoundShm::Off => None,
+            ClockBoundShm::At(p) => Some(p),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClockBoundShm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ClockBoundShm;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "true (ClockBound's path, /var/run/clockbound/shm0), false, or the page's \
+                     absolute path",
+                )
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<ClockBoundShm, E> {
+                Ok(if on {
+                    ClockBoundShm::At(PathBuf::from(ntpkit_clock::DEFAULT_PATH))
+                } else {
+                    ClockBoundShm::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, path: &str) -> Result<ClockBoundShm, E> {
+                if !path.starts_with('/') {
+                    return Err(E::custom(format!(
+                        "clockbound-shm = {path:?}: give an absolute path, e.g. \
+                         \"{}\", or true for that one",
+                        ntpkit_clock::DEFAULT_PATH
+                    )));
+                }
+                Ok(ClockBoundShm::At(PathBuf::from(path)))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl Default for DaemonConfig {
@@ -734,6 +792,15 @@ impl DaemonConfig {
                 Err(e) => out.push(format!("user = {user:?}: cannot look it up: {e}")),
             }
         }
+        if let Some(p) = self.clockbound_shm.path() {
+            if p.file_name().is_none() || p.is_dir() {
+                out.push(format!(
+                    "clockbound-shm = {:?}: names a directory, not a file; e.g. \"{}\"",
+                    p.display().to_string(),
+                    ntpkit_clock::DEFAULT_PATH
+                ));
+            }
+        }
         if let Some(problem) = self.metrics_problem() {
             out.push(problem);
         }
@@ -1208,6 +1275,35 @@ mod tests {
             "sync.max-clock-error-ppm = -1: must be more than 0 and at most 1000 ppm",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn clockbound_shm_is_a_switch_or_a_path() {
+        let base = "[[server]]\naddress = \"127.0.0.1\"";
+        assert_eq!(parse(base).unwrap().clockbound_shm, ClockBoundShm::Off);
+        let on = parse(&format!("clockbound-shm = true\n{base}")).unwrap();
+        assert_eq!(
+            on.clockbound_shm.path(),
+            Some(Path::new("/var/run/clockbound/shm0"))
+        );
+        let off = parse(&format!("clockbound-shm = false\n{base}")).unwrap();
+        assert_eq!(off.clockbound_shm.path(), None);
+        let at = parse(&format!("clockbound-shm = \"/run/ntpkit/bound\"\n{base}")).unwrap();
+        assert_eq!(
+            at.clockbound_shm.path(),
+            Some(Path::new("/run/ntpkit/bound"))
+        );
+        for (value, want) in [
+            (
+                "\"shm0\"",
+                "give an absolute path, e.g. \"/var/run/clockbound/shm0\"",
+            ),
+            ("3", "expected true (ClockBound's path"),
+            ("\"/tmp/\"", "names a directory, not a file"),
+        ] {
+            let e = parse(&format!("clockbound-shm = {value}\n{base}")).unwrap_err();
+            assert!(e.contains(want), "{value}: {e}");
         }
     }
 

@@ -30,6 +30,7 @@
 //! Layout: [`config`] (TOML), [`clock`] (system / observe / virtual backends), [`drift`] (the
 //! drift file), [`control`] (the status socket), [`upstream`] (sources, names and pools).
 
+pub mod bound;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -42,6 +43,7 @@ use crate::serve::{ServeConfig, Shared};
 use crate::served_clock::{ServedClock, SharedClock};
 use crate::tcp::TcpServer;
 use crate::udp::{SendMode, UdpServer};
+use bound::BoundPublisher;
 use clock::{ClockBackend, ClockError};
 use config::{ClockBackendKind, DaemonConfig};
 use control::{ControlCommand, ControlServer, DaemonStatus, Request};
@@ -82,6 +84,9 @@ pub enum DaemonError {
     /// The NTS certificate, key, master secret or key-exchange listener cannot be used.
     #[error("{0}")]
     Nts(String),
+    /// The error bound's shared-memory page cannot be created.
+    #[error("{0}")]
+    Publish(String),
     /// Waiting on the sockets, threads, signals.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -111,6 +116,8 @@ struct Daemon {
     control: Option<ControlServer>,
     /// Scrapes of the metrics endpoint waiting for the state (None: no endpoint).
     metrics: Option<crate::metrics::SnapshotRequests>,
+    /// The error bound's shared-memory page and the kernel's estimates.
+    bound: BoundPublisher,
     /// Server counters (shared with serving threads, if any).
     shared: Arc<Shared>,
     /// What serving threads serve, if there are any, and the threads.
@@ -242,7 +249,14 @@ impl Daemon {
             }
             None => None,
         };
-        // Everything privileged is done: sockets bound, drift file read, the clock probed.
+        let bound = BoundPublisher::new(
+            config.clockbound_shm.path(),
+            config.clock.backend == ClockBackendKind::System,
+            now,
+        )
+        .map_err(DaemonError::Publish)?;
+        // Everything privileged is done: sockets bound, drift file read, the clock probed,
+        // the bound's page created.
         let keep: &[Capability] = match config.clock.backend {
             ClockBackendKind::System => &[Capability::SysTime],
             ClockBackendKind::Observe | ClockBackendKind::Virtual => &[],
@@ -304,6 +318,7 @@ impl Daemon {
             tcp,
             control,
             metrics,
+            bound,
             shared,
             published,
             workers,
@@ -413,11 +428,15 @@ impl Daemon {
         self.upstreams.receive(set, mono(), |id, bytes, os_rx| {
             replies.push((id, bytes.to_vec(), os_rx));
         });
+        let any = !replies.is_empty();
         for (id, bytes, os_rx) in replies {
             let at = MonoTime(monotonic_nanos() - (realtime_nanos() - os_rx).max(0));
             self.system
                 .handle_reply(at, self.clock.read_at(os_rx), id, &bytes);
             self.drain_core()?;
+        }
+        if any {
+            self.bound.publish(&self.system, &self.clock, mono(), true);
         }
         Ok(())
     }
@@ -451,6 +470,9 @@ impl Daemon {
             self.save_drift();
             self.next_drift_save = now.add_secs_f64(DRIFT_SAVE_INTERVAL);
         }
+        if self.bound.deadline().is_some_and(|t| t <= now) {
+            self.bound.publish(&self.system, &self.clock, now, false);
+        }
         if let Some(w) = &mut self.watchdog {
             w.handle_timeout(now.0);
         }
@@ -468,6 +490,7 @@ impl Daemon {
             self.tcp.as_ref().and_then(|t| t.next_deadline()),
             self.control.as_ref().and_then(|c| c.next_deadline()),
             self.next_wander.map(|t| t.0),
+            self.bound.deadline().map(|t| t.0),
             Some(self.next_drift_save.0),
             self.watchdog.as_ref().map(|w| w.deadline()),
         ];
@@ -492,15 +515,21 @@ impl Daemon {
             self.upstreams
                 .send(tx.source, &buf[..tx.len], now, &mut self.nts_rng);
         }
+        let mut changed = false;
         while let Some(cmd) = self.system.poll_clock_command() {
             tracing::debug!("clock command {cmd:?}");
             self.clock.apply(realtime_nanos(), cmd)?;
+            changed = true;
         }
         while let Some(event) = self.system.poll_event() {
             if let Event::Unreachable { source, .. } = event {
                 self.upstreams.on_unreachable(source, now);
             }
             self.log(&event);
+            changed = true;
+        }
+        if changed {
+            self.bound.publish(&self.system, &self.clock, mono(), true);
         }
         if let Some(p) = &self.published {
             let now = mono();
@@ -555,6 +584,8 @@ impl Daemon {
 
     fn stop(mut self) -> Result<(), DaemonError> {
         notify::stopping();
+        // Nobody vouches for the clock any more.
+        self.bound.withdraw();
         self.save_drift();
         self.shared.stop.store(true, Ordering::Relaxed);
         for w in std::mem::take(&mut self.workers) {
