@@ -75,14 +75,15 @@ pub const MAX_KERNEL_ERROR_US: i64 = 16_000_000;
 /// Sets the kernel's error estimates of CLOCK_REALTIME (`ADJ_MAXERROR`, `ADJ_ESTERROR`, µs,
 /// capped at [`MAX_KERNEL_ERROR_US`]) for programs that read them with `adjtimex`/`ntp_gettime`.
 /// The kernel itself adds 500 µs to the maximum error every second. Moves neither the time nor
-/// its frequency; needs CAP_SYS_TIME.
-pub fn set_error_estimates(max_error_us: i64, est_error_us: i64) -> io::Result<()> {
+/// its frequency; needs CAP_SYS_TIME. Returns the kernel's values after the call, read back.
+pub fn set_error_estimates(max_error_us: i64, est_error_us: i64) -> io::Result<(i64, i64)> {
     // SAFETY: an all-zero timex is a valid value for every field.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     tx.modes = libc::ADJ_MAXERROR | libc::ADJ_ESTERROR;
     tx.maxerror = max_error_us.clamp(0, MAX_KERNEL_ERROR_US) as libc::c_long;
     tx.esterror = est_error_us.clamp(0, MAX_KERNEL_ERROR_US) as libc::c_long;
-    adjtime(&mut tx)
+    adjtime(&mut tx)?;
+    Ok((tx.maxerror as i64, tx.esterror as i64))
 }
 
 fn adjtime(tx: &mut libc::timex) -> io::Result<()> {

@@ -6,9 +6,10 @@
 
 mod support;
 
+use clock_bound_client::{ClockBoundClient, ClockStatus};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::daemon::{
     daemon, daemon_at, fast_server, states, status, tracking, true_error, virtual_clock,
     wait_until, MAX_ERROR, SECS,
@@ -765,11 +766,21 @@ fn now(lab: &Lab, sock: &str) -> Value {
     doc
 }
 
-/// Three references, a middle daemon following them, a leaf following the middle one; both on
-/// virtual clocks. For over a minute `ntpkit now` is sampled on both: whenever the status is
-/// synchronized (or holdover) the interval holds true time — the virtual clock's offset from
-/// the OS clock is within the bound, and earliest ≤ time ≤ latest — also across the minute in
-/// which one reference turns falseticker.
+/// True time in the lab below: the references serve the OS clock plus this much, so that the
+/// OS clock itself is wrong by it.
+const TRUE_AHEAD_OF_OS: f64 = 0.2;
+
+/// Three references serving true time (OS clock + 0.2 s), a middle daemon following them, a
+/// leaf following the middle one; both on virtual clocks, both publishing the bound's
+/// shared-memory page. For over a minute the bound is sampled on both, three ways, also across
+/// the minute in which one reference turns falseticker; whenever there is a bound, the interval
+/// holds true time:
+/// * `ntpkit now`: the virtual clock's true error is within the bound, earliest ≤ time ≤ latest;
+/// * the page read by `ntpkit-clock` and by AWS's `clock-bound-client`: the interval around
+///   CLOCK_REALTIME (0.2 s behind true time) holds true time.
+///
+/// Then a commit-wait on the leaf's page waits until a timestamp is certainly past, and a
+/// stopped daemon's page says there is no bound.
 #[test]
 #[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
 fn now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker() {
@@ -779,32 +790,49 @@ fn now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker() {
     );
     let lab = Lab::new("now");
     let mut refs: Vec<Proc> = (1..=3)
-        .map(|i| reference(&lab, &format!("ref{i}"), &format!("127.0.1.{i}:1123"), 0.0))
+        .map(|i| {
+            let addr = format!("127.0.1.{i}:1123");
+            reference(&lab, &format!("ref{i}"), &addr, TRUE_AHEAD_OF_OS)
+        })
         .collect();
     let servers: String = (1..=3)
         .map(|i| fast_server(&format!("127.0.1.{i}:1123")))
         .collect();
     let public = lab.public_dir();
     let socks = [public.join("mid.sock"), public.join("leaf.sock")];
+    let pages = [public.join("mid.shm"), public.join("leaf.shm")];
+    let page_line = |p: &std::path::Path| format!("clockbound-shm = \"{}\"\n", p.display());
     let _mid = daemon_at(
         &lab,
         "mid",
         &format!(
-            "listen = [\"127.0.0.2:1123\"]\n{servers}{}",
-            virtual_clock(0.05, 20.0)
+            "{}listen = [\"127.0.0.2:1123\"]\n{servers}{}",
+            page_line(&pages[0]),
+            virtual_clock(TRUE_AHEAD_OF_OS + 0.05, 20.0)
         ),
         &socks[0],
     );
-    let _leaf = daemon_at(
+    let mut leaf = daemon_at(
         &lab,
         "leaf",
         &format!(
-            "{}{}",
+            "{}{}{}",
+            page_line(&pages[1]),
             fast_server("127.0.0.2:1123"),
-            virtual_clock(-0.03, -15.0)
+            virtual_clock(TRUE_AHEAD_OF_OS - 0.03, -15.0)
         ),
         &socks[1],
     );
+    let mut readers: Vec<(ntpkit_clock::Clock, ClockBoundClient)> = pages
+        .iter()
+        .map(|p| {
+            (
+                ntpkit_clock::Clock::open(p).expect("the daemon's page"),
+                ClockBoundClient::new_with_path(p.to_str().unwrap()).expect("AWS's client"),
+            )
+        })
+        .collect();
+    let mut page_samples = 0;
     let socks: Vec<String> = socks
         .iter()
         .map(|p| p.to_string_lossy().to_string())
@@ -824,9 +852,15 @@ fn now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker() {
         if bad.is_none() && start.elapsed() > SECS(15) {
             // The third reference restarts three seconds off: a falseticker for the middle one.
             refs[2].stop_with(libc::SIGTERM);
-            bad = Some(reference(&lab, "ref3-bad", "127.0.1.3:1123", 3.0));
+            bad = Some(reference(
+                &lab,
+                "ref3-bad",
+                "127.0.1.3:1123",
+                TRUE_AHEAD_OF_OS + 3.0,
+            ));
         }
-        for (name, sock) in ["mid", "leaf"].iter().zip(&socks) {
+        for ((name, sock), (ours, aws)) in ["mid", "leaf"].iter().zip(&socks).zip(&mut readers) {
+            page_samples += check_page(name, ours, aws);
             let n = now(&lab, sock);
             let status = n["status"].as_str().unwrap_or_default();
             if status == "unknown" {
@@ -836,7 +870,8 @@ fn now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker() {
             let bound = n["bound"].as_f64().expect("a bound");
             let error = n["clock"]["offset_from_os"]
                 .as_f64()
-                .expect("virtual clock");
+                .expect("virtual clock")
+                - TRUE_AHEAD_OF_OS;
             assert!(
                 error.abs() <= bound,
                 "{name}: true error {error:+.9} s outside ±{bound:.9} s ({status})\n{n:#}"
@@ -852,6 +887,10 @@ fn now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(bounds.len() > 100, "only {} bounded samples", bounds.len());
+    assert!(
+        page_samples > 100,
+        "only {page_samples} bounded page samples"
+    );
     bounds.sort_by(f64::total_cmp);
     let median = bounds[bounds.len() / 2];
     assert!(median < 0.01, "a median bound of {median} s on loopback");
@@ -880,4 +919,52 @@ fn now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker() {
     ] {
         assert!(text.stdout.contains(want), "{want:?} in\n{}", text.stdout);
     }
+
+    // Commit-wait on the leaf's page: a timestamp at the interval's latest edge is certainly
+    // past once the earliest edge has passed it, about twice the bound later.
+    let leaf_clock = &readers[1].0;
+    let start = leaf_clock.now().expect("synchronized");
+    let waited = leaf_clock.wait_until_past(start.latest).unwrap();
+    assert!(
+        waited + Duration::from_millis(1) >= start.bound() * 2,
+        "waited {waited:?} for ±{:?}",
+        start.bound()
+    );
+    // A stopped daemon no longer vouches for its clock.
+    leaf.stop_with(libc::SIGTERM);
+    assert!(matches!(
+        leaf_clock.now(),
+        Err(ntpkit_clock::Error::Unsynchronized(_))
+    ));
+    let mut aws = ClockBoundClient::new_with_path(pages[1].to_str().unwrap()).unwrap();
+    assert_eq!(aws.now().unwrap().clock_status, ClockStatus::Unknown);
+}
+
+/// Reads a daemon's bound page with `ntpkit-clock` and with AWS's client; if there is a bound,
+/// checks that the interval around CLOCK_REALTIME holds true time, CLOCK_REALTIME +
+/// [`TRUE_AHEAD_OF_OS`]. Returns 1 for a bounded sample, 0 without a bound.
+fn check_page(name: &str, ours: &ntpkit_clock::Clock, aws: &mut ClockBoundClient) -> usize {
+    let ahead = Duration::from_secs_f64(TRUE_AHEAD_OF_OS);
+    let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128;
+    let before = unix(SystemTime::now() + ahead);
+    let interval = ours.now();
+    let theirs = aws.now().expect("AWS's client reads the page");
+    let after = unix(SystemTime::now() + ahead);
+    let Ok(i) = interval else {
+        assert_eq!(theirs.clock_status, ClockStatus::Unknown, "{name}");
+        return 0;
+    };
+    let (e, l) = (unix(i.earliest), unix(i.latest));
+    assert!(
+        e <= before && after <= l,
+        "{name}: true time [{before}, {after}] ns outside the page's [{e}, {l}] ({:?})",
+        i.status
+    );
+    let ts = |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
+    let (ae, al) = (ts(theirs.earliest), ts(theirs.latest));
+    assert!(
+        ae <= before && after <= al,
+        "{name}: AWS's client reads [{ae}, {al}] ns, true time is [{before}, {after}]"
+    );
+    1
 }

@@ -35,6 +35,8 @@ pub struct BoundPublisher {
     kernel: bool,
     /// The kernel refused once: logged, not retried.
     kernel_refused: bool,
+    /// The first bounded estimates were logged.
+    kernel_announced: bool,
     next_refresh: MonoTime,
 }
 
@@ -58,6 +60,7 @@ impl BoundPublisher {
             page,
             kernel,
             kernel_refused: false,
+            kernel_announced: false,
             next_refresh: now,
         })
     }
@@ -78,9 +81,27 @@ impl BoundPublisher {
     ) {
         if updated && self.kernel && !self.kernel_refused {
             let (max, est) = kernel_error_estimates(&system.error_bound(now));
-            if let Err(e) = ntpkit_os::adjust::set_error_estimates(max, est) {
-                tracing::warn!("the kernel refused the clock's error estimates: {e}");
-                self.kernel_refused = true;
+            match ntpkit_os::adjust::set_error_estimates(max, est) {
+                Ok(read_back) => {
+                    let text = format!(
+                        "kernel clock error estimates: maxerror {} µs, esterror {} µs",
+                        read_back.0, read_back.1
+                    );
+                    // Said once at info, when the kernel holds a bound (read back as set).
+                    if !self.kernel_announced
+                        && read_back == (max, est)
+                        && max < ntpkit_os::adjust::MAX_KERNEL_ERROR_US
+                    {
+                        self.kernel_announced = true;
+                        tracing::info!("{text} (set again at every clock update)");
+                    } else {
+                        tracing::debug!("{text}");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("the kernel refused the clock's error estimates: {e}");
+                    self.kernel_refused = true;
+                }
             }
         }
         let Some(page) = &mut self.page else { return };

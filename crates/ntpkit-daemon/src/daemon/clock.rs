@@ -175,10 +175,7 @@ impl ClockBackend {
     /// disciplines the OS clock itself.
     pub fn divergence_from_os(&self, os_ns: i64) -> (f64, f64) {
         match &self.soft {
-            Some(c) => (
-                c.offset_at(os_ns) as f64 * 1e-9,
-                c.rate_ppm_at(os_ns) * 1e-6,
-            ),
+            Some(c) => (c.offset_at(os_ns) * 1e-9, c.rate_ppm_at(os_ns) * 1e-6),
             None => (0.0, 0.0),
         }
     }
