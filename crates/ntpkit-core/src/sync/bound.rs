@@ -11,7 +11,7 @@
 //! | [`path_asymmetry`](BoundTerms::path_asymmetry) | half the root delay through the selected source (our path delay to it plus its own root delay): NTP cannot tell a symmetric path from one whose delay is all on one side, so half the delay is the honest floor |
 //! | [`root_dispersion`](BoundTerms::root_dispersion) | the selected source's own root dispersion: how far its time may be from true time, as it vouches |
 //! | [`clock_error_growth`](BoundTerms::clock_error_growth) | since the last update, the oscillator may drift away from the estimated frequency by up to the configured maximum clock error rate (chrony's `maxclockerror`) |
-//! | [`prediction_error_growth`](BoundTerms::prediction_error_growth) | the last update found the clock away from where the discipline predicted it by the innovation y after an interval Δ: since then the same unpredicted drift rate \|y\| / Δ is allowed for (an early frequency estimate is more confident than it should be) |
+//! | [`prediction_error_growth`](BoundTerms::prediction_error_growth) | an update found the clock away from where the discipline predicted it by the innovation y after an interval Δ: since the last update, the largest such unpredicted drift rate \|y\| / Δ of the latest eight updates is allowed for, each older one counting 0.7× less per update (an early frequency estimate is more confident than it should be, and one quiet update after unsettled ones does not mean it has settled) |
 //! | [`frequency_uncertainty_growth`](BoundTerms::frequency_uncertainty_growth) | since the last update, the estimated frequency's own uncertainty ([`BOUND_SIGMAS`] × √P₁₁) times the elapsed time |
 //!
 //! The first term is statistical, the others are worst-case limits; [`BOUND_SIGMAS`] is chosen
@@ -85,7 +85,8 @@ pub struct BoundTerms {
     /// [`BOUND_SIGMAS`] × the frequency estimate's standard deviation × seconds since the last
     /// update.
     pub frequency_uncertainty_growth: f64,
-    /// The drift rate the last update found unpredicted (|innovation| / interval) × seconds
+    /// The largest drift rate the latest updates found unpredicted (|innovation| / interval,
+    /// older updates discounted) × seconds
     /// since the last update.
     pub prediction_error_growth: f64,
     /// Seconds since the last update (the growth terms' elapsed time).
@@ -125,7 +126,8 @@ pub struct BoundInputs {
     pub root_dispersion: f64,
     /// Seconds since the last update.
     pub since_update: f64,
-    /// |innovation of the last update| / the interval before it, s/s.
+    /// The largest |innovation| / interval of the latest updates (older ones discounted),
+    /// s/s.
     pub unpredicted_drift: f64,
 }
 

@@ -233,6 +233,10 @@ pub struct SyncSystem {
     served: Option<ServedState>,
     /// What the error bound grows from: recorded with the served state.
     bound_anchor: Option<BoundAnchor>,
+    /// |innovation| / interval of the latest updates (a ring), s/s: the bound allows for the
+    /// largest of them.
+    recent_drift: [f64; RECENT_DRIFT_UPDATES],
+    recent_drift_next: usize,
     sys_poll: i8,
     commands: CommandQueue,
     events: VecDeque<Event>,
@@ -259,6 +263,8 @@ impl SyncSystem {
             clock_seen: (now, clock),
             served: None,
             bound_anchor: None,
+            recent_drift: [0.0; RECENT_DRIFT_UPDATES],
+            recent_drift_next: 0,
             sys_poll: i8::MIN,
             commands: CommandQueue::default(),
             events: VecDeque::new(),
@@ -894,6 +900,8 @@ impl SyncSystem {
             return false;
         };
         let phase = self.discipline.phase_at(now);
+        let unpredicted_drift =
+            self.note_unpredicted_drift(now, self.discipline.state(now).last_offset);
         let src = self.sources[peer].as_ref().expect("peer exists");
         let (Some(info), Some(e)) = (src.info(), src.estimate(phase)) else {
             return false;
@@ -912,11 +920,7 @@ impl SyncSystem {
                 .max((e.offset - d.offset).abs()),
             root_delay,
             root_dispersion: info.root_dispersion,
-            unpredicted_drift: self
-                .last_update
-                .map(|(t, _)| now.secs_since(t))
-                .filter(|&dt| dt > 0.0)
-                .map_or(0.0, |dt| d.last_offset.abs() / dt),
+            unpredicted_drift,
         });
         let root_dispersion =
             info.root_dispersion + e.dispersion + e.jitter + d.offset_sd + d.offset.abs();
@@ -931,6 +935,30 @@ impl SyncSystem {
             reference_time,
         });
         true
+    }
+
+    /// Records the drift rate the update at `now` found unpredicted (its innovation over the
+    /// interval since the last update) and returns the largest of the latest
+    /// [`RECENT_DRIFT_UPDATES`]: one quiet update after unsettled ones does not mean the
+    /// frequency estimate has settled (a source slewing at start-up makes its clients'
+    /// estimates swing for several updates).
+    fn note_unpredicted_drift(&mut self, now: MonoTime, innovation: f64) -> f64 {
+        let rate = self
+            .last_update
+            .map(|(t, _)| now.secs_since(t))
+            .filter(|&dt| dt > 0.0)
+            .map_or(0.0, |dt| innovation.abs() / dt);
+        // The first updates' innovations are the initial offset being found, not drift: they
+        // count for their own interval only.
+        // Older updates count less: each one back, by RECENT_DRIFT_DECAY.
+        for r in &mut self.recent_drift {
+            *r *= RECENT_DRIFT_DECAY;
+        }
+        if self.discipline.state(now).updates > SETTLING_UPDATES {
+            self.recent_drift[self.recent_drift_next] = rate;
+            self.recent_drift_next = (self.recent_drift_next + 1) % RECENT_DRIFT_UPDATES;
+        }
+        self.recent_drift.iter().copied().fold(rate, f64::max)
     }
 
     /// After a discipline update: commands, served state, poll interval.
@@ -1014,6 +1042,13 @@ struct Settings {
     holdover: f64,
     max_clock_error: f64,
 }
+
+/// How many of the latest updates' unpredicted drift rates the error bound allows for.
+const RECENT_DRIFT_UPDATES: usize = 8;
+/// How much less an update's unpredicted drift counts for each later update.
+const RECENT_DRIFT_DECAY: f64 = 0.7;
+/// Updates whose unpredicted drift counts for their own interval only (the initial offset).
+const SETTLING_UPDATES: u64 = 4;
 
 /// The state the error bound grows from, recorded at the last update (or change of system
 /// peer): the discipline's uncertainties and the path terms through the peer.
@@ -1748,6 +1783,30 @@ mod tests {
         b.run_for(180, |_, _| {});
         let f = b.sys.bound_forecast(MonoTime(b.t), 600.0).unwrap();
         assert!(f.valid_for < 60.0, "{f:?}");
+    }
+
+    #[test]
+    fn an_unsettled_update_widens_the_bound_for_several_updates() {
+        let mut b = Bench::fast(&[0.0], (0.01, 5.0));
+        b.run_for(60, |_, _| {});
+        let (last, _) = b.sys.last_update.expect("updated");
+        assert!(b.sys.discipline.state(MonoTime(b.t)).updates > SETTLING_UPDATES);
+        // 1 ms unpredicted over 10 s: 100 ppm, counted in full now.
+        let at = |s: f64| last.add_secs_f64(s);
+        let first = b.sys.note_unpredicted_drift(at(10.0), 1e-3);
+        assert!((first - 1e-4).abs() < 1e-12, "{first}");
+        // Quiet updates after it: still allowed for, less each time, gone after the ring.
+        let mut previous = first;
+        for k in 1..RECENT_DRIFT_UPDATES {
+            let r = b.sys.note_unpredicted_drift(at(10.0), 0.0);
+            let want = 1e-4 * RECENT_DRIFT_DECAY.powi(k as i32);
+            assert!(
+                (r - want).abs() < 1e-12 && r < previous,
+                "update {k}: {r} vs {want}"
+            );
+            previous = r;
+        }
+        assert_eq!(b.sys.note_unpredicted_drift(at(10.0), 0.0), 0.0);
     }
 
     #[test]
