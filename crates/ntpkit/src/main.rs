@@ -73,7 +73,8 @@ enum Command {
     Sources(control_cli::ControlArgs),
     /// Show a running daemon's time with its error bound: true time is within the earliest and
     /// latest shown. Exit status 0 with a bound (synchronized, holdover), 1 when the status is
-    /// unknown.
+    /// unknown. Programs read the same bound without asking the daemon from its shared-memory
+    /// page (`clockbound-shm` in the daemon's configuration; AWS ClockBound's layout).
     Now(control_cli::ControlArgs),
     /// Add, remove or burst sources of a running daemon (root or the daemon's user).
     #[command(subcommand)]
