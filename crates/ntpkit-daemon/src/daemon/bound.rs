@@ -117,7 +117,7 @@ impl BoundPublisher {
         self.next_refresh = now.add_secs_f64(REFRESH_INTERVAL);
     }
 
-    /// Says there is no bound any more (the daemon is stopping).
+    /// Says there is no bound (the daemon is stopping, or the clock is about to be stepped).
     pub fn withdraw(&mut self) {
         if let Some(page) = &mut self.page {
             page.write(&page_body(None, 0.0, 0.0, page::monotonic_coarse()));

@@ -518,6 +518,11 @@ impl Daemon {
         let mut changed = false;
         while let Some(cmd) = self.system.poll_clock_command() {
             tracing::debug!("clock command {cmd:?}");
+            if matches!(cmd, ntpkit_core::ClockCommand::Step { .. }) {
+                // Readers must not apply the bound from before the step to the stepped clock:
+                // no bound until the page is refreshed below.
+                self.bound.withdraw();
+            }
             self.clock.apply(realtime_nanos(), cmd)?;
             changed = true;
         }
