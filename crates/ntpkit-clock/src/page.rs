@@ -144,10 +144,20 @@ impl PageWriter {
     /// Opens the page at `path`, or creates it (and its directory, mode 0755): a new page is
     /// written whole under a temporary name and renamed into place, so a reader never finds
     /// a half-written header. The page is readable by every user (mode 0644) and starts with
-    /// status unknown.
+    /// status unknown. A file at `path` is only ever replaced if it is empty or a clock page
+    /// (of any layout version); anything else is refused, so a mistyped path loses nothing.
     pub fn create(path: &Path) -> io::Result<PageWriter> {
         if let Some(writer) = Self::reuse(path)? {
             return Ok(writer);
+        }
+        if let Some(what) = foreign_file(path)? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} is {what}, not a clock page; remove it or choose another path",
+                    path.display()
+                ),
+            ));
         }
         let dir = path
             .parent()
@@ -260,6 +270,26 @@ impl Drop for PageWriter {
         // SAFETY: mapped by map_shared with PAGE_LEN bytes.
         unsafe { libc::munmap(self.map.cast(), PAGE_LEN) };
     }
+}
+
+/// What the file at `path` is, if it exists and may not be replaced by a page: anything but
+/// an empty file or one that starts with the page signature.
+fn foreign_file(path: &Path) -> io::Result<Option<String>> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_file() {
+        return Ok(Some("not a regular file".into()));
+    }
+    if meta.len() == 0 {
+        return Ok(None);
+    }
+    let mut start = [0u8; 4];
+    let n = std::io::Read::read(&mut File::open(path)?, &mut start)?;
+    Ok((n < 4 || u32::from_ne_bytes(start) != MAGIC[0])
+        .then(|| format!("a file of {} bytes", meta.len())))
 }
 
 /// Maps the first PAGE_LEN bytes of `file` shared and writable.

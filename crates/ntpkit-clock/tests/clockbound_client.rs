@@ -114,15 +114,28 @@ fn a_restarted_writer_keeps_the_readers_mapping() {
 }
 
 #[test]
-fn a_file_that_is_not_a_page_is_replaced_and_refused() {
+fn a_file_that_is_not_a_page_is_refused_and_kept() {
     let dir = scratch("garbage");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("shm0");
-    std::fs::write(&path, b"not a clock page at all").unwrap();
+    let text = b"not a clock page at all";
+    std::fs::write(&path, text).unwrap();
     assert!(matches!(Clock::open(&path), Err(Error::NotAPage(..))));
+    // A mistyped path must not cost the file that is there.
+    let e = PageWriter::create(&path).unwrap_err();
+    assert!(e.to_string().contains("not a clock page; remove it"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), text);
     std::fs::write(&path, [0u8; 80]).unwrap();
     let e = Clock::open(&path).unwrap_err();
     assert!(e.to_string().contains("signature"), "{e}");
+    assert!(
+        PageWriter::create(&path).is_err(),
+        "80 zero bytes are not a page either"
+    );
+    // A page of another layout (ClockBound's version 1, say) is replaced.
+    let mut old = vec![0u8; 64];
+    old[..4].copy_from_slice(&page::MAGIC[0].to_ne_bytes());
+    std::fs::write(&path, &old).unwrap();
     let mut w = PageWriter::create(&path).unwrap();
     w.write(&body(Status::Synchronized, 1, 0));
     assert_eq!(
@@ -131,6 +144,12 @@ fn a_file_that_is_not_a_page_is_replaced_and_refused() {
     );
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    // So is an empty file.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    PageWriter::create(&empty).unwrap();
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 80);
+    std::fs::remove_file(&empty).unwrap();
     let e = Clock::open(&dir.join("absent")).unwrap_err();
     assert!(e.to_string().contains("clockbound-shm"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -45,9 +45,14 @@ impl BoundPublisher {
     pub fn new(path: Option<&Path>, kernel: bool, now: MonoTime) -> Result<Self, String> {
         let page = match path {
             Some(p) => Some(PageWriter::create(p).map_err(|e| {
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    "; start the daemon as root (it creates the page before it drops its \
+                     privileges), or choose a path its user may write"
+                } else {
+                    ""
+                };
                 format!(
-                    "clockbound-shm = {:?}: cannot create the page: {e}; the daemon must \
-                     start as root for /var/run, or choose a writable path",
+                    "clockbound-shm = {:?}: cannot create the page: {e}{hint}",
                     p.display().to_string()
                 )
             })?),
@@ -245,6 +250,22 @@ mod tests {
             assert_eq!(b.clock_status, Status::Unknown.code());
             assert_eq!(b.void_after, AS_OF, "void at once");
         }
+    }
+
+    #[test]
+    fn a_page_path_that_holds_another_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("ntpkit-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notes.txt");
+        std::fs::write(&path, "keep me").unwrap();
+        let e = BoundPublisher::new(Some(&path), false, MonoTime(0)).unwrap_err();
+        assert!(e.starts_with("clockbound-shm = "), "{e}");
+        assert!(
+            e.contains("not a clock page; remove it or choose another path"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
