@@ -23,7 +23,7 @@
 use crate::daemon::clock::ClockReport;
 use crate::serve::{CounterValues, Shared};
 use ntpkit_core::sync::status::SyncState;
-use ntpkit_core::sync::{SourceState, SourceStatus, SystemStatus};
+use ntpkit_core::sync::{BoundStatus, ErrorBound, SourceState, SourceStatus, SystemStatus};
 use ntpkit_os::Waker;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub leap: u8,
     /// Configured servers and pools with no source yet (names not resolved so far).
     pub unresolved: usize,
+    /// The clock error bound now.
+    pub bound: ErrorBound,
 }
 
 /// The event loop's side of the endpoint: scrapes waiting for a [`Snapshot`].
@@ -784,6 +786,7 @@ impl Collector for Scrape {
         if let Some(s) = &self.snapshot {
             encode_tracking(enc, s)?;
             encode_clock(enc, &s.clock)?;
+            encode_bound(enc, &s.bound)?;
             encode_sources(enc, s)?;
         }
         Ok(())
@@ -1069,6 +1072,47 @@ fn encode_clock(enc: &mut DescriptorEncoder, c: &ClockReport) -> std::fmt::Resul
     Ok(())
 }
 
+fn encode_bound(enc: &mut DescriptorEncoder, b: &ErrorBound) -> std::fmt::Result {
+    let statuses: Vec<(Labels, Num)> = [
+        BoundStatus::Synchronized,
+        BoundStatus::Holdover,
+        BoundStatus::Unknown,
+    ]
+    .iter()
+    .map(|&st| {
+        (
+            vec![("status", st.as_str().to_string())],
+            u64::from(st == b.status).into(),
+        )
+    })
+    .collect();
+    family(
+        enc,
+        (
+            "ntpkit_clock_error_bound_status",
+            "Whether the clock error bound holds: 1 for the current status (synchronized, \
+             holdover, unknown), 0 for the others.",
+            None,
+            GAUGE,
+        ),
+        &statuses,
+    )?;
+    if let Some(bound) = b.bound() {
+        single(
+            enc,
+            (
+                "ntpkit_clock_error_bound",
+                "Half-width of the interval around the clock that holds true time (`ntpkit now`); \
+                 absent while the status is unknown.",
+                SECONDS,
+                GAUGE,
+            ),
+            bound,
+        )?;
+    }
+    Ok(())
+}
+
 fn encode_sources(enc: &mut DescriptorEncoder, s: &Snapshot) -> std::fmt::Result {
     let sources = &s.system.sources;
     let labels = |src: &SourceStatus| -> Labels {
@@ -1119,6 +1163,7 @@ fn encode_sources(enc: &mut DescriptorEncoder, s: &Snapshot) -> std::fmt::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ntpkit_core::sync::BoundTerms;
     use std::collections::HashMap;
     use std::sync::atomic::Ordering;
 
@@ -1198,6 +1243,14 @@ mod tests {
             },
             leap: 0,
             unresolved: 1,
+            bound: ErrorBound {
+                status: BoundStatus::Holdover,
+                terms: Some(BoundTerms {
+                    path_asymmetry: 0.002,
+                    root_dispersion: 0.0005,
+                    ..BoundTerms::default()
+                }),
+            },
         }
     }
 
@@ -1258,6 +1311,21 @@ mod tests {
         let d = get(&s, "ntpkit_tracking_root_distance_seconds", &[]);
         assert!((d - 0.003).abs() < 1e-15, "{d}");
         assert_eq!(get(&s, "ntpkit_tracking_poll_interval_seconds", &[]), 16.0);
+        assert_eq!(get(&s, "ntpkit_clock_error_bound_seconds", &[]), 0.0025);
+        for (st, v) in [("synchronized", 0.0), ("holdover", 1.0), ("unknown", 0.0)] {
+            let l = [("status", st)];
+            assert_eq!(get(&s, "ntpkit_clock_error_bound_status", &l), v);
+        }
+        let mut unknown = snapshot();
+        unknown.bound = ErrorBound::UNKNOWN;
+        let text = render(Format::PrometheusText, &shared, Some(unknown));
+        let s3 = samples(&text);
+        let l = [("status", "unknown")];
+        assert_eq!(get(&s3, "ntpkit_clock_error_bound_status", &l), 1.0);
+        assert!(
+            !text.contains("ntpkit_clock_error_bound_seconds"),
+            "no number without a bound"
+        );
         let f = get(&s, "ntpkit_tracking_frequency_error_ratio", &[]);
         assert!((f - 12.5e-6).abs() < 1e-15, "{f}");
         assert_eq!(get(&s, "ntpkit_tracking_updates_total", &[]), 40.0);

@@ -311,6 +311,15 @@ fn daemon_metrics_show_tracking_sources_and_serving() {
     assert!(m.has("ntpkit_tracking_poll_interval_seconds"), "{}", m.text);
     assert_eq!(m.value("ntpkit_clock_info", &[("backend", "virtual")]), 1.0);
     assert!(m.value("ntpkit_clock_offset_from_os_seconds", &[]).abs() < 0.05);
+    // The error bound, from the same snapshot: it holds the virtual clock's true error.
+    let synced = [("status", "synchronized")];
+    assert_eq!(m.value("ntpkit_clock_error_bound_status", &synced), 1.0);
+    let bound = m.value("ntpkit_clock_error_bound_seconds", &[]);
+    let error = m.value("ntpkit_clock_offset_from_os_seconds", &[]);
+    assert!(
+        error.abs() <= bound && bound < 0.05,
+        "{error} within ±{bound}?"
+    );
     assert_eq!(m.value("ntpkit_sources_unresolved", &[]), 0.0);
 
     // Each source, by address and configured name.

@@ -948,12 +948,12 @@ impl SyncSystem {
             .map(|(t, _)| now.secs_since(t))
             .filter(|&dt| dt > 0.0)
             .map_or(0.0, |dt| innovation.abs() / dt);
-        // The first updates' innovations are the initial offset being found, not drift: they
-        // count for their own interval only.
         // Older updates count less: each one back, by RECENT_DRIFT_DECAY.
         for r in &mut self.recent_drift {
             *r *= RECENT_DRIFT_DECAY;
         }
+        // The first updates' innovations are the initial offset being found, not drift: they
+        // count for their own interval only.
         if self.discipline.state(now).updates > SETTLING_UPDATES {
             self.recent_drift[self.recent_drift_next] = rate;
             self.recent_drift_next = (self.recent_drift_next + 1) % RECENT_DRIFT_UPDATES;

@@ -580,6 +580,7 @@ impl Daemon {
             clock: self.clock.report(realtime_nanos()),
             leap: self.system.served_state(now).leap as u8,
             unresolved: self.upstreams.unresolved(),
+            bound: self.system.error_bound(now),
         }
     }
 
