@@ -35,7 +35,7 @@
 
 pub mod page;
 
-use page::{Body, HEADER_LEN, MAGIC, PAGE_LEN, VERSION};
+use page::{Body, Header, HEADER_LEN, MAGIC, PAGE_LEN, VERSION};
 pub use page::{Status, Timespec, DEFAULT_PATH};
 use std::fs::File;
 use std::io;
@@ -171,15 +171,12 @@ impl Clock {
             map: map.cast(),
             _file: file,
         };
-        // SAFETY: within the mapping.
-        let (magic, size, version) = unsafe {
-            let h = clock.map.cast::<u32>();
-            (
-                [h.read_volatile(), h.add(1).read_volatile()],
-                h.add(2).read_volatile(),
-                clock.map.add(12).cast::<u16>().read_volatile(),
-            )
-        };
+        // SAFETY: the mapping is PAGE_LEN bytes, page-aligned.
+        let Header {
+            magic,
+            size,
+            version,
+        } = unsafe { Header::read(clock.map) };
         let not_a_page = |why: String| Err(Error::NotAPage(path.to_path_buf(), why));
         if magic != MAGIC {
             return not_a_page("no ClockBound signature".into());

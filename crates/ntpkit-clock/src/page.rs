@@ -105,6 +105,29 @@ impl Status {
     }
 }
 
+/// The header's fields but the generation, as read from a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub magic: [u32; 2],
+    pub size: u32,
+    pub version: u16,
+}
+
+impl Header {
+    /// Reads the header at the start of `map`.
+    ///
+    /// # Safety
+    /// `map` must point to at least [`HEADER_LEN`] readable, 4-aligned bytes.
+    pub(crate) unsafe fn read(map: *const u8) -> Header {
+        let words = map.cast::<u32>();
+        Header {
+            magic: [words.read_volatile(), words.add(1).read_volatile()],
+            size: words.add(2).read_volatile(),
+            version: map.add(12).cast::<u16>().read_volatile(),
+        }
+    }
+}
+
 /// The page after its header: what one update writes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -222,15 +245,11 @@ impl PageWriter {
             _file: file,
         };
         // SAFETY: the mapping is PAGE_LEN bytes.
-        let (magic, size, version) = unsafe {
-            let header = writer.map.cast::<u32>();
-            (
-                [header.read_volatile(), header.add(1).read_volatile()],
-                header.add(2).read_volatile(),
-                writer.map.add(12).cast::<u16>().read_volatile(),
-            )
-        };
-        Ok((magic == MAGIC && size as usize == PAGE_LEN && version == VERSION).then_some(writer))
+        let h = unsafe { Header::read(writer.map) };
+        Ok(
+            (h.magic == MAGIC && h.size as usize == PAGE_LEN && h.version == VERSION)
+                .then_some(writer),
+        )
     }
 
     /// Where the page is.

@@ -75,8 +75,9 @@ impl BoundPublisher {
         self.page.as_ref().map(|_| self.next_refresh)
     }
 
-    /// Publishes the bound at `now`: the page always, the kernel's estimates if `updated`
-    /// (a clock update or command since the last call).
+    /// Publishes the bound at `now`, read just before the call (the page's as-of is read
+    /// here, and readers grow the bound from it): the page always, the kernel's estimates if
+    /// `updated` (a clock update or command since the last call).
     pub fn publish(
         &mut self,
         system: &SyncSystem,

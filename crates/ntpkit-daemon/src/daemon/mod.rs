@@ -471,7 +471,8 @@ impl Daemon {
             self.next_drift_save = now.add_secs_f64(DRIFT_SAVE_INTERVAL);
         }
         if self.bound.deadline().is_some_and(|t| t <= now) {
-            self.bound.publish(&self.system, &self.clock, now, false);
+            // The time now, not the loop's: the page's as-of is read when it is written.
+            self.bound.publish(&self.system, &self.clock, mono(), false);
         }
         if let Some(w) = &mut self.watchdog {
             w.handle_timeout(now.0);
