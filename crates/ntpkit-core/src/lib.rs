@@ -31,6 +31,6 @@ pub use clock::{ClockCommand, SoftClock};
 pub use exchange::{measure, validate_reply, Measurement, ReplyError};
 pub use policy::{AccessList, Admission, Policy, RateLimit, RateLimiter, Rule};
 pub use responder::{IgnoreReason, Responder, ResponderStats, Response};
-pub use served::{ServedState, PHI};
+pub use served::{DispersionFloor, ServedState, PHI};
 pub use sync::{SourceConfig, SourceId, SyncSystem, SystemConfig};
 pub use time::{ClockTime, MonoTime, NANOS_PER_SEC};

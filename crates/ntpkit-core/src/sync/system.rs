@@ -11,7 +11,7 @@ use super::source::{
 };
 use super::status::{SourceState, SourceStatus, SyncState, SystemStatus, Tracking};
 use crate::clock::{ClockCommand, CommandQueue};
-use crate::served::{ServedState, PHI};
+use crate::served::{DispersionFloor, ServedState, PHI};
 use crate::time::{ClockTime, MonoTime};
 use ntpkit_wire::{KissCode, LeapIndicator, RefId};
 use rand_core::RngCore;
@@ -520,15 +520,16 @@ impl SyncSystem {
         let (Some(anchor), Some(_)) = (self.bound_anchor, self.served) else {
             return ErrorBound::UNKNOWN;
         };
+        let estimate = anchor.estimate;
         let inputs = BoundInputs {
-            offset_sd: anchor.offset_sd,
-            frequency_sd: anchor.frequency_sd,
+            offset_sd: estimate.offset_sd,
+            frequency_sd: estimate.frequency_sd,
             offset_now: self.discipline.state(now).offset,
             measurement_gap: anchor.measurement_gap,
             root_delay: anchor.root_delay,
             root_dispersion: anchor.root_dispersion,
-            since_update: now.secs_since(anchor.at),
-            unpredicted_drift: anchor.unpredicted_drift,
+            since_update: now.secs_since(estimate.at),
+            unpredicted_drift: estimate.unpredicted_drift,
         };
         ErrorBound::compute(status, &inputs, self.config.max_clock_error)
     }
@@ -570,7 +571,11 @@ impl SyncSystem {
     /// served; None when [`error_bound`](Self::error_bound) is unknown. For comparison only.
     pub fn clockbound_formula(&self, now: MonoTime) -> Option<f64> {
         self.error_bound(now).bound()?;
-        let served = self.served_state(now);
+        // NTP's root dispersion as chronyd would serve it: without ntpkit's own bound under it.
+        let served = ServedState {
+            dispersion_floor: None,
+            ..self.served_state(now)
+        };
         let dispersion = served
             .root_dispersion_at(self.clock_at(now))
             .to_seconds_f64();
@@ -846,8 +851,8 @@ impl SyncSystem {
                     // unsynchronized): serve through the new peer at once, not from the next
                     // update on.
                     if let (Some(_), Some((_, at))) = (self.served, self.last_update) {
-                        if !self.discipline.is_refusing() {
-                            self.serve_peer(now, at);
+                        if !self.discipline.is_refusing() && self.serve_peer(now, at) {
+                            self.floor_served_dispersion(now);
                         }
                     }
                     if let Some(p) = self.system_peer {
@@ -900,18 +905,28 @@ impl SyncSystem {
             return false;
         };
         let phase = self.discipline.phase_at(now);
-        let unpredicted_drift =
-            self.note_unpredicted_drift(now, self.discipline.state(now).last_offset);
+        let d = self.discipline.state(now);
         let src = self.sources[peer].as_ref().expect("peer exists");
         let (Some(info), Some(e)) = (src.info(), src.estimate(phase)) else {
             return false;
         };
-        let d = self.discipline.state(now);
+        // The estimate's uncertainty and the growth since are anchored at the discipline's
+        // latest update: a new peer, or a sample held back as an outlier, brings new path terms
+        // but teaches nothing about the clock, and must not restart the growth.
+        let estimate = match self.bound_anchor {
+            Some(a) if a.updates == d.updates => a.estimate,
+            _ => EstimateAnchor {
+                at: now,
+                offset_sd: d.offset_sd,
+                frequency_sd: d.frequency_sd_ppm * 1e-6,
+                unpredicted_drift: self.note_unpredicted_drift(now, d.last_offset, d.updates),
+            },
+        };
+        let src = self.sources[peer].as_ref().expect("peer exists");
         let root_delay = info.root_delay + e.delay;
         self.bound_anchor = Some(BoundAnchor {
-            at: now,
-            offset_sd: d.offset_sd,
-            frequency_sd: d.frequency_sd_ppm * 1e-6,
+            updates: d.updates,
+            estimate,
             // The filtered estimate and the latest sample: the filter prefers an older sample
             // of smaller delay, the discipline may hold the latest back as an outlier.
             measurement_gap: src
@@ -920,7 +935,6 @@ impl SyncSystem {
                 .max((e.offset - d.offset).abs()),
             root_delay,
             root_dispersion: info.root_dispersion,
-            unpredicted_drift,
         });
         let root_dispersion =
             info.root_dispersion + e.dispersion + e.jitter + d.offset_sd + d.offset.abs();
@@ -933,19 +947,34 @@ impl SyncSystem {
             root_dispersion: (root_dispersion * 1e9) as i64,
             reference_id: RefId::from_ip(src.ip()),
             reference_time,
+            dispersion_floor: None,
         });
         true
     }
 
-    /// Records the drift rate the update at `now` found unpredicted (its innovation over the
-    /// interval since the last update) and returns the largest of the latest
+    /// Puts the node's own error bound under the root dispersion it serves (see
+    /// [`DispersionFloor`]): called once the served state and the last update are current.
+    fn floor_served_dispersion(&mut self, now: MonoTime) {
+        let forecast = self.bound_forecast(now, self.config.holdover);
+        let at = self.clock_at(now);
+        if let (Some(served), Some(f)) = (self.served.as_mut(), forecast) {
+            served.dispersion_floor = Some(DispersionFloor {
+                at,
+                dispersion: f.bound - served.root_delay as f64 * 0.5e-9,
+                growth: f.growth_rate,
+            });
+        }
+    }
+
+    /// Records the drift rate the update at `now` found unpredicted (its `innovation` over the
+    /// interval since the previous update; `updates` counts them) and returns the largest of the latest
     /// [`RECENT_DRIFT_UPDATES`]: one quiet update after unsettled ones does not mean the
     /// frequency estimate has settled (a source slewing at start-up makes its clients'
     /// estimates swing for several updates).
-    fn note_unpredicted_drift(&mut self, now: MonoTime, innovation: f64) -> f64 {
+    fn note_unpredicted_drift(&mut self, now: MonoTime, innovation: f64, updates: u64) -> f64 {
         let rate = self
-            .last_update
-            .map(|(t, _)| now.secs_since(t))
+            .bound_anchor
+            .map(|a| now.secs_since(a.estimate.at))
             .filter(|&dt| dt > 0.0)
             .map_or(0.0, |dt| innovation.abs() / dt);
         // Older updates count less: each one back, by RECENT_DRIFT_DECAY.
@@ -954,7 +983,7 @@ impl SyncSystem {
         }
         // The first updates' innovations are the initial offset being found, not drift: they
         // count for their own interval only.
-        if self.discipline.state(now).updates > SETTLING_UPDATES {
+        if updates > SETTLING_UPDATES {
             self.recent_drift[self.recent_drift_next] = rate;
             self.recent_drift_next = (self.recent_drift_next + 1) % RECENT_DRIFT_UPDATES;
         }
@@ -972,9 +1001,10 @@ impl SyncSystem {
         if !self.serve_peer(now, clock) {
             return;
         }
-        let src = self.sources[peer].as_ref().expect("peer exists");
         self.last_update = Some((now, clock));
         self.holdover_expired = false;
+        self.floor_served_dispersion(now);
+        let src = self.sources[peer].as_ref().expect("peer exists");
         let adjust = self.discipline.poll_adjustment(src.interval());
         if adjust != 0 {
             let (lo, hi) = self
@@ -1050,18 +1080,27 @@ const RECENT_DRIFT_DECAY: f64 = 0.7;
 /// Updates whose unpredicted drift counts for their own interval only (the initial offset).
 const SETTLING_UPDATES: u64 = 4;
 
-/// The state the error bound grows from, recorded at the last update (or change of system
-/// peer): the discipline's uncertainties and the path terms through the peer.
+/// The state the error bound grows from: the discipline's uncertainties at its latest update,
+/// and the path terms through the system peer, refreshed at every reply it sends and when the
+/// peer changes.
 #[derive(Clone, Copy, Debug)]
 struct BoundAnchor {
-    at: MonoTime,
-    offset_sd: f64,
-    frequency_sd: f64,
+    /// The discipline's update count when `estimate` was taken.
+    updates: u64,
+    estimate: EstimateAnchor,
     /// |the peer's filtered offset or latest sample − the discipline's estimate|, the larger.
     measurement_gap: f64,
     root_delay: f64,
     root_dispersion: f64,
-    /// |innovation| / interval of the last update, s/s.
+}
+
+/// The discipline's estimate at its latest update, from which the bound grows.
+#[derive(Clone, Copy, Debug)]
+struct EstimateAnchor {
+    at: MonoTime,
+    offset_sd: f64,
+    frequency_sd: f64,
+    /// The largest recent unexplained innovation over its interval, s/s.
     unpredicted_drift: f64,
 }
 
@@ -1789,16 +1828,17 @@ mod tests {
     fn an_unsettled_update_widens_the_bound_for_several_updates() {
         let mut b = Bench::fast(&[0.0], (0.01, 5.0));
         b.run_for(60, |_, _| {});
-        let (last, _) = b.sys.last_update.expect("updated");
-        assert!(b.sys.discipline.state(MonoTime(b.t)).updates > SETTLING_UPDATES);
+        let last = b.sys.bound_anchor.expect("updated").estimate.at;
+        let updates = b.sys.discipline.state(MonoTime(b.t)).updates;
+        assert!(updates > SETTLING_UPDATES);
         // 1 ms unpredicted over 10 s: 100 ppm, counted in full now.
         let at = |s: f64| last.add_secs_f64(s);
-        let first = b.sys.note_unpredicted_drift(at(10.0), 1e-3);
+        let first = b.sys.note_unpredicted_drift(at(10.0), 1e-3, updates);
         assert!((first - 1e-4).abs() < 1e-12, "{first}");
         // Quiet updates after it: still allowed for, less each time, gone after the ring.
         let mut previous = first;
         for k in 1..RECENT_DRIFT_UPDATES {
-            let r = b.sys.note_unpredicted_drift(at(10.0), 0.0);
+            let r = b.sys.note_unpredicted_drift(at(10.0), 0.0, updates);
             let want = 1e-4 * RECENT_DRIFT_DECAY.powi(k as i32);
             assert!(
                 (r - want).abs() < 1e-12 && r < previous,
@@ -1806,7 +1846,71 @@ mod tests {
             );
             previous = r;
         }
-        assert_eq!(b.sys.note_unpredicted_drift(at(10.0), 0.0), 0.0);
+        assert_eq!(b.sys.note_unpredicted_drift(at(10.0), 0.0, updates), 0.0);
+    }
+
+    #[test]
+    fn the_root_distance_served_covers_the_nodes_own_bound() {
+        // 20 ms off and 200 ppm fast: the start-up slews and the unsettled frequency estimate
+        // make the bound grow faster than NTP's 15 ppm dispersion.
+        let mut b = Bench::fast(&[0.0], (0.02, 200.0));
+        let (mut checked, mut floored) = (0, 0);
+        b.run_for(120, |sys, now| {
+            let Some(bound) = sys.error_bound(now).bound() else {
+                return;
+            };
+            let served = sys.served_state(now);
+            let clock = sys.clock_at(now);
+            let distance = served.root_delay as f64 * 0.5e-9
+                + served.root_dispersion_at(clock).to_seconds_f64();
+            assert!(
+                distance >= bound - 1e-9,
+                "served {distance} under the bound {bound}"
+            );
+            let classic = ServedState {
+                dispersion_floor: None,
+                ..served
+            };
+            if classic.root_dispersion_at(clock) < served.root_dispersion_at(clock) {
+                floored += 1;
+            }
+            checked += 1;
+        });
+        assert!(checked > 100, "{checked} instants");
+        assert!(floored > 10, "the floor decided at {floored} instants");
+    }
+
+    #[test]
+    fn a_new_peer_does_not_restart_the_bounds_growth() {
+        let src = SourceConfig {
+            minpoll: 4,
+            maxpoll: 4,
+            iburst: true,
+        };
+        let mut b = Bench::new(&[0.0, 0.0], (0.0, 0.0), SystemConfig::default(), src);
+        b.run_for(100, |_, _| {});
+        let updated = b.sys.bound_anchor.expect("synchronized").estimate.at;
+        let before = b.sys.error_bound(MonoTime(b.t)).terms.unwrap();
+        assert!(before.since_update > 1.0, "{before:?}");
+        // The peer goes away: the other one is selected at once, with its own path terms,
+        // but the clock is no better known than at the last update.
+        let peer = b.sys.system_peer.expect("a peer");
+        b.sys.remove_source(SourceId(peer as u32));
+        let mut buf = [0u8; 64];
+        let now = MonoTime(b.t);
+        while b
+            .sys
+            .poll_transmit(now, b.clock.read(EPOCH + b.t), &mut b.rng, &mut buf)
+            .is_some()
+        {}
+        assert_ne!(b.sys.system_peer, Some(peer));
+        let after = b.sys.error_bound(now).terms.unwrap();
+        assert_eq!(b.sys.bound_anchor.unwrap().estimate.at, updated);
+        assert_eq!(after.since_update, now.secs_since(updated));
+        assert!(
+            after.clock_error_growth >= before.clock_error_growth,
+            "{after:?}"
+        );
     }
 
     #[test]
