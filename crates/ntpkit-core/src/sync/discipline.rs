@@ -136,10 +136,35 @@ pub struct DisciplineState {
     pub wander: f64,
     /// Innovation of the last accepted sample, seconds.
     pub last_offset: f64,
+    /// The standard deviation the model expected of that innovation (the estimate's and the
+    /// sample's uncertainty together), seconds; 0 before the first update.
+    pub last_innovation_sd: f64,
     /// Samples accepted.
     pub updates: u64,
     /// Steps made.
     pub steps: u64,
+}
+
+/// Updates after which the model's expected innovation is trusted (see
+/// [`DisciplineState::unexplained_innovation`]).
+pub const SETTLED_UPDATES: u64 = 16;
+
+/// How many of the model's standard deviations of an innovation its noise may explain.
+pub const EXPLAINED_SIGMAS: f64 = 3.0;
+
+impl DisciplineState {
+    /// The part of the last innovation the model does not explain, seconds: beyond
+    /// [`EXPLAINED_SIGMAS`] of the deviation it expected, once the discipline has taken
+    /// [`SETTLED_UPDATES`]. Before that the whole innovation: a young model's idea of its own
+    /// uncertainty is itself an estimate from a few samples, and too confident (a server that
+    /// follows an upstream slewing at start-up takes the slew for its own frequency).
+    pub fn unexplained_innovation(&self) -> f64 {
+        if self.updates > SETTLED_UPDATES {
+            (self.last_offset.abs() - EXPLAINED_SIGMAS * self.last_innovation_sd).max(0.0)
+        } else {
+            self.last_offset.abs()
+        }
+    }
 }
 
 /// One Kalman filter of the bank. Its wander intensity is its entry of [`WANDER_MODELS`] (by
@@ -299,6 +324,7 @@ pub struct Discipline {
     steps: u32,
     /// Innovation of the last accepted sample, seconds.
     last_offset: f64,
+    last_innovation_sd: f64,
     /// Recent average of the samples' information (1 / variance, s⁻²).
     sample_info: f64,
     /// The model in control (the most likely after the last update), kept so that every
@@ -330,6 +356,7 @@ impl Discipline {
             updates: 0,
             steps: 0,
             last_offset: 0.0,
+            last_innovation_sd: 0.0,
             sample_info: 0.0,
             best_model: 0,
         };
@@ -401,6 +428,7 @@ impl Discipline {
         };
         self.updates = self.updates.saturating_add(1);
         self.last_offset = y;
+        self.last_innovation_sd = s.sqrt();
         self.steer(now, poll_interval);
     }
 
@@ -446,6 +474,7 @@ impl Discipline {
         let mut st = DisciplineState {
             frequency_ppm: self.config.initial_frequency_ppm.unwrap_or(0.0),
             last_offset: self.last_offset,
+            last_innovation_sd: self.last_innovation_sd,
             updates: self.updates.into(),
             steps: self.steps.into(),
             ..Default::default()
@@ -747,6 +776,39 @@ mod tests {
         }
         let st = d.state(MonoTime(t));
         (errors, st, d)
+    }
+
+    #[test]
+    fn a_settled_model_explains_noise_sized_innovations() {
+        let state = |updates, last_offset| DisciplineState {
+            last_offset,
+            last_innovation_sd: 10e-6,
+            updates,
+            ..Default::default()
+        };
+        // Young: the whole innovation, whatever the model expected.
+        assert_eq!(
+            state(SETTLED_UPDATES, -20e-6).unexplained_innovation(),
+            20e-6
+        );
+        // Settled: within 3 σ is noise; beyond, only the excess is unexplained.
+        let settled = SETTLED_UPDATES + 1;
+        assert_eq!(state(settled, -20e-6).unexplained_innovation(), 0.0);
+        let excess = state(settled, 50e-6).unexplained_innovation();
+        assert!((excess - 20e-6).abs() < 1e-15, "{excess}");
+    }
+
+    #[test]
+    fn every_update_records_the_innovation_and_its_expected_deviation() {
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        assert_eq!(d.state(MonoTime(0)).last_innovation_sd, 0.0);
+        for k in 1..=5 {
+            d.sample(MonoTime(k * 16_000_000_000), 1e-4, 1e-10, 16.0);
+        }
+        let st = d.state(MonoTime(80_000_000_000));
+        // The sample's own variance alone is 10 µs²: the expected deviation is at least 10 µs.
+        assert!(st.last_innovation_sd >= 1e-5, "{st:?}");
+        assert!(st.last_innovation_sd.is_finite());
     }
 
     #[test]

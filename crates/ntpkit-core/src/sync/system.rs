@@ -919,7 +919,11 @@ impl SyncSystem {
                 at: now,
                 offset_sd: d.offset_sd,
                 frequency_sd: d.frequency_sd_ppm * 1e-6,
-                unpredicted_drift: self.note_unpredicted_drift(now, d.last_offset, d.updates),
+                unpredicted_drift: self.note_unpredicted_drift(
+                    now,
+                    d.unexplained_innovation(),
+                    d.updates,
+                ),
             },
         };
         let src = self.sources[peer].as_ref().expect("peer exists");
@@ -966,8 +970,9 @@ impl SyncSystem {
         }
     }
 
-    /// Records the drift rate the update at `now` found unpredicted (its `innovation` over the
-    /// interval since the previous update; `updates` counts them) and returns the largest of the latest
+    /// Records the drift rate the update at `now` found unpredicted (the unexplained part of
+    /// its `innovation` over the interval since the previous update; `updates` counts them)
+    /// and returns the largest of the latest
     /// [`RECENT_DRIFT_UPDATES`]: one quiet update after unsettled ones does not mean the
     /// frequency estimate has settled (a source slewing at start-up makes its clients'
     /// estimates swing for several updates).
