@@ -113,10 +113,13 @@ mod tests {
         s.root_dispersion = 1_000_000; // 1 ms, aged at PHI
         let at = |secs: i64| t0.add_nanos(secs * NANOS_PER_SEC);
         let served = |s: &ServedState, secs| s.root_dispersion_at(at(secs)).to_seconds_f64();
-        assert!(
-            (served(&s, 100) - 2.5e-3).abs() < 2e-5,
-            "NtpShort is 15 µs coarse"
-        );
+        let near = |got: f64, want: f64| {
+            assert!(
+                (got - want).abs() < 2e-5,
+                "{got} s, not {want} s (NtpShort is 15 µs coarse)"
+            )
+        };
+        near(served(&s, 100), 2.5e-3);
         // A bound of 2 ms growing at 100 ppm: above NTP's dispersion from the start, and
         // pulling away from it.
         s.dispersion_floor = Some(DispersionFloor {
@@ -124,23 +127,14 @@ mod tests {
             dispersion: 2e-3,
             growth: 100e-6,
         });
-        assert!(
-            (served(&s, 0) - 2e-3).abs() < 2e-5,
-            "NtpShort is 15 µs coarse"
-        );
-        assert!(
-            (served(&s, 100) - 12e-3).abs() < 2e-5,
-            "NtpShort is 15 µs coarse"
-        );
+        near(served(&s, 0), 2e-3);
+        near(served(&s, 100), 12e-3);
         // A floor below NTP's dispersion changes nothing.
         s.dispersion_floor = Some(DispersionFloor {
             at: t0,
             dispersion: 0.5e-3,
             growth: 1e-6,
         });
-        assert!(
-            (served(&s, 100) - 2.5e-3).abs() < 2e-5,
-            "NtpShort is 15 µs coarse"
-        );
+        near(served(&s, 100), 2.5e-3);
     }
 }

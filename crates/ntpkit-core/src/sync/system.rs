@@ -1241,11 +1241,7 @@ mod tests {
         }
 
         fn fast(offsets: &[f64], local: (f64, f64)) -> Self {
-            let src = SourceConfig {
-                minpoll: 0,
-                maxpoll: 2,
-                iburst: true,
-            };
+            let src = polling(0, 2);
             Bench::new(offsets, local, SystemConfig::default(), src)
         }
 
@@ -1323,6 +1319,15 @@ mod tests {
         }
     }
 
+    /// Sources polled every 2^`minpoll` to 2^`maxpoll` seconds, starting with a burst.
+    fn polling(minpoll: i8, maxpoll: i8) -> SourceConfig {
+        SourceConfig {
+            minpoll,
+            maxpoll,
+            iburst: true,
+        }
+    }
+
     /// Runs a fast-polling node for `secs` seconds; returns its true error and status.
     fn run(offsets: &[f64], local: (f64, f64), secs: i64) -> (f64, SystemStatus) {
         let mut b = Bench::fast(offsets, local);
@@ -1381,11 +1386,7 @@ mod tests {
         let mut cfg = SystemConfig::default();
         cfg.discipline.step_at_startup = false;
         cfg.discipline.max_slew_ppm = 500.0;
-        let src = SourceConfig {
-            minpoll: 0,
-            maxpoll: 2,
-            iburst: true,
-        };
+        let src = polling(0, 2);
         let mut b = Bench::new(&[0.0], (0.05, 0.0), cfg, src);
         b.run_for(12, |_, _| {});
         assert!(b.error().abs() > 0.01, "still slewing: {}", b.error());
@@ -1542,11 +1543,7 @@ mod tests {
             local_stratum: Some(10),
             ..SystemConfig::default()
         };
-        let src = SourceConfig {
-            minpoll: 0,
-            maxpoll: 2,
-            iburst: true,
-        };
+        let src = polling(0, 2);
         let mut b = Bench::new(&[0.0, 0.0, 1.0], (0.0, 0.0), cfg, src);
         b.run_for(40, |_, _| {});
         assert_eq!(b.served().stratum, 2);
@@ -1563,11 +1560,7 @@ mod tests {
             holdover: 120.0,
             ..SystemConfig::default()
         };
-        let src = SourceConfig {
-            minpoll: 2,
-            maxpoll: 2,
-            iburst: true,
-        };
+        let src = polling(2, 2);
         let mut b = Bench::new(&[0.0], (0.01, 5.0), cfg, src);
         b.run_for(60, |_, _| {});
         assert_eq!(b.status().tracking.state, SyncState::Synchronized);
@@ -1668,11 +1661,7 @@ mod tests {
             },
             ..SystemConfig::default()
         };
-        let src = SourceConfig {
-            minpoll: 0,
-            maxpoll: 0,
-            iburst: true,
-        };
+        let src = polling(0, 0);
         let mut b = Bench::new(&[5.0], (0.0, 0.0), cfg, src);
         b.run_for(30, |_, _| {});
         let refused = b
@@ -1739,11 +1728,7 @@ mod tests {
             max_clock_error: 5e-6,
             ..SystemConfig::default()
         };
-        let src = SourceConfig {
-            minpoll: 2,
-            maxpoll: 2,
-            iburst: true,
-        };
+        let src = polling(2, 2);
         let mut b = Bench::new(&[0.0], (0.01, 5.0), cfg, src);
         bounds_over(&mut b, 60);
         assert_eq!(
@@ -1782,11 +1767,7 @@ mod tests {
             holdover: 300.0,
             ..SystemConfig::default()
         };
-        let src = SourceConfig {
-            minpoll: 4,
-            maxpoll: 4,
-            iburst: true,
-        };
+        let src = polling(4, 4);
         // 10 ms off: the first corrections are slews that take a while.
         let mut b = Bench::new(&[0.0], (0.01, 5.0), cfg, src);
         assert_eq!(
@@ -1887,11 +1868,7 @@ mod tests {
 
     #[test]
     fn a_new_peer_does_not_restart_the_bounds_growth() {
-        let src = SourceConfig {
-            minpoll: 4,
-            maxpoll: 4,
-            iburst: true,
-        };
+        let src = polling(4, 4);
         let mut b = Bench::new(&[0.0, 0.0], (0.0, 0.0), SystemConfig::default(), src);
         b.run_for(100, |_, _| {});
         let updated = b.sys.bound_anchor.expect("synchronized").estimate.at;
@@ -1920,11 +1897,7 @@ mod tests {
 
     #[test]
     fn error_bound_is_unknown_when_the_sources_disagree() {
-        let src = SourceConfig {
-            minpoll: 0,
-            maxpoll: 2,
-            iburst: true,
-        };
+        let src = polling(0, 2);
         let mut b = Bench::new(&[0.0, 0.0, 1.0], (0.0, 0.0), SystemConfig::default(), src);
         bounds_over(&mut b, 40);
         assert_eq!(
