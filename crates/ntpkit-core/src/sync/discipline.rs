@@ -27,6 +27,7 @@
 //! Offsets beyond the step threshold are stepped at start-up, or after they persist for the
 //! step-out time; offsets beyond the panic threshold are refused and reported.
 
+use super::bias::BiasDetector;
 use super::inline::InlineVec;
 use crate::clock::{ClockCommand, CommandQueue};
 use crate::time::MonoTime;
@@ -46,6 +47,9 @@ const PHASE_NOISE: f64 = 1e-20;
 /// outlier; [`MAX_HELD_OUTLIERS`] in a row are taken as a real change.
 const OUTLIER_SIGMAS: f64 = 5.0;
 const MAX_HELD_OUTLIERS: u32 = 3;
+/// Samples over which the mean squared innovation (in units of the variance the samples and
+/// the estimate account for) is averaged to scale the samples' variances.
+const NOISE_SCALE_MEMORY: f64 = 8.0;
 /// Well-predicted samples in a row before the poll interval may grow.
 const POLL_UP_AFTER: i32 = 4;
 /// Samples over which the samples' information is averaged.
@@ -304,6 +308,11 @@ pub struct Discipline {
     after_slew: f64,
     over_threshold_since: Option<MonoTime>,
     held_outliers: u32,
+    /// Innovations that keep leaning one way.
+    bias: BiasDetector,
+    /// Recent mean of the squared innovations in units of the variance the samples' own
+    /// variances and the estimate's account for; above 1, the samples are worse than stated.
+    noise_scale: f64,
     /// Time of the last accepted sample.
     last_accepted: MonoTime,
     /// Consecutive well-predicted samples (> 0), or −1 after a badly predicted one.
@@ -347,6 +356,8 @@ impl Discipline {
             after_slew: 0.0,
             over_threshold_since: None,
             held_outliers: 0,
+            bias: BiasDetector::default(),
+            noise_scale: 1.0,
             last_accepted: now,
             poll_trend: 0,
             refusing: false,
@@ -390,24 +401,47 @@ impl Discipline {
             return;
         }
         let best = self.best();
+        // A sample's variance comes from its delay; when the innovations are larger than
+        // those variances and the estimate's own uncertainty explain (e.g. while the window
+        // of delays is short and its minimum not yet the path's), every sample is trusted less
+        // by their recent ratio.
+        let (_, stated) = self.models[best].innovation(z, r);
+        let r = r * self.noise_scale.max(1.0);
         let (y, s) = self.models[best].innovation(z, r);
         let ratio = y * y / s;
-        if ratio > OUTLIER_SIGMAS * OUTLIER_SIGMAS && self.held_outliers < MAX_HELD_OUTLIERS {
+        let outlier = ratio > OUTLIER_SIGMAS * OUTLIER_SIGMAS;
+        // Outliers are the outlier rule's business; the lean detector sees the rest.
+        let lean = (!outlier)
+            .then(|| self.bias.add(now, y, s.sqrt()))
+            .flatten();
+        if outlier && self.held_outliers < MAX_HELD_OUTLIERS {
             self.held_outliers += 1;
             self.events.push(DisciplineEvent::OutlierHeld(y));
             return;
         }
+        // The filters were overconfident: widen phase and frequency uncertainty so they follow
+        // quickly. After several outliers in a row (the clock or the path really changed) the
+        // whole innovation is the change; after a lean, its mean over the run, as reached by a
+        // frequency error acting over half the run.
+        let dt = now.secs_since(self.last_accepted).max(1.0);
+        let mut widen = (0.0, 0.0);
         if self.held_outliers >= MAX_HELD_OUTLIERS {
-            // Several outliers in a row: the clock or the path really changed, and the filters
-            // were overconfident. Widen phase and frequency uncertainty so they follow quickly.
-            let dt = now.secs_since(self.last_accepted).max(1.0);
+            widen = (y * y, (y / dt).powi(2));
+        }
+        if let Some(lean) = lean {
+            widen.0 = f64::max(widen.0, lean.mean * lean.mean);
+            widen.1 = f64::max(widen.1, (2.0 * lean.mean / lean.span.max(dt)).powi(2));
+        }
+        if widen != (0.0, 0.0) {
             for m in &mut self.models {
-                m.p00 += y * y;
-                m.p11 += (y / dt).powi(2);
+                m.p00 += widen.0;
+                m.p11 += widen.1;
             }
         }
         self.held_outliers = 0;
         self.last_accepted = now;
+        let normalized = (y * y / stated).min(OUTLIER_SIGMAS * OUTLIER_SIGMAS);
+        self.noise_scale += (normalized - self.noise_scale) / NOISE_SCALE_MEMORY;
         for m in &mut self.models {
             m.update(z, r);
         }
@@ -642,6 +676,7 @@ impl Discipline {
         self.phase += offset_ns as f64 * 1e-9;
         self.events.push(DisciplineEvent::Stepped(offset));
         self.steps = self.steps.saturating_add(1);
+        self.bias.clear();
         self.over_threshold_since = None;
     }
 
@@ -758,6 +793,18 @@ mod tests {
         interval: i64,
         samples: usize,
     ) -> (Vec<f64>, DisciplineState, Discipline) {
+        run_stated(initial_offset, freq_ppm, noise, noise, interval, samples)
+    }
+
+    /// As [`run`], with samples whose stated deviation differs from their real one.
+    fn run_stated(
+        initial_offset: f64,
+        freq_ppm: f64,
+        noise: f64,
+        stated: f64,
+        interval: i64,
+        samples: usize,
+    ) -> (Vec<f64>, DisciplineState, Discipline) {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
         let mut clock = SoftClock::new(0, (initial_offset * 1e9) as i64, freq_ppm);
         let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
@@ -767,7 +814,7 @@ mod tests {
             let err = clock.offset_at(t) * 1e-9;
             let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
             let z = -err + noise * u * 3.46; // uniform with sd = noise
-            d.sample(MonoTime(t), z, noise * noise, interval as f64);
+            d.sample(MonoTime(t), z, stated * stated, interval as f64);
             while let Some(c) = d.poll_command() {
                 clock.apply(t, c);
             }
@@ -809,6 +856,63 @@ mod tests {
         // The sample's own variance alone is 10 µs²: the expected deviation is at least 10 µs.
         assert!(st.last_innovation_sd >= 1e-5, "{st:?}");
         assert!(st.last_innovation_sd.is_finite());
+    }
+
+    #[test]
+    fn samples_worse_than_stated_are_trusted_less() {
+        // Settled on samples as good as stated (100 µs), the scale stays near 1; then they are
+        // stated at 20 µs but still scattered by 100 µs, and within a few the scale grows so
+        // that the filter trusts them for what they are.
+        let (_, _, d) = run(0.0, 0.0, 100e-6, 64, 200);
+        assert!(d.noise_scale < 2.0, "scale {}", d.noise_scale);
+        let (_, _, d) = run_stated(0.0, 0.0, 100e-6, 100e-6, 64, 200);
+        let mut d = d;
+        let before = d.state(MonoTime(200 * 64 * S)).offset_sd;
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        for k in 200..216i64 {
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            d.sample(
+                MonoTime(k * 64 * S),
+                100e-6 * u * 3.46,
+                20e-6f64.powi(2),
+                64.0,
+            );
+        }
+        assert!(d.noise_scale > 4.0, "scale {}", d.noise_scale);
+        let after = d.state(MonoTime(216 * 64 * S)).offset_sd;
+        assert!(after > before * 0.7, "{after} vs {before}");
+    }
+
+    #[test]
+    fn a_frequency_change_the_model_does_not_expect_is_followed() {
+        // Settled on a stable clock, the filters are sure of the frequency; then it changes by
+        // 0.2 ppm at once (far beyond the wander they learned). Each innovation is within a
+        // few deviations, so no outlier rule fires: the lean of the innovations must.
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+        let mut clock = SoftClock::new(0, 0, 10.0);
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        let noise = 50e-6;
+        let mut followed = None;
+        for k in 0..600i64 {
+            let t = k * 64 * S;
+            if k == 300 {
+                clock.set_intrinsic_ppm(t, 10.2);
+            }
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            let z = -clock.offset_at(t) * 1e-9 + noise * u * 3.46;
+            d.sample(MonoTime(t), z, noise * noise, 64.0);
+            while let Some(c) = d.poll_command() {
+                clock.apply(t, c);
+            }
+            let freq = d.state(MonoTime(t)).frequency_ppm;
+            if k > 300 && followed.is_none() && (freq - 10.2).abs() < 0.05 {
+                followed = Some(k - 300);
+            }
+        }
+        let after = followed.expect("the new frequency is learned");
+        // Without the lean detector: 25 samples (the bank alone, slowly moving to a faster
+        // wander model).
+        assert!(after <= 18, "learned after {after} samples");
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub const FILTER_STAGES: usize = 8;
 pub const MIN_DELAY_WINDOW: usize = 32;
 /// Delays needed before the window's minimum is trusted to weigh samples.
 pub const TRUSTED_WINDOW: usize = 8;
+/// How far the minimum of `n` delays may lie above the path's, in units of the window's
+/// median excess over its minimum: this over `√n` (0.71 for 8 delays, 0.35 for a full window
+/// of [`MIN_DELAY_WINDOW`]). When each direction
+/// queues independently, the excess delay is a sum of two queueing times whose density rises
+/// from zero, and the smallest of `n` lies about `1/√n` of their scale above the true minimum.
+const MIN_DELAY_SPREAD: f64 = 2.0;
 
 /// One measurement of a source: the four-timestamp exchange reduced to offset and delay.
 #[derive(Clone, Copy, PartialEq, Debug, Serialize)]
@@ -293,9 +299,9 @@ impl ClockFilter {
 
     /// Variance (s²) of a sample's offset error due to path asymmetry. The excess delay over
     /// the path's minimum is split unknown between the two directions (uniform: `excess²/12`);
-    /// the minimum itself is only known to within the spread of the lowest delays, so a
-    /// quarter of the window's median excess is added to every excess: no sample is trusted
-    /// beyond what the delays can vouch for.
+    /// the minimum itself is only known to within the spread of the delays, so a share of the
+    /// window's median excess is added to every excess, larger while the window is short (see
+    /// [`MIN_DELAY_SPREAD`]): no sample is trusted beyond what the delays can vouch for.
     ///
     /// Until [`TRUSTED_WINDOW`] delays are known the minimum is not, and a sample is only
     /// trusted to the hard bound every exchange has: its error is at most half its delay.
@@ -317,11 +323,14 @@ impl ClockFilter {
         Some((sample.delay - self.min_delay()?).max(0.0))
     }
 
-    /// How well the window's minimum delay stands for the path's true minimum: a quarter of the
-    /// median excess delay in the window, seconds.
+    /// How well the window's minimum delay stands for the path's true minimum: the window's
+    /// median excess delay times [`MIN_DELAY_SPREAD`]` / √n` for `n` delays, seconds.
     fn min_delay_uncertainty(&self) -> f64 {
         match (self.delays.min(), self.delays.median()) {
-            (Some(min), Some(median)) if self.delays.len() >= 2 => (median - min) / 4.0,
+            (Some(min), Some(median)) if self.delays.len() >= 2 => {
+                let n = self.delays.len() as f64;
+                (median - min) * MIN_DELAY_SPREAD / n.sqrt()
+            }
             _ => 0.0,
         }
     }
@@ -399,9 +408,9 @@ mod tests {
         }
         let spike = s(0.0, 0.014, 7);
         f.add(spike, MonoTime(7));
-        // Median excess of {0, 0.1, …, 0.6, 12} ms is 0.4 ms: a quarter of it widens every sample.
+        // Median excess of {0, 0.1, …, 0.6, 12} ms is 0.4 ms: 2/√8 of it widens every sample.
         // (Delays are held to f32 precision: compare to a relative 1e-6.)
-        let widen = 0.0004 / 4.0;
+        let widen = 0.0004 * MIN_DELAY_SPREAD / 8f64.sqrt();
         let want = (0.012f64 + widen).powi(2) / 12.0;
         assert!(
             (f.asymmetry_variance(&spike) / want - 1.0).abs() < 1e-6,
@@ -411,6 +420,25 @@ mod tests {
         let best = f.asymmetry_variance(&s(0.0, 0.002, 4));
         assert!((best / (widen * widen / 12.0) - 1.0).abs() < 1e-5, "{best}");
         assert!(f.asymmetry_variance(&spike) > 1000.0 * best);
+    }
+
+    #[test]
+    fn a_short_window_trusts_its_minimum_delay_less() {
+        // The same spread of delays, seen 8 times and 32 times: the more delays, the closer
+        // their minimum is to the path's, and the more a sample at that minimum is trusted.
+        let at_minimum = |n: i64| {
+            let mut f = ClockFilter::new();
+            for i in 0..n {
+                f.add(s(0.0, 0.002 + (i % 8) as f64 * 1e-4, i), MonoTime(i));
+            }
+            f.asymmetry_variance(&s(0.0, 0.002, n)).sqrt()
+        };
+        let (short, full) = (at_minimum(8), at_minimum(32));
+        assert!(full < short, "{full} vs {short}");
+        // Median excess 0.4 ms (of 0–0.7 ms); uniform over the uncertainty: sd = u / √12.
+        let expected = |n: f64| 0.0004 * MIN_DELAY_SPREAD / n.sqrt() / 12f64.sqrt();
+        assert!((short / expected(8.0) - 1.0).abs() < 1e-5, "{short}");
+        assert!((full / expected(32.0) - 1.0).abs() < 1e-5, "{full}");
     }
 
     #[test]

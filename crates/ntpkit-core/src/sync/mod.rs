@@ -13,6 +13,7 @@
 //! [`SyncSystem`] ties them together and is what drivers use; its doc lists the call contract.
 
 pub mod asymmetry;
+mod bias;
 pub mod bound;
 pub mod discipline;
 pub mod filter;
