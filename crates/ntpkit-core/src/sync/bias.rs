@@ -20,14 +20,14 @@ const ALARM: f64 = 5.0;
 /// raise the alarm alone (the outlier rule deals with single ones).
 const CLIP: f64 = 3.0;
 
-/// One side of the CUSUM: how far the sum has run, since when, and the mean innovation
-/// over that run.
+/// One side of the CUSUM: how far the sum has run, since when (meaningful once it has
+/// samples), and the sum of the innovations over that run (`f32`: this sits in every node).
 #[derive(Clone, Copy, Debug, Default)]
 struct Run {
     excess: f32,
     innovations: f32,
     samples: u16,
-    since: Option<MonoTime>,
+    since: MonoTime,
 }
 
 impl Run {
@@ -39,7 +39,9 @@ impl Run {
             *self = Run::default();
             return;
         }
-        self.since.get_or_insert(now);
+        if self.samples == 0 {
+            self.since = now;
+        }
         self.excess = excess as f32;
         self.innovations += y as f32;
         self.samples = self.samples.saturating_add(1);
@@ -78,10 +80,9 @@ impl BiasDetector {
             .into_iter()
             .find(|r| f64::from(r.excess) > ALARM)?;
         *self = BiasDetector::default();
-        let since = run.since.unwrap_or(now);
         Some(Lean {
             mean: f64::from(run.innovations) / f64::from(run.samples.max(1)),
-            span: now.secs_since(since),
+            span: now.secs_since(run.since),
         })
     }
 
