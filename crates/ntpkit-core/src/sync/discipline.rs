@@ -15,6 +15,14 @@
 //! justified by measurement against chrony's published simulation figures (chrony itself
 //! outperforms ntpd's PLL/FLL there): docs/benchmarks.md. No PLL/FLL was built to compare.
 //!
+//! The model can still be wrong in ways the bank does not express: samples worse than their
+//! delays say (a short window of delays, whose minimum is not yet the path's), or a frequency
+//! that changed more than any wander model expects. Two guards follow the innovations: every
+//! sample's variance is scaled by the recent mean of the squared innovation in units of what
+//! the samples and the estimate account for, when that exceeds 1; and a CUSUM of the
+//! normalized innovations (the `bias` module) finds a lean of one sign that no single innovation
+//! shows, and widens the phase and frequency uncertainty by what it implies.
+//!
 //! Control: after each update the discipline sets the frequency correction to cancel ν̂ and
 //! to slew θ̂ away within [`slew_time`](Discipline::slew_time) (bounded by the maximum slew
 //! rate), as one [`ClockCommand::Slew`]: the clock itself goes back to −ν̂ at the slew's end.

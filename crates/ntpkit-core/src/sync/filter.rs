@@ -301,7 +301,7 @@ impl ClockFilter {
     /// the path's minimum is split unknown between the two directions (uniform: `excess²/12`);
     /// the minimum itself is only known to within the spread of the delays, so a share of the
     /// window's median excess is added to every excess, larger while the window is short (see
-    /// [`MIN_DELAY_SPREAD`]): no sample is trusted beyond what the delays can vouch for.
+    /// `MIN_DELAY_SPREAD`): no sample is trusted beyond what the delays can vouch for.
     ///
     /// Until [`TRUSTED_WINDOW`] delays are known the minimum is not, and a sample is only
     /// trusted to the hard bound every exchange has: its error is at most half its delay.
