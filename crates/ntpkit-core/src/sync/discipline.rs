@@ -801,18 +801,6 @@ mod tests {
         interval: i64,
         samples: usize,
     ) -> (Vec<f64>, DisciplineState, Discipline) {
-        run_stated(initial_offset, freq_ppm, noise, noise, interval, samples)
-    }
-
-    /// As [`run`], with samples whose stated deviation differs from their real one.
-    fn run_stated(
-        initial_offset: f64,
-        freq_ppm: f64,
-        noise: f64,
-        stated: f64,
-        interval: i64,
-        samples: usize,
-    ) -> (Vec<f64>, DisciplineState, Discipline) {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
         let mut clock = SoftClock::new(0, (initial_offset * 1e9) as i64, freq_ppm);
         let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
@@ -822,7 +810,7 @@ mod tests {
             let err = clock.offset_at(t) * 1e-9;
             let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
             let z = -err + noise * u * 3.46; // uniform with sd = noise
-            d.sample(MonoTime(t), z, stated * stated, interval as f64);
+            d.sample(MonoTime(t), z, noise * noise, interval as f64);
             while let Some(c) = d.poll_command() {
                 clock.apply(t, c);
             }
@@ -871,10 +859,8 @@ mod tests {
         // Settled on samples as good as stated (100 µs), the scale stays near 1; then they are
         // stated at 20 µs but still scattered by 100 µs, and within a few the scale grows so
         // that the filter trusts them for what they are.
-        let (_, _, d) = run(0.0, 0.0, 100e-6, 64, 200);
+        let (_, _, mut d) = run(0.0, 0.0, 100e-6, 64, 200);
         assert!(d.noise_scale < 2.0, "scale {}", d.noise_scale);
-        let (_, _, d) = run_stated(0.0, 0.0, 100e-6, 100e-6, 64, 200);
-        let mut d = d;
         let before = d.state(MonoTime(200 * 64 * S)).offset_sd;
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
         for k in 200..216i64 {
