@@ -574,9 +574,11 @@ impl Discipline {
         phase + (correction + nu) * now.secs_since(from).max(0.0)
     }
 
-    /// The driving model's frequency error estimate (s/s), or the configured initial one
-    /// before the first sample.
-    fn estimated_frequency(&self) -> f64 {
+    /// The frequency error (s/s) the phase is extrapolated with from the last update on: the
+    /// driving model's estimate, or the configured initial one before the first sample. When an
+    /// update revises it, offsets stored against the phase are off by the change times their
+    /// age (see [`Source::reproject`](super::Source::reproject)).
+    pub fn estimated_frequency(&self) -> f64 {
         match self.models.get(self.best()) {
             Some(m) => m.nu,
             None => self.config.initial_frequency_ppm.unwrap_or(0.0) * 1e-6,

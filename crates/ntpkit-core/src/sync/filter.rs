@@ -4,7 +4,9 @@
 //! phase its clock's own corrections had reached when it was taken, and subtracts the phase of
 //! "now" when it reads them (see [`Source`](super::Source)), so that samples taken before a
 //! step or a slew are judged against the clock as it is now. The filter itself only compares
-//! offsets with each other, which that shift leaves unchanged.
+//! offsets with each other, which that shift leaves unchanged; when the caller revises the rate
+//! its reference was extrapolated at, [`ClockFilter::reproject`] moves each offset by that
+//! revision times its age.
 //!
 //! Two jobs, one sample stream:
 //!
@@ -335,6 +337,21 @@ impl ClockFilter {
         }
     }
 
+    /// Moves every held offset by `rate × (now − its time)`: the caller's reference was
+    /// extrapolated at a rate now known to be off by `rate` (s/s), so a sample `a` seconds old
+    /// is off by `rate × a`.
+    pub fn reproject(&mut self, now: MonoTime, rate: f64) {
+        let n = usize::from(self.len);
+        for k in 0..n {
+            let slot = (usize::from(self.head) + k) % FILTER_STAGES;
+            let s = &mut self.stages[slot];
+            s.offset += rate * now.secs_since(s.time);
+        }
+        if let Some(e) = &mut self.estimate {
+            e.offset += rate * now.secs_since(e.time);
+        }
+    }
+
     /// Forgets all samples (e.g. after the source's address changed).
     pub fn clear(&mut self) {
         *self = ClockFilter::new();
@@ -367,6 +384,23 @@ mod tests {
             dispersion: 1e-6,
             time: MonoTime(t * 1_000_000_000),
         }
+    }
+
+    #[test]
+    fn reprojection_moves_each_offset_by_its_age() {
+        let mut f = ClockFilter::new();
+        f.add(s(0.001, 0.002, 10), MonoTime(10_000_000_000));
+        f.add(s(0.002, 0.004, 20), MonoTime(20_000_000_000));
+        f.reproject(MonoTime(30_000_000_000), 1e-6);
+        // The estimate (the least delay, 20 s old) and the last sample (10 s old).
+        assert!((f.estimate().unwrap().offset - 0.001_020).abs() < 1e-15);
+        assert!((f.last().unwrap().offset - 0.002_010).abs() < 1e-15);
+        // The samples themselves moved too: the jitter is computed from them.
+        f.add(s(0.003, 0.008, 30), MonoTime(30_000_000_000));
+        let held: Vec<f64> = (0..3).map(|k| f.stage(k).offset).collect();
+        assert_eq!(held.len(), 3);
+        assert!((held[1] - 0.002_010).abs() < 1e-15, "{held:?}");
+        assert!((held[2] - 0.001_020).abs() < 1e-15, "{held:?}");
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! clock's own corrections had reached (see [`Discipline::phase_at`]), the filter keeps each
 //! offset on that reference, and every reader passes the phase of "now" to take it off again.
 //! A sample taken before the clock was slewed or stepped thus shows what the server's time is
-//! against the corrected clock, not against the clock as it was.
+//! against the corrected clock, not against the clock as it was. The phase includes the clock's
+//! estimated frequency error, which the discipline revises at every update; the held samples are
+//! then re-projected ([`Source::reproject`]), so that however old, a sample is carried to "now"
+//! at the latest estimate rather than at the ones in force while it aged.
 //!
 //! [`Discipline::phase_at`]: super::Discipline::phase_at
 
@@ -534,6 +537,13 @@ impl Source {
             offset: s.offset - phase_now,
             ..s
         })
+    }
+
+    /// Re-projects the held samples after the discipline revised at `now` the frequency its
+    /// phase is extrapolated with, by `change` (s/s, new − old): each sample then reads as if
+    /// the new estimate had held since it was taken.
+    pub fn reproject(&mut self, now: MonoTime, change: f64) {
+        self.filter.reproject(now, -change);
     }
 
     /// True once the filter holds a sample.

@@ -328,7 +328,9 @@ impl SyncSystem {
     /// operator asked). Returns the step (seconds), or None if the clock has had no update yet.
     /// The step comes out of [`poll_clock_command`](Self::poll_clock_command) with its event.
     pub fn make_step(&mut self, now: MonoTime) -> Option<f64> {
+        let frequency = self.discipline.estimated_frequency();
         let step = self.discipline.step_now(now)?;
+        self.reproject_sources(now, frequency);
         self.drain_discipline();
         Some(step)
     }
@@ -418,7 +420,7 @@ impl SyncSystem {
                             Some(Some(src)) => src.asymmetry_corrected(&sample, predicted),
                             _ => sample.offset,
                         };
-                        self.discipline.sample(now, offset, variance, interval);
+                        self.feed_discipline(now, offset, variance, interval);
                         self.after_update(now, received);
                     }
                 }
@@ -793,8 +795,7 @@ impl SyncSystem {
             .expect("candidates have estimates");
         let interval = src.interval();
         // Start from the best (minimum-delay) sample of the burst.
-        self.discipline
-            .sample(now, e.offset, e.jitter.powi(2).max(1e-12), interval);
+        self.feed_discipline(now, e.offset, e.jitter.powi(2).max(1e-12), interval);
         self.after_update(now, clock);
     }
 
@@ -1027,6 +1028,25 @@ impl SyncSystem {
         }
     }
 
+    /// One sample for the discipline (see [`Discipline::sample`]); the sources' samples follow
+    /// the frequency estimate it revises.
+    fn feed_discipline(&mut self, now: MonoTime, offset: f64, variance: f64, interval: f64) {
+        let frequency = self.discipline.estimated_frequency();
+        self.discipline.sample(now, offset, variance, interval);
+        self.reproject_sources(now, frequency);
+    }
+
+    /// After a discipline update at `now` that may have revised the frequency the phase is
+    /// extrapolated with (it was `before`), carries every source's samples over to the new one.
+    fn reproject_sources(&mut self, now: MonoTime, before: f64) {
+        let change = self.discipline.estimated_frequency() - before;
+        if change != 0.0 {
+            for src in self.sources.iter_mut().flatten() {
+                src.reproject(now, change);
+            }
+        }
+    }
+
     fn drain_discipline(&mut self) {
         while let Some(cmd) = self.discipline.poll_command() {
             if let ClockCommand::Step { .. } = cmd {
@@ -1189,7 +1209,7 @@ mod tests {
     use crate::clock::SoftClock;
     use crate::sync::bound::BoundStatus;
     use crate::{Responder, Response, ServedState};
-    use rand_core::SeedableRng;
+    use rand_core::{RngCore, SeedableRng};
     use rand_xoshiro::Xoshiro256PlusPlus;
 
     const S: i64 = 1_000_000_000;
@@ -1209,6 +1229,8 @@ mod tests {
         events: Vec<Event>,
         /// True time since the start, ns.
         t: i64,
+        /// Scale of an exponential queueing delay added to each direction, ns (0: none).
+        jitter_ns: f64,
     }
 
     impl Bench {
@@ -1237,6 +1259,7 @@ mod tests {
                 alive: vec![true; offsets.len()],
                 events: Vec::new(),
                 t: 0,
+                jitter_ns: 0.0,
             }
         }
 
@@ -1263,7 +1286,9 @@ mod tests {
                     if !self.alive[i] {
                         continue;
                     }
-                    let server_now = ClockTime(truth + one_way + (self.offsets[i] * 1e9) as i64);
+                    let (out, back) = (self.queueing(), self.queueing());
+                    let server_now =
+                        ClockTime(truth + one_way + out + (self.offsets[i] * 1e9) as i64);
                     let state = ServedState::local(1, RefId::LOCL, -20, server_now);
                     let Response::Reply(n) =
                         self.responder
@@ -1271,9 +1296,9 @@ mod tests {
                     else {
                         panic!("no reply")
                     };
-                    let arrival = truth + 2 * one_way;
+                    let arrival = truth + 2 * one_way + out + back;
                     self.sys.handle_reply(
-                        MonoTime(self.t + 2 * one_way),
+                        MonoTime(self.t + 2 * one_way + out + back),
                         self.clock.read(arrival),
                         tx.source,
                         &reply[..n],
@@ -1281,7 +1306,7 @@ mod tests {
                     while let Some(c) = self.sys.poll_clock_command() {
                         self.clock.apply(arrival, c);
                     }
-                    each(&self.sys, MonoTime(self.t + 2 * one_way));
+                    each(&self.sys, MonoTime(self.t + 2 * one_way + out + back));
                 }
                 self.events
                     .extend(std::iter::from_fn(|| self.sys.poll_event()));
@@ -1299,6 +1324,15 @@ mod tests {
                     .extend(std::iter::from_fn(|| self.sys.poll_event()));
                 each(&self.sys, MonoTime(self.t));
             }
+        }
+
+        /// One direction's queueing delay, ns: exponential with scale `jitter_ns`.
+        fn queueing(&mut self) -> i64 {
+            if self.jitter_ns == 0.0 {
+                return 0;
+            }
+            let u = ((self.rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            (-u.ln() * self.jitter_ns) as i64
         }
 
         /// True error of the clock now, seconds.
@@ -1649,6 +1683,42 @@ mod tests {
         for s in b.status().sources {
             let off = s.offset.unwrap();
             assert!(off.abs() < 1e-3, "{}: {off}", s.address);
+        }
+    }
+
+    #[test]
+    fn sources_read_the_slewed_clock_at_the_latest_frequency_estimate() {
+        // 50 ms off and slewed at up to 500 ppm over noisy paths, while the frequency estimate
+        // is still being learned. A source's offset reads the clock's error now, however old
+        // its sample: within the path's noise plus what the frequency is not known to, over
+        // the sample's age. (Carried at the estimates in force while it aged, a burst sample
+        // stayed off by their error times the slew's duration, long after the slew.)
+        for seed in 1..=5 {
+            let offsets = [0.0; 10];
+            let src = SourceConfig::default();
+            let mut b = Bench::new(&offsets, (0.05, 0.0), SystemConfig::default(), src);
+            b.rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            b.jitter_ns = 30_000.0;
+            for _ in 0..600 {
+                b.run_for(1, |_, _| {});
+                let now = MonoTime(b.t);
+                let (phase, error) = (b.sys.discipline.phase_at(now), b.error());
+                let sd = b.status().tracking.frequency_sd_ppm * 1e-6;
+                for src in b.sys.sources.iter().flatten() {
+                    let Some(e) = src.estimate(phase) else {
+                        continue;
+                    };
+                    let allowed = 1e-4 + 3.0 * sd * now.secs_since(e.time);
+                    assert!(
+                        (e.offset + error).abs() < allowed,
+                        "seed {seed}, {} s: {} reads {} with the clock {error} off (±{allowed})",
+                        b.t / S,
+                        src.address(),
+                        e.offset
+                    );
+                }
+            }
+            assert!(b.error().abs() < 1e-4, "seed {seed}: {}", b.error());
         }
     }
 
