@@ -862,6 +862,8 @@ impl DaemonConfig {
                 step_at_startup: self.sync.step_at_startup,
                 max_slew_ppm: self.sync.max_slew_ppm,
                 initial_frequency_ppm,
+                // The kernel applies the frequency correction to CLOCK_MONOTONIC too.
+                slewed_time_base: self.clock.backend == ClockBackendKind::System,
                 ..DisciplineConfig::default()
             },
             limits: SampleLimits {
@@ -1190,6 +1192,19 @@ mod tests {
         assert_eq!(c.system_config(-20, None).max_clock_error, 1e-6);
         assert_eq!(c.tcp_limits().per_address, 2);
         assert_eq!(c.tcp_limits().frame_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn only_the_system_backend_times_the_discipline_on_the_clock_it_corrects() {
+        // CLOCK_MONOTONIC follows the kernel's frequency correction; the virtual and observe
+        // clocks leave it alone.
+        for (backend, slewed) in [("system", true), ("virtual", false), ("observe", false)] {
+            let text =
+                format!("[[server]]\naddress = \"127.0.0.1\"\n[clock]\nbackend = \"{backend}\"\n");
+            let c = parse(&text).unwrap();
+            let d = c.system_config(-20, None).discipline;
+            assert_eq!(d.slewed_time_base, slewed, "{backend}");
+        }
     }
 
     #[test]
