@@ -204,12 +204,14 @@ fn serve_started_as_root_runs_as_its_user_with_nothing_left() {
             "2",
         ],
     );
+    // The server listens before it confines itself: it changes its user, then installs the
+    // seccomp filter. Wait for the last step (or 5 s), then check every one.
     support::wait(SECS(5), || {
         server
             .proc
             .proc_status()
-            .get("Uid")
-            .is_some_and(|u| u.starts_with(NOBODY))
+            .get("Seccomp")
+            .is_some_and(|mode| mode == "2")
     });
     assert_confined(&server.proc);
     for args in [vec!["127.0.0.1:123"], vec!["--tcp", "127.0.0.1:123"]] {
