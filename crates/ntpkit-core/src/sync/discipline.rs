@@ -212,17 +212,12 @@ struct Model {
 }
 
 impl Model {
-    /// Propagates by `dt` seconds under wander intensity `q` and the commanded `correction`;
-    /// `dt` as read on the corrected clock itself if `slewed_time_base`.
-    fn predict(&mut self, q: f64, dt: f64, correction: f64, slewed_time_base: bool) {
+    /// Propagates by `dt` true seconds under wander intensity `q` and the commanded
+    /// `correction`.
+    fn predict(&mut self, q: f64, dt: f64, correction: f64) {
         if dt <= 0.0 {
             return;
         }
-        let dt = if slewed_time_base {
-            dt / (1.0 + self.nu + correction)
-        } else {
-            dt
-        };
         self.theta -= (self.nu + correction) * dt;
         // F = [[1, −dt], [0, 1]]; P = F P Fᵀ + Q.
         let (p00, p01, p11) = (self.p00, self.p01, self.p11);
@@ -549,22 +544,21 @@ impl Discipline {
         // of a slew if there is one in between.
         let (mut from, mut correction) = (self.last_time, self.correction);
         let best = self.best();
-        let slewed = self.config.slewed_time_base;
         let mut model = self.models.get(best).copied();
         if let Some(end) = self.slew_end.filter(|&end| end <= now) {
             if let Some(m) = &mut model {
-                m.predict(
-                    WANDER_MODELS[best],
-                    end.secs_since(from),
-                    correction,
-                    slewed,
-                );
+                let dt = self.true_secs(end.secs_since(from), correction);
+                m.predict(WANDER_MODELS[best], dt, correction);
             }
             (from, correction) = (end, self.after_slew);
         }
         if let Some(mut m) = model {
             let q = WANDER_MODELS[best];
-            m.predict(q, now.secs_since(from), correction, slewed);
+            m.predict(
+                q,
+                self.true_secs(now.secs_since(from), correction),
+                correction,
+            );
             st.offset = m.theta;
             st.frequency_ppm = m.nu * 1e6;
             st.offset_sd = m.p00.max(0.0).sqrt();
@@ -799,17 +793,17 @@ impl Discipline {
     fn predict_to(&mut self, now: MonoTime) {
         let dt = now.secs_since(self.last_time);
         if dt > 0.0 {
-            let rate = self.correction + self.estimated_frequency();
-            self.phase += rate * self.true_secs(dt, self.correction);
+            let dt = self.true_secs(dt, self.correction);
+            self.phase += (self.correction + self.estimated_frequency()) * dt;
             for (m, &q) in self.models.iter_mut().zip(&WANDER_MODELS) {
-                m.predict(q, dt, self.correction, self.config.slewed_time_base);
+                m.predict(q, dt, self.correction);
             }
             self.last_time = now;
         }
     }
 
-    /// True seconds in `dt` seconds of the time base while `correction` is in force (see
-    /// [`DisciplineConfig::slewed_time_base`]).
+    /// True seconds in `dt` seconds of the time base while `correction` is in force, at the
+    /// driving model's frequency estimate (see [`DisciplineConfig::slewed_time_base`]).
     fn true_secs(&self, dt: f64, correction: f64) -> f64 {
         if self.config.slewed_time_base {
             dt / (1.0 + self.estimated_frequency() + correction)

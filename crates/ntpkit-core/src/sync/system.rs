@@ -328,9 +328,7 @@ impl SyncSystem {
     /// operator asked). Returns the step (seconds), or None if the clock has had no update yet.
     /// The step comes out of [`poll_clock_command`](Self::poll_clock_command) with its event.
     pub fn make_step(&mut self, now: MonoTime) -> Option<f64> {
-        let frequency = self.discipline.estimated_frequency();
         let step = self.discipline.step_now(now)?;
-        self.reproject_sources(now, frequency);
         self.drain_discipline();
         Some(step)
     }
@@ -1688,7 +1686,7 @@ mod tests {
 
     #[test]
     fn sources_read_the_slewed_clock_at_the_latest_frequency_estimate() {
-        // 50 ms off and slewed at up to 500 ppm over noisy paths, while the frequency estimate
+        // 50 ms off and slewed at hundreds of ppm over noisy paths, while the frequency estimate
         // is still being learned. A source's offset reads the clock's error now, however old
         // its sample: within the path's noise plus what the frequency is not known to, over
         // the sample's age. (Carried at the estimates in force while it aged, a burst sample
