@@ -4,7 +4,8 @@
 #
 #   1. scripts/install-test-deps.sh (idempotent: chrony, ntpsec-ntpdate, iproute2, NTPsec ntpd)
 #   2. cargo fmt --all --check
-#   3. cargo clippy --workspace --all-targets -- -D warnings
+#   3. cargo clippy --workspace --all-targets -- -D warnings, and the API docs built with
+#      warnings as errors (broken or private links)
 #   4. cargo test --workspace (unit, property, integration and interop tests; the dev profile
 #      is optimised, see Cargo.toml, and a release build would take minutes longer). Benchmarks
 #      are not run; step 3 already type-checks them (--all-targets).
@@ -68,6 +69,9 @@ cargo fmt --all --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo doc --workspace --no-deps (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "cargo test --workspace"
 cargo test --workspace

@@ -1020,7 +1020,7 @@ const SHARD_CLIENTS: usize = 256;
 ///
 /// Clients of reference clocks without wander never affect each other: each client's events
 /// touch only its own state, its links' random streams and the pure clock of a reference. Such
-/// a scenario is cut into contiguous blocks of [`SHARD_CLIENTS`] clients; every shard simulates
+/// a scenario is cut into contiguous blocks of `SHARD_CLIENTS` clients; every shard simulates
 /// its block plus a replica of every reference, with the same per-node and per-link streams as
 /// the whole run. A shard's events are then the whole run's events restricted to it, in the
 /// same order, so the merged statistics are identical (the determinism tests compare them).

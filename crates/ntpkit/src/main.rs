@@ -1,6 +1,9 @@
 //! `ntpkit`: one command line for the whole toolkit. A thin layer over the library crates:
 //! parse arguments, call the driver, print, choose the exit status.
 #![forbid(unsafe_code)]
+// The argument structs' doc comments are clap's help texts: their brackets (`[IPv6]:PORT`,
+// `[default: …]`) are text, not links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 mod control_cli;
 

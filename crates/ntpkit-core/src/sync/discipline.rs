@@ -645,7 +645,7 @@ impl Discipline {
     }
 
     /// The time (seconds) over which an estimated phase error `theta` known to within `sd` is
-    /// slewed away: [`CORRECTION_TIME_RATIO`] poll intervals for a correction within one
+    /// slewed away: three poll intervals (`CORRECTION_TIME_RATIO`) for a correction within one
     /// standard deviation, one interval from three on; at least a second.
     pub fn slew_time(poll_interval: f64, theta: f64, sd: f64) -> f64 {
         let stretch = if theta == 0.0 {
