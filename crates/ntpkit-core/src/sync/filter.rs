@@ -308,11 +308,20 @@ impl ClockFilter {
     /// Until [`TRUSTED_WINDOW`] delays are known the minimum is not, and a sample is only
     /// trusted to the hard bound every exchange has: its error is at most half its delay.
     pub fn asymmetry_variance(&self, sample: &Sample) -> f64 {
+        self.residual_asymmetry_variance(sample, 1.0)
+    }
+
+    /// [`asymmetry_variance`](Self::asymmetry_variance) once a correction for the path's
+    /// asymmetry explains all but `unexplained` (a share in [0, 1]) of the excess delay's
+    /// variance ([`AsymmetryFit::unexplained`](super::asymmetry::AsymmetryFit::unexplained)).
+    /// The minimum delay's own uncertainty is not explained by it and stays whole.
+    pub fn residual_asymmetry_variance(&self, sample: &Sample, unexplained: f64) -> f64 {
         if self.delays.len() < TRUSTED_WINDOW {
             return sample.delay * sample.delay / 12.0;
         }
         let min = self.min_delay().unwrap_or(sample.delay);
-        let excess = (sample.delay - min).max(0.0) + self.min_delay_uncertainty();
+        let excess = (sample.delay - min).max(0.0) * unexplained.clamp(0.0, 1.0).sqrt()
+            + self.min_delay_uncertainty();
         excess * excess / 12.0
     }
 
@@ -453,6 +462,40 @@ mod tests {
         let best = f.asymmetry_variance(&s(0.0, 0.002, 4));
         assert!((best / (widen * widen / 12.0) - 1.0).abs() < 1e-5, "{best}");
         assert!(f.asymmetry_variance(&spike) > 1000.0 * best);
+    }
+
+    #[test]
+    fn an_explained_asymmetry_shrinks_the_excess_but_not_the_minimums_uncertainty() {
+        let mut f = ClockFilter::new();
+        let first = s(0.0, 0.002, 0);
+        f.add(first, MonoTime(0));
+        // Before the minimum is known, only the half-delay bound: nothing is explained.
+        assert_eq!(
+            f.residual_asymmetry_variance(&first, 0.1),
+            f.asymmetry_variance(&first)
+        );
+        for i in 1..8 {
+            f.add(s(0.0, 0.002 + i as f64 * 1e-4, i), MonoTime(i));
+        }
+        let late = s(0.0, 0.006, 8);
+        f.add(late, MonoTime(8));
+        assert_eq!(
+            f.residual_asymmetry_variance(&late, 1.0),
+            f.asymmetry_variance(&late)
+        );
+        // Fully explained: the minimum's uncertainty is all that is left, as for a sample at
+        // the minimum delay.
+        let at_min = f.asymmetry_variance(&s(0.0, 0.002, 9));
+        let none_left = f.residual_asymmetry_variance(&late, 0.0);
+        assert!(
+            (none_left / at_min - 1.0).abs() < 1e-6,
+            "{none_left} vs {at_min}"
+        );
+        // A quarter of the variance unexplained: half the excess (in amplitude) counts.
+        let widen = (at_min * 12.0).sqrt();
+        let want = (0.002 + widen).powi(2) / 12.0;
+        let quarter = f.residual_asymmetry_variance(&late, 0.25);
+        assert!((quarter / want - 1.0).abs() < 1e-5, "{quarter} vs {want}");
     }
 
     #[test]

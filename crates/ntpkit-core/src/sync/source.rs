@@ -250,17 +250,30 @@ impl Source {
         }
     }
 
-    /// The offset of `sample` (just accepted from this source) for the discipline, corrected
-    /// for the path's queueing asymmetry as measured so far; `predicted` is the discipline's
-    /// prediction for the sample, which teaches the measurement (see [`AsymmetryFit`]).
-    pub fn asymmetry_corrected(&mut self, sample: &Sample, predicted: Option<f64>) -> f64 {
+    /// The offset of `sample` (just accepted from this source, with `variance` as accepted)
+    /// for the discipline, corrected for the path's queueing asymmetry as measured so far, and
+    /// its variance once that correction explains part of the error; `predicted` is the
+    /// discipline's prediction for the sample, which teaches the measurement (see
+    /// [`AsymmetryFit`]).
+    pub fn asymmetry_corrected(
+        &mut self,
+        sample: &Sample,
+        variance: f64,
+        predicted: Option<f64>,
+    ) -> (f64, f64) {
         let Some(x) = self.filter.excess_delay(sample) else {
-            return sample.offset;
+            return (sample.offset, variance);
         };
         if let Some(p) = predicted {
             self.asymmetry.add(x, sample.offset - p);
         }
-        sample.offset - self.asymmetry.slope() * x
+        let whole = self.filter.asymmetry_variance(sample);
+        let residual =
+            (self.filter).residual_asymmetry_variance(sample, self.asymmetry.unexplained());
+        (
+            sample.offset - self.asymmetry.slope() * x,
+            (variance - whole).max(0.0) + residual,
+        )
     }
 
     /// The server's address and port.

@@ -414,9 +414,11 @@ impl SyncSystem {
                     if self.selection.survivors.contains(&idx) && self.no_selection.is_none() {
                         let interval = self.interval();
                         let predicted = self.discipline.predicted_offset(now);
-                        let offset = match self.sources.get_mut(idx) {
-                            Some(Some(src)) => src.asymmetry_corrected(&sample, predicted),
-                            _ => sample.offset,
+                        let (offset, variance) = match self.sources.get_mut(idx) {
+                            Some(Some(src)) => {
+                                src.asymmetry_corrected(&sample, variance, predicted)
+                            }
+                            _ => (sample.offset, variance),
                         };
                         self.feed_discipline(now, offset, variance, interval);
                         self.after_update(now, received);
