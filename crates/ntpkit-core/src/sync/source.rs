@@ -250,11 +250,11 @@ impl Source {
         }
     }
 
-    /// The offset of `sample` (just accepted from this source, with `variance` as accepted)
-    /// for the discipline, corrected for the path's queueing asymmetry as measured so far, and
-    /// its variance once that correction explains part of the error; `predicted` is the
-    /// discipline's prediction for the sample, which teaches the measurement (see
-    /// [`AsymmetryFit`]).
+    /// The offset of `sample` (just accepted from this source, with the `variance` it was
+    /// accepted with) for the discipline, corrected for the path's queueing asymmetry as
+    /// measured so far, and its variance once that correction explains part of the error;
+    /// `predicted` is the discipline's prediction for the sample, which teaches the
+    /// measurement (see [`AsymmetryFit`]).
     pub fn asymmetry_corrected(
         &mut self,
         sample: &Sample,
@@ -267,9 +267,11 @@ impl Source {
         if let Some(p) = predicted {
             self.asymmetry.add(x, sample.offset - p);
         }
+        // `variance` holds the filter's asymmetry variance for the sample (plus the timestamp
+        // floor): swap it for what the correction leaves.
         let whole = self.filter.asymmetry_variance(sample);
-        let residual =
-            (self.filter).residual_asymmetry_variance(sample, self.asymmetry.unexplained());
+        let unexplained = self.asymmetry.unexplained();
+        let residual = self.filter.residual_asymmetry_variance(sample, unexplained);
         (
             sample.offset - self.asymmetry.slope() * x,
             (variance - whole).max(0.0) + residual,
