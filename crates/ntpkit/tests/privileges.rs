@@ -48,6 +48,17 @@ fn assert_confined(p: &Proc) {
     assert_eq!(st["Seccomp"], "2", "{}: filter mode", p.name);
 }
 
+/// [`assert_confined`] once `p` has taken its last step: a process changes its user (and logs
+/// it) before it installs the seccomp filter, so wait up to 5 s for the filter first.
+fn assert_confined_once_filtered(p: &Proc) {
+    support::wait(SECS(5), || {
+        p.proc_status()
+            .get("Seccomp")
+            .is_some_and(|mode| mode == "2")
+    });
+    assert_confined(p);
+}
+
 /// A directory the user nobody owns, for the drift file.
 fn nobody_dir(lab: &Lab) -> std::path::PathBuf {
     let dir = lab.public_dir().join("state");
@@ -122,8 +133,8 @@ fn daemons_started_as_root_run_as_their_user_with_nothing_left() {
     );
     a.wait_for("running as user nobody", SECS(10));
     b.wait_for("running as user nobody", SECS(10));
-    assert_confined(&a);
-    assert_confined(&b);
+    assert_confined_once_filtered(&a);
+    assert_confined_once_filtered(&b);
 
     wait_until(&lab, &["a", "b"], SECS(60), |_, st| {
         tracking(st)["synchronized"].as_bool() == Some(true)
@@ -204,16 +215,8 @@ fn serve_started_as_root_runs_as_its_user_with_nothing_left() {
             "2",
         ],
     );
-    // The server listens before it confines itself: it changes its user, then installs the
-    // seccomp filter. Wait for the last step (or 5 s), then check every one.
-    support::wait(SECS(5), || {
-        server
-            .proc
-            .proc_status()
-            .get("Seccomp")
-            .is_some_and(|mode| mode == "2")
-    });
-    assert_confined(&server.proc);
+    // The server listens before it confines itself.
+    assert_confined_once_filtered(&server.proc);
     for args in [vec!["127.0.0.1:123"], vec!["--tcp", "127.0.0.1:123"]] {
         let mut q = vec![NTPKIT, "query"];
         q.extend(args);
