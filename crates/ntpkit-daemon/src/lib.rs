@@ -2,7 +2,8 @@
 //!
 //! What it does: `ntpkit serve` ([`serve`]: UDP workers in [`udp`], TCP in [`tcp`] with the
 //! framing of [`framing`]), `ntpkit query` ([`query`]), the daemon ([`daemon`]), their
-//! Prometheus endpoint ([`metrics`]) and the load generator of `ntpkit bench` ([`bench`](mod@bench)).
+//! Prometheus endpoint ([`metrics`]) and the load generator of `ntpkit bench`
+//! ([`bench`](mod@bench)).
 //! Every protocol decision — what to answer, whether a reply is valid, offset and delay — is
 //! the core's; this crate moves bytes and reads clocks (through `ntpkit-os`, the only crate
 //! with `unsafe`). The load generator decides nothing about time: it only counts which replies
