@@ -431,6 +431,36 @@ def mean(values):
     return statistics.fmean(vals) if vals else None
 
 
+def seed_means(results, model, daemon, key):
+    """One value per seed: the mean over the run's measured nodes (the nodes of one run share
+    its network and are not independent samples)."""
+    out = []
+    for r in results:
+        if r["model"] == model and r["daemon"] == daemon:
+            m = mean([n[key] for n in r["nodes"].values()])
+            if m is not None:
+                out.append(m)
+    return out
+
+
+def standard_error(values):
+    """Standard error of the mean of independent values, or None for fewer than two."""
+    vals = [v for v in values if v is not None]
+    return statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) >= 2 else None
+
+
+def ratio_cell(num, num_se, den, den_se):
+    """`(r ± e)`: the ratio of two means and its standard error (to first order, from the
+    means' standard errors; no ± when either is unknown). The RMS, maximum and frequency
+    error of a run are heavy-tailed (one start-up gone wrong dominates a seed), so over 20
+    seeds a mean is typically known to 5-20 %."""
+    ratio = abs(num) / abs(den) if den else math.inf
+    if num_se is None or den_se is None or not num or not den or math.isinf(ratio):
+        return ratio, None, f"({ratio:.2f})"
+    err = ratio * math.hypot(num_se / num, den_se / den)
+    return ratio, err, f"({ratio:.2f} ± {err:.2f})"
+
+
 def fmt(v, scale):
     if v is None:
         return "never"
@@ -453,11 +483,12 @@ def table(results, model_order):
             never_k = sum(v is None for v in k[key])
             if key == "sync" and (never_c or never_k):
                 cell = f"{fmt(mc, 1)}{'*' * bool(never_c)} / {fmt(mk, 1)}{'*' * bool(never_k)}"
-            elif mc is None or mk is None:
+            elif mc is None or mk is None or key == "mean":
                 cell = f"{fmt(mc, scale)} / {fmt(mk, scale)}"
             else:
-                ratio = abs(mk) / abs(mc) if mc else math.inf
-                cell = f"{fmt(mc, scale)} / {fmt(mk, scale)} ({ratio:.2f})"
+                se_c = standard_error(seed_means(results, name, "chronyd", key))
+                se_k = standard_error(seed_means(results, name, "ntpkit", key))
+                cell = f"{fmt(mc, scale)} / {fmt(mk, scale)} {ratio_cell(mk, se_k, mc, se_c)[2]}"
             row.append(cell)
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
@@ -500,6 +531,9 @@ def run_sim(ntpkit, model_name, seeds):
     duration = seconds(scenario["simulation"]["duration"])
     starts = {n["name"]: seconds(n.get("start", 0)) for n in scenario["node"]}
     cells = {key: [] for key, *_ in METRICS}
+    # Per node, the spread over seeds; the nodes of a run are not independent, so the mean
+    # over nodes is given the nodes' typical standard error, not a smaller one.
+    spreads = {key: [] for key, *_ in METRICS}
     for node in report["nodes"]:
         if not node["name"].startswith("client"):
             continue
@@ -513,6 +547,16 @@ def run_sim(ntpkit, model_name, seeds):
         cells["rms_freq"].append(st["frequency_rms_ppm"]["mean"] * 1e-6)
         cells["sync"].append(st["sync_time_s"]["mean"] if node["synced_runs"] else None)
         cells["packets_per_day"].append(st["packets_sent"]["mean"] * 86400 / running)
+        for key, field_name, scale in [("rms", "offset_rms_s", 1), ("max", "offset_max_s", 1),
+                                       ("mean", "offset_mean_s", 1),
+                                       ("rms_freq", "frequency_rms_ppm", 1e-6),
+                                       ("sync", "sync_time_s", 1),
+                                       ("packets_per_day", "packets_sent", 86400 / running)]:
+            stat = st[field_name]
+            if stat.get("sd") is not None and stat.get("runs", 0) >= 2:
+                spreads[key].append((stat["sd"] * scale) ** 2 / stat["runs"])
+    cells["se"] = {key: math.sqrt(statistics.fmean(v)) if v else None
+                   for key, v in spreads.items()}
     return cells
 
 
@@ -531,9 +575,11 @@ def sim_table(results, sims, model_order):
             if mk is None or ms is None or key == "mean":
                 row.append(f"{fmt(mk, scale)} / {fmt(ms, scale)}")
                 continue
-            ratio = ms / mk if mk else math.inf
-            flag = " !" if abs(ratio - 1) > 0.15 else ""
-            row.append(f"{fmt(mk, scale)} / {fmt(ms, scale)} ({ratio:.2f}){flag}")
+            se_k = standard_error(seed_means(results, name, "ntpkit", key))
+            ratio, err, text = ratio_cell(ms, s["se"][key], mk, se_k)
+            apart = abs(ratio - 1) - 0.15
+            flag = "" if apart <= 0 else " ?" if err is not None and apart <= 2 * err else " !"
+            row.append(f"{fmt(mk, scale)} / {fmt(ms, scale)} {text}{flag}")
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
@@ -609,7 +655,8 @@ def main():
                     json.dump(list(cache.values()), out)
                 os.replace(args.chronyd_cache + ".tmp", args.chronyd_cache)
     print(f"clknetsim: {len(names)} model(s) x {len(seeds)} seed(s) x 2 daemons in "
-          f"{time.time() - started:.0f} s; each cell: chronyd / ntpkit (ratio), means over "
+          f"{time.time() - started:.0f} s; each cell: chronyd / ntpkit (ratio ± its standard "
+          f"error over seeds), means over "
           f"seeds {seeds[0]}-{seeds[-1]} and measured nodes; * = some runs never synchronized")
     print(table(results, names))
     sims = {}
@@ -617,8 +664,9 @@ def main():
         for name in names:
             sims[name] = run_sim(ntpkit, name, seeds)
         print(f"\nntpkit in clknetsim / in its own simulator (scenarios/chrony-*.toml), same "
-              f"seeds; ratio own/clknetsim, ! = apart by more than 15 %; sync: the own "
-              f"simulator counts |offset| < 1 ms only")
+              f"seeds; ratio own/clknetsim ± its standard error, ! = apart by more than "
+              f"15 % and two standard errors, ? = apart by more than 15 % but within two "
+              f"standard errors of it; sync: the own simulator counts |offset| < 1 ms only")
         print(sim_table(results, sims, names))
     if args.json:
         with open(args.json, "w") as f:
