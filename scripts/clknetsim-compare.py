@@ -541,18 +541,14 @@ def run_sim(ntpkit, model_name, seeds):
                      None)
         running = duration - starts.get(group, 0.0)
         st = node["stats"]
-        cells["rms"].append(st["offset_rms_s"]["mean"])
-        cells["max"].append(st["offset_max_s"]["mean"])
-        cells["mean"].append(st["offset_mean_s"]["mean"])
-        cells["rms_freq"].append(st["frequency_rms_ppm"]["mean"] * 1e-6)
-        cells["sync"].append(st["sync_time_s"]["mean"] if node["synced_runs"] else None)
-        cells["packets_per_day"].append(st["packets_sent"]["mean"] * 86400 / running)
-        for key, field_name, scale in [("rms", "offset_rms_s", 1), ("max", "offset_max_s", 1),
-                                       ("mean", "offset_mean_s", 1),
-                                       ("rms_freq", "frequency_rms_ppm", 1e-6),
-                                       ("sync", "sync_time_s", 1),
-                                       ("packets_per_day", "packets_sent", 86400 / running)]:
+        # The report's field for each metric and its scale to the harness's units.
+        fields = [("rms", "offset_rms_s", 1), ("max", "offset_max_s", 1),
+                  ("mean", "offset_mean_s", 1), ("rms_freq", "frequency_rms_ppm", 1e-6),
+                  ("sync", "sync_time_s", 1), ("packets_per_day", "packets_sent", 86400 / running)]
+        for key, field_name, scale in fields:
             stat = st[field_name]
+            never = key == "sync" and not node["synced_runs"]
+            cells[key].append(None if never else stat["mean"] * scale)
             if stat.get("sd") is not None and stat.get("runs", 0) >= 2:
                 spreads[key].append((stat["sd"] * scale) ** 2 / stat["runs"])
     cells["se"] = {key: math.sqrt(statistics.fmean(v)) if v else None
