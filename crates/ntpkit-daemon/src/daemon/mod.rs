@@ -571,14 +571,14 @@ impl Daemon {
 
     /// The state a metrics scrape shows, now.
     fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
-        let now = mono();
+        let (now, os) = (mono(), realtime_nanos());
         let mut system = self.system.status(now);
         for s in &mut system.sources {
             s.name = self.upstreams.name(s.id);
         }
         crate::metrics::Snapshot {
             system,
-            clock: self.clock.report(realtime_nanos()),
+            clock: self.clock.report(os),
             leap: self.system.served_state(now).leap as u8,
             unresolved: self.upstreams.unresolved(),
             bound: self.system.error_bound(now),
@@ -640,7 +640,9 @@ fn answer(
             command.cli_name()
         ));
     }
-    let now = mono();
+    // The sync state and the clock are read at one instant: while the clock slews, a status
+    // whose source offsets and clock error are read apart would show them disagree.
+    let (now, os) = (mono(), realtime_nanos());
     let result = match command {
         ControlCommand::Status => {
             let mut st = system.status(now);
@@ -655,12 +657,11 @@ fn answer(
             if let (Some(nts), Some(o)) = (nts_counters_json(shared), server.as_object_mut()) {
                 o.insert("nts".into(), nts);
             }
-            let status = DaemonStatus::new(st, clock.report(realtime_nanos()), server);
+            let status = DaemonStatus::new(st, clock.report(os), server);
             return serde_json::to_vec_pretty(&status).expect("serializes");
         }
         ControlCommand::Now => {
             // The clock is read at the instant the bound is computed for.
-            let os = realtime_nanos();
             let time = clock.read_at(os);
             let bound = system.error_bound(now);
             let report = control::NowReport::new(time.0, &bound, clock.report(os));
