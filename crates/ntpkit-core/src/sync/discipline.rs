@@ -10,10 +10,13 @@
 //!
 //! The wander intensity is not known in advance (a temperature-stable crystal and a laptop
 //! differ by orders of magnitude), so several filters with different `q` run side by side on the
-//! same samples and the one with the best recent likelihood drives the clock (multiple-model
-//! adaptive estimation), in place of RFC 5905's hand-tuned PLL/FLL crossover. The choice is
-//! justified by measurement against chrony's published simulation figures (chrony itself
-//! outperforms ntpd's PLL/FLL there): docs/benchmarks.md. No PLL/FLL was built to compare.
+//! same samples, and their mixture, each weighted by its recent likelihood, drives the clock
+//! (multiple-model adaptive estimation), in place of RFC 5905's hand-tuned PLL/FLL crossover.
+//! Mixed rather than picked: while the samples cannot yet tell the models apart (the first
+//! minutes, or one surprising sample), no fast-wandering model takes the clock alone. The
+//! choice is justified by measurement against chrony's published simulation figures (chrony
+//! itself outperforms ntpd's PLL/FLL there): docs/benchmarks.md. No PLL/FLL was built to
+//! compare.
 //!
 //! The model can still be wrong in ways the bank does not express: samples worse than their
 //! delays say (a short window of delays, whose minimum is not yet the path's), or a frequency
@@ -363,9 +366,11 @@ pub struct Discipline {
     last_innovation_sd: f64,
     /// Recent average of the samples' information (1 / variance, s⁻²).
     sample_info: f64,
-    /// The model in control (the most likely after the last update), kept so that every
-    /// read of the state does not search for it.
+    /// The most likely model after the last update (its wander is the one reported and
+    /// planned with), kept so that every read of the state does not search for it.
     best_model: u8,
+    /// Each model's share of the mixture that drives the clock, from the last update.
+    weights: [f32; WANDER_MODELS.len()],
 }
 
 impl Discipline {
@@ -397,6 +402,7 @@ impl Discipline {
             last_innovation_sd: 0.0,
             sample_info: 0.0,
             best_model: 0,
+            weights: [0.0; WANDER_MODELS.len()],
         };
         if nu0 != 0.0 {
             d.set_correction(now, -nu0);
@@ -473,6 +479,7 @@ impl Discipline {
             m.update(z, r);
         }
         self.best_model = self.most_likely() as u8;
+        self.reweigh();
         self.sample_info = if self.sample_info == 0.0 {
             1.0 / r
         } else {
@@ -500,7 +507,7 @@ impl Discipline {
             return None;
         }
         self.advance(now);
-        Some(self.models[self.best()].theta)
+        Some(self.mixture().theta)
     }
 
     /// Steps the clock at once by the whole offset estimated at `now`, ending any slew (an
@@ -511,7 +518,7 @@ impl Discipline {
             return None;
         }
         self.advance(now);
-        let m = self.models[self.best()];
+        let m = self.mixture();
         if m.theta != 0.0 {
             self.step(m.theta);
         }
@@ -544,7 +551,7 @@ impl Discipline {
         // of a slew if there is one in between.
         let (mut from, mut correction) = (self.last_time, self.correction);
         let best = self.best();
-        let mut model = self.models.get(best).copied();
+        let mut model = self.models.get(best).map(|_| self.mixture());
         if let Some(end) = self.slew_end.filter(|&end| end <= now) {
             if let Some(m) = &mut model {
                 let dt = self.true_secs(end.secs_since(from), correction);
@@ -604,7 +611,7 @@ impl Discipline {
     /// age (see [`Source::reproject`](super::Source::reproject)).
     pub fn estimated_frequency(&self) -> f64 {
         match self.models.get(self.best()) {
-            Some(m) => m.nu,
+            Some(_) => self.mixture().nu,
             None => self.config.initial_frequency_ppm.unwrap_or(0.0) * 1e-6,
         }
     }
@@ -617,7 +624,9 @@ impl Discipline {
     /// Suggests a poll exponent change for the sources: +1 after several well-predicted samples
     /// when the clock's drift over twice the current interval (wander plus frequency
     /// uncertainty) stays below the offset estimate's own uncertainty; −1 after a badly
-    /// predicted sample or when the drift over one interval exceeds twice that; else 0.
+    /// predicted sample or when the drift over one interval exceeds twice that; else 0. Judged
+    /// on the most likely model alone: the mixture's spread between models would keep the
+    /// poll short (10–30 % more packets in chrony's models).
     pub fn poll_adjustment(&mut self, poll_interval: f64) -> i8 {
         if !self.started || self.updates < 8 {
             return 0;
@@ -675,6 +684,7 @@ impl Discipline {
             })
             .collect();
         self.best_model = self.most_likely() as u8;
+        self.reweigh();
         self.started = true;
         self.updates = 1;
         self.last_offset = z;
@@ -716,7 +726,7 @@ impl Discipline {
 
     /// Decides the corrections after an update.
     fn steer(&mut self, now: MonoTime, poll_interval: f64) {
-        let m = self.models[self.best()];
+        let m = self.mixture();
         let theta = m.theta;
         if theta.abs() > self.config.step_threshold {
             if self.exceeds_panic(theta) {
@@ -812,9 +822,55 @@ impl Discipline {
         }
     }
 
-    /// The model in control: the most likely one after the last update.
+    /// The most likely model after the last update.
     fn best(&self) -> usize {
         usize::from(self.best_model)
+    }
+
+    /// Sets each model's share of the mixture from the likelihoods: `exp(loglik)`, normalized.
+    fn reweigh(&mut self) {
+        let top = self.models[self.best()].loglik;
+        let mut total = 0.0;
+        for (w, m) in self.weights.iter_mut().zip(self.models.iter()) {
+            let x = (m.loglik - top).exp();
+            *w = x as f32;
+            total += x;
+        }
+        for w in &mut self.weights {
+            *w = (f64::from(*w) / total) as f32;
+        }
+    }
+
+    /// The estimate that drives the clock: the models' states weighted by their shares, with
+    /// a covariance that includes the models' spread around it (a model much less likely than
+    /// another weighs nothing). Only once started.
+    fn mixture(&self) -> Model {
+        let shares = || {
+            self.models
+                .iter()
+                .zip(&self.weights)
+                .map(|(m, &w)| (m, f64::from(w)))
+        };
+        let total: f64 = shares().map(|(_, w)| w).sum();
+        let mut mix = Model {
+            theta: 0.0,
+            nu: 0.0,
+            p00: 0.0,
+            p01: 0.0,
+            p11: 0.0,
+            loglik: self.models[self.best()].loglik,
+        };
+        for (m, w) in shares() {
+            mix.theta += w * m.theta / total;
+            mix.nu += w * m.nu / total;
+        }
+        for (m, w) in shares() {
+            let (dt, dn) = (m.theta - mix.theta, m.nu - mix.nu);
+            mix.p00 += w * (m.p00 + dt * dt) / total;
+            mix.p01 += w * (m.p01 + dt * dn) / total;
+            mix.p11 += w * (m.p11 + dn * dn) / total;
+        }
+        mix
     }
 
     fn most_likely(&self) -> usize {
@@ -895,6 +951,40 @@ mod tests {
         // The sample's own variance alone is 10 µs²: the expected deviation is at least 10 µs.
         assert!(st.last_innovation_sd >= 1e-5, "{st:?}");
         assert!(st.last_innovation_sd.is_finite());
+    }
+
+    #[test]
+    fn one_surprising_sample_does_not_hand_the_clock_to_one_model() {
+        // Settled on a steady clock, then one sample 3σ off: the faster-wandering models
+        // gain likelihood, but the clock follows every model's share of the estimate.
+        let (_, _, mut d) = run(0.0, 10.0, 20e-6, 64, 60);
+        let t = 60 * 64 * S;
+        let predicted = d.predicted_offset(MonoTime(t)).unwrap();
+        d.sample(MonoTime(t), predicted + 3.0 * 20e-6, 20e-6f64.powi(2), 64.0);
+        let total: f64 = d.weights.iter().map(|&w| f64::from(w)).sum();
+        assert!((total - 1.0).abs() < 1e-6, "{:?}", d.weights);
+        let (lo, hi) = d.models.iter().fold((f64::MAX, f64::MIN), |(lo, hi), m| {
+            (lo.min(m.nu), hi.max(m.nu))
+        });
+        let nu = d.estimated_frequency();
+        assert!(lo < nu && nu < hi, "{lo} < {nu} < {hi}");
+        let mixed: f64 = d
+            .models
+            .iter()
+            .zip(&d.weights)
+            .map(|(m, &w)| m.nu * f64::from(w))
+            .sum();
+        assert!((nu - mixed).abs() < 1e-12, "{nu} vs {mixed}");
+        // No model holds the whole weight, and the spread between them counts as uncertainty.
+        let top = d.weights.iter().copied().fold(0.0, f32::max);
+        assert!(top < 0.99, "{:?}", d.weights);
+        let own: f64 = d
+            .models
+            .iter()
+            .zip(&d.weights)
+            .map(|(m, &w)| m.p11 * f64::from(w))
+            .sum();
+        assert!(d.mixture().p11 > own);
     }
 
     #[test]
@@ -1095,7 +1185,7 @@ mod tests {
     #[test]
     fn poll_grows_only_once_the_estimate_outweighs_its_samples() {
         // Perfectly predicted samples, each with 1 ms of noise: the interval may double only
-        // once the offset estimate's variance is below a sample's / (2 × POLL_TARGET).
+        // once the most likely model's offset variance is below a sample's / (2 × POLL_TARGET).
         let r = 1e-6;
         let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
         let mut first_up = None;
@@ -1104,7 +1194,7 @@ mod tests {
             d.sample(now, 0.0, r, 64.0);
             while d.poll_command().is_some() {}
             if d.poll_adjustment(64.0) > 0 {
-                first_up = Some((i + 1, d.state(now).offset_sd.powi(2)));
+                first_up = Some((i + 1, d.models[d.best()].p00));
                 break;
             }
         }

@@ -27,8 +27,19 @@ use serde::Serialize;
 pub const FILTER_STAGES: usize = 8;
 /// Samples over which the path's minimum delay is tracked.
 pub const MIN_DELAY_WINDOW: usize = 32;
-/// Delays needed before the window's minimum is trusted to weigh samples.
+/// Delays needed before the window's minimum is trusted to weigh samples as the path's.
 pub const TRUSTED_WINDOW: usize = 8;
+/// Delays from which a window shorter than [`TRUSTED_WINDOW`] already weighs samples, with
+/// its minimum's uncertainty taken from the whole range of its delays rather than their median
+/// (see [`SHORT_WINDOW_SPREAD`]), and never beyond the half-delay bound. Before that, the
+/// bound alone: a start-up burst's few delays can lie close together by chance. (Trusting
+/// the burst itself made the first frequency estimate overconfident; waiting for eight delays
+/// left several sources' first minutes weighed by the bound, ten times the paths' real noise
+/// in chrony's falseticker models, and their frequency errors 2.5× chronyd's.)
+pub const SHORT_WINDOW: usize = 6;
+/// In a short window of `n` delays, the minimum may lie this times their range over `√n`
+/// above the path's (0.82 of the range for 6 delays).
+const SHORT_WINDOW_SPREAD: f64 = 2.0;
 /// How far the minimum of `n` delays may lie above the path's, in units of the window's
 /// median excess over its minimum: this over `√n` (0.71 for 8 delays, 0.35 for a full window
 /// of [`MIN_DELAY_WINDOW`]). When each direction
@@ -175,6 +186,10 @@ impl DelayWindow {
         (self.len > 0).then(|| f64::from(self.sorted[0]))
     }
 
+    fn max(&self) -> Option<f64> {
+        (self.len > 0).then(|| f64::from(self.sorted[self.len() - 1]))
+    }
+
     /// The upper median (element `len / 2` in sorted order).
     fn median(&self) -> Option<f64> {
         (self.len > 0).then(|| f64::from(self.sorted[self.len() / 2]))
@@ -305,8 +320,10 @@ impl ClockFilter {
     /// window's median excess is added to every excess, larger while the window is short (see
     /// `MIN_DELAY_SPREAD`): no sample is trusted beyond what the delays can vouch for.
     ///
-    /// Until [`TRUSTED_WINDOW`] delays are known the minimum is not, and a sample is only
-    /// trusted to the hard bound every exchange has: its error is at most half its delay.
+    /// Until [`SHORT_WINDOW`] delays are known the minimum is not, and a sample is only
+    /// trusted to the hard bound every exchange has: its error is at most half its delay; until
+    /// [`TRUSTED_WINDOW`], to the lesser of that bound and the excess over a minimum known only
+    /// to within the delays' range.
     pub fn asymmetry_variance(&self, sample: &Sample) -> f64 {
         self.residual_asymmetry_variance(sample, 1.0)
     }
@@ -316,10 +333,18 @@ impl ClockFilter {
     /// variance ([`AsymmetryFit::unexplained`](super::asymmetry::AsymmetryFit::unexplained)).
     /// The minimum delay's own uncertainty is not explained by it and stays whole.
     pub fn residual_asymmetry_variance(&self, sample: &Sample, unexplained: f64) -> f64 {
-        if self.delays.len() < TRUSTED_WINDOW {
-            return sample.delay * sample.delay / 12.0;
+        let bound = sample.delay * sample.delay / 12.0;
+        let n = self.delays.len();
+        if n < SHORT_WINDOW {
+            return bound;
         }
         let min = self.min_delay().unwrap_or(sample.delay);
+        if n < TRUSTED_WINDOW {
+            let range = self.delays.max().unwrap_or(min) - min;
+            let excess =
+                (sample.delay - min).max(0.0) + range * SHORT_WINDOW_SPREAD / (n as f64).sqrt();
+            return (excess * excess / 12.0).min(bound);
+        }
         let excess = (sample.delay - min).max(0.0) * unexplained.clamp(0.0, 1.0).sqrt()
             + self.min_delay_uncertainty();
         excess * excess / 12.0
@@ -496,6 +521,32 @@ mod tests {
         let want = (0.002 + widen).powi(2) / 12.0;
         let quarter = f.residual_asymmetry_variance(&late, 0.25);
         assert!((quarter / want - 1.0).abs() < 1e-5, "{quarter} vs {want}");
+    }
+
+    #[test]
+    fn a_short_window_weighs_samples_by_the_range_of_its_delays() {
+        let mut f = ClockFilter::new();
+        // A start-up burst's worth of delays: the half-delay bound only, however close.
+        for i in 0..5 {
+            f.add(s(0.0, 0.002 + i as f64 * 1e-5, i), MonoTime(i));
+        }
+        let at_min = s(0.0, 0.002, 5);
+        assert_eq!(f.asymmetry_variance(&at_min), 0.002f64.powi(2) / 12.0);
+        // The sixth: the minimum is known to within 2/√6 of the range (0.05 ms here).
+        f.add(s(0.0, 0.00205, 5), MonoTime(5));
+        let widen = 0.00005 * SHORT_WINDOW_SPREAD / 6f64.sqrt();
+        let v = f.asymmetry_variance(&at_min);
+        assert!((v / (widen * widen / 12.0) - 1.0).abs() < 1e-4, "{v}");
+        let slow = s(0.0, 0.0021, 6);
+        let want = (0.0001 + widen).powi(2) / 12.0;
+        assert!((f.asymmetry_variance(&slow) / want - 1.0).abs() < 1e-4);
+        // A wide range is never trusted less than the bound.
+        let mut g = ClockFilter::new();
+        for i in 0..7 {
+            g.add(s(0.0, 0.002 + i as f64 * 1e-3, i), MonoTime(i));
+        }
+        let late = s(0.0, 0.004, 7);
+        assert_eq!(g.asymmetry_variance(&late), 0.004f64.powi(2) / 12.0);
     }
 
     #[test]
