@@ -31,7 +31,7 @@ pub const MIN_DELAY_WINDOW: usize = 32;
 pub const TRUSTED_WINDOW: usize = 8;
 /// Delays from which a window shorter than [`TRUSTED_WINDOW`] already weighs samples, with
 /// its minimum's uncertainty taken from the whole range of its delays rather than their median
-/// (see [`SHORT_WINDOW_SPREAD`]), and never beyond the half-delay bound. Before that, the
+/// (`SHORT_WINDOW_SPREAD`), and never beyond the half-delay bound. Before that, the
 /// bound alone: a start-up burst's few delays can lie close together by chance. (Trusting
 /// the burst itself made the first frequency estimate overconfident; waiting for eight delays
 /// left several sources' first minutes weighed by the bound, ten times the paths' real noise
