@@ -966,25 +966,21 @@ mod tests {
         let (lo, hi) = d.models.iter().fold((f64::MAX, f64::MIN), |(lo, hi), m| {
             (lo.min(m.nu), hi.max(m.nu))
         });
+        let weighted = |field: fn(&Model) -> f64| -> f64 {
+            d.models
+                .iter()
+                .zip(&d.weights)
+                .map(|(m, &w)| field(m) * f64::from(w))
+                .sum()
+        };
         let nu = d.estimated_frequency();
         assert!(lo < nu && nu < hi, "{lo} < {nu} < {hi}");
-        let mixed: f64 = d
-            .models
-            .iter()
-            .zip(&d.weights)
-            .map(|(m, &w)| m.nu * f64::from(w))
-            .sum();
+        let mixed = weighted(|m| m.nu);
         assert!((nu - mixed).abs() < 1e-12, "{nu} vs {mixed}");
         // No model holds the whole weight, and the spread between them counts as uncertainty.
         let top = d.weights.iter().copied().fold(0.0, f32::max);
         assert!(top < 0.99, "{:?}", d.weights);
-        let own: f64 = d
-            .models
-            .iter()
-            .zip(&d.weights)
-            .map(|(m, &w)| m.p11 * f64::from(w))
-            .sum();
-        assert!(d.mixture().p11 > own);
+        assert!(d.mixture().p11 > weighted(|m| m.p11));
     }
 
     #[test]

@@ -17,6 +17,11 @@ use ntpkit_core::{ClockCommand, ClockTime, SoftClock};
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// Changes of a software clock remembered for readings of earlier instants (see
+/// [`ClockBackend::read_at`]).
+const REMEMBERED_CHANGES: usize = 64;
 
 /// How to turn an OS clock reading into the served clock's reading. Copy, so server threads
 /// take a snapshot and never lock per packet.
@@ -46,6 +51,9 @@ pub struct ClockBackend {
     /// The clock the core disciplines, on top of the OS clock (virtual clock, or observe's
     /// shadow); None for `system`.
     soft: Option<SoftClock>,
+    /// The software clock as it was before each of its latest changes, with the OS time of
+    /// the change, oldest first.
+    before_changes: VecDeque<(i64, SoftClock)>,
     wander_ppm: f64,
     rng: Xoshiro256PlusPlus,
     /// Last time wander was applied (OS ns).
@@ -150,6 +158,7 @@ impl ClockBackend {
         Ok(ClockBackend {
             kind: section.backend,
             soft,
+            before_changes: VecDeque::new(),
             wander_ppm: section.wander_ppm,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             wander_at: os_now,
@@ -162,11 +171,29 @@ impl ClockBackend {
         self.soft.is_some() && self.wander_ppm != 0.0
     }
 
-    /// The disciplined clock's reading when the OS clock reads `os_ns`.
+    /// The disciplined clock's reading when the OS clock reads `os_ns`. An earlier instant is
+    /// read on the software clock as it was then: a reply's kernel receive timestamp may
+    /// predate the commands applied while the replies received with it were handled, and
+    /// read at the latest rate a slew of thousands of ppm would move it by up to a millisecond.
     pub fn read_at(&self, os_ns: i64) -> ClockTime {
         match &self.soft {
-            Some(c) => c.read(os_ns),
+            Some(c) => self
+                .before_changes
+                .iter()
+                .find(|&&(changed_at, _)| os_ns < changed_at)
+                .map_or(c, |(_, before)| before)
+                .read(os_ns),
             None => ClockTime(os_ns),
+        }
+    }
+
+    /// Records the software clock as it is before a change at OS time `os_now`.
+    fn remember(&mut self, os_now: i64) {
+        if let Some(c) = self.soft {
+            if self.before_changes.len() == REMEMBERED_CHANGES {
+                self.before_changes.pop_front();
+            }
+            self.before_changes.push_back((os_now, c));
         }
     }
 
@@ -190,6 +217,7 @@ impl ClockBackend {
 
     /// Applies a command of the core at OS time `os_now`.
     pub fn apply(&mut self, os_now: i64, command: ClockCommand) -> Result<(), ClockError> {
+        self.remember(os_now);
         if let Some(c) = &mut self.soft {
             c.apply(os_now, command);
             return Ok(());
@@ -218,8 +246,7 @@ impl ClockBackend {
 
     /// Advances the virtual clock's wander to `os_now` (call about once per second).
     pub fn wander(&mut self, os_now: i64) {
-        let Some(c) = &mut self.soft else { return };
-        if self.wander_ppm == 0.0 {
+        if self.soft.is_none() || self.wander_ppm == 0.0 {
             return;
         }
         let dt = (os_now - self.wander_at) as f64 * 1e-9;
@@ -228,7 +255,10 @@ impl ClockBackend {
             return;
         }
         let step = self.wander_ppm * dt.sqrt() * standard_normal(&mut self.rng);
-        c.set_intrinsic_ppm(os_now, c.intrinsic_ppm() + step);
+        self.remember(os_now);
+        if let Some(c) = &mut self.soft {
+            c.set_intrinsic_ppm(os_now, c.intrinsic_ppm() + step);
+        }
     }
 
     /// State for status output at OS time `os_now`.
@@ -310,6 +340,32 @@ mod tests {
         assert_eq!(r.backend, "virtual");
         assert_eq!(r.frequency_error_ppm, Some(0.0));
         assert!(matches!(b.served_view(), ClockView::Soft(_)));
+    }
+
+    #[test]
+    fn an_earlier_instant_is_read_on_the_clock_as_it_was_then() {
+        let section = ClockSection {
+            backend: ClockBackendKind::Virtual,
+            offset: 0.05,
+            frequency_ppm: 0.0,
+            wander_ppm: 0.0,
+            seed: Some(1),
+        };
+        let mut b = ClockBackend::new(&section, 0).unwrap();
+        const S: i64 = 1_000_000_000;
+        b.apply(0, ClockCommand::SetFrequency { ppm: -10_000.0 })
+            .unwrap();
+        // A reply received at 1 s, read after a command applied at 1.1 s.
+        let then = b.read_at(S);
+        b.apply(S + S / 10, ClockCommand::SetFrequency { ppm: -500.0 })
+            .unwrap();
+        assert_eq!(b.read_at(S), then);
+        assert_eq!(then, ClockTime(S + 50_000_000 - 10_000_000));
+        // From the change on, the new rate.
+        assert_eq!(
+            b.read_at(2 * S + S / 10).0 - b.read_at(S + S / 10).0,
+            S - 500_000
+        );
     }
 
     #[test]
