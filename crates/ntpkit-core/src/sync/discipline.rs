@@ -59,6 +59,11 @@ const WANDER_MODELS: [f64; 6] = [1e-22, 1e-20, 1e-18, 1e-16, 1e-14, 1e-12];
 /// Per-update forgetting factor of the models' log-likelihoods (memory of ~100 updates: a
 /// shorter one lets noisy paths switch models on chance runs; docs/benchmarks.md).
 const LIKELIHOOD_MEMORY: f64 = 0.99;
+/// Largest log-likelihood by which a model may trail the best (a floor on its weight of about
+/// e⁻¹⁰, as an interacting-multiple-model filter's switching probability gives): a start-up
+/// transient can make the slow models look hopeless, and with the memory above they would
+/// take hundreds of updates, days at long poll intervals, to recover.
+const MAX_LIKELIHOOD_DEFICIT: f64 = 10.0;
 /// Largest intrinsic frequency error a clock is believed to have (s/s), as chrony's `maxdrift`.
 const MAX_DRIFT: f64 = 500e-6;
 /// Phase random-walk intensity (s²/s): white frequency noise of the oscillator and timestamping.
@@ -70,13 +75,26 @@ const MAX_HELD_OUTLIERS: u32 = 3;
 /// Samples over which the mean squared innovation (in units of the variance the samples and
 /// the estimate account for) is averaged to scale the samples' variances.
 const NOISE_SCALE_MEMORY: f64 = 8.0;
-/// Well-predicted samples in a row before the poll interval may grow.
+/// Well-predicted samples in a row, each finding the clock settled (see
+/// [`POLL_SETTLED_SIGMAS`]), before the poll interval may grow.
 const POLL_UP_AFTER: i32 = 4;
 /// Samples over which the samples' information is averaged.
 const SAMPLE_INFO_MEMORY: f64 = 16.0;
-/// The poll interval grows only while the estimate holds the information of at least this
-/// many typical samples at twice the interval (noisy paths keep polling).
-const POLL_TARGET: f64 = 8.0;
+/// The poll interval doubles only while the clock's predicted drift over the doubled interval
+/// (wander plus frequency uncertainty, as a variance) stays within this many typical samples'
+/// variances: a sample taken sooner would tell little the estimate does not already know, so
+/// its packet would buy little accuracy. chrony's models then poll about as often as chronyd.
+const POLL_UP_DRIFT: f64 = 2.0;
+/// The poll interval halves once the drift over one interval exceeds this many typical
+/// samples' variances (a doubling's drift is 8 times its interval's: no oscillation).
+const POLL_DOWN_DRIFT: f64 = 4.0;
+/// The poll interval grows only once the estimate's offset variance is within a typical
+/// sample's divided by this (it holds that many samples' information).
+const POLL_TARGET: f64 = 2.0;
+/// A sample counts towards a longer poll interval only if the offset it leaves the estimate
+/// with is within this many standard deviations of a typical sample: not while the start-up
+/// offset is still slewed away, which a longer interval would slow down.
+const POLL_SETTLED_SIGMAS: f64 = 3.0;
 /// Phase corrections are slewed over a time inversely proportional to their size in standard
 /// deviations of the estimate: this many poll intervals for one within a standard deviation
 /// (mostly noise: the clock's rate then changes little), one interval from three on.
@@ -366,6 +384,8 @@ pub struct Discipline {
     last_innovation_sd: f64,
     /// Recent average of the samples' information (1 / variance, s⁻²).
     sample_info: f64,
+    /// The offset estimated at the last update, before its correction (seconds).
+    last_estimate: f64,
     /// The most likely model after the last update (its wander is the one reported and
     /// planned with), kept so that every read of the state does not search for it.
     best_model: u8,
@@ -401,6 +421,7 @@ impl Discipline {
             last_offset: 0.0,
             last_innovation_sd: 0.0,
             sample_info: 0.0,
+            last_estimate: 0.0,
             best_model: 0,
             weights: [0.0; WANDER_MODELS.len()],
         };
@@ -478,6 +499,16 @@ impl Discipline {
         for m in &mut self.models {
             m.update(z, r);
         }
+        // No model falls further behind the best than MAX_LIKELIHOOD_DEFICIT: one that lost
+        // at start-up can win back the clock within tens of updates once it fits better.
+        let top = self
+            .models
+            .iter()
+            .map(|m| m.loglik)
+            .fold(f64::MIN, f64::max);
+        for m in &mut self.models {
+            m.loglik = m.loglik.max(top - MAX_LIKELIHOOD_DEFICIT);
+        }
         self.best_model = self.most_likely() as u8;
         self.reweigh();
         self.sample_info = if self.sample_info == 0.0 {
@@ -485,19 +516,23 @@ impl Discipline {
         } else {
             self.sample_info + (1.0 / r - self.sample_info) / SAMPLE_INFO_MEMORY
         };
-        // A badly predicted sample (beyond 3σ) asks for a shorter poll at once; the interval
-        // may grow only after several well-predicted ones.
-        self.poll_trend = if ratio > 9.0 {
-            -1
-        } else if ratio < 4.0 {
-            self.poll_trend.max(0).saturating_add(1)
-        } else {
-            0
-        };
         self.updates = self.updates.saturating_add(1);
         self.last_offset = y;
         self.last_innovation_sd = s.sqrt();
         self.steer(now, poll_interval);
+        // A badly predicted sample (beyond 3σ) asks for a shorter poll at once; the interval
+        // may grow only after several well-predicted ones that also found the clock settled:
+        // an offset within a few samples' deviations, not a start-up offset still being
+        // slewed away (a longer interval would slow that down).
+        let settled =
+            self.last_estimate.abs() <= POLL_SETTLED_SIGMAS * (1.0 / self.sample_info).sqrt();
+        self.poll_trend = if ratio > 9.0 {
+            -1
+        } else if ratio < 4.0 && settled {
+            self.poll_trend.max(0).saturating_add(1)
+        } else {
+            0
+        };
     }
 
     /// The offset the discipline predicts for a sample taken at `now`, once it has settled
@@ -621,27 +656,28 @@ impl Discipline {
         self.started
     }
 
-    /// Suggests a poll exponent change for the sources: +1 after several well-predicted samples
-    /// when the clock's drift over twice the current interval (wander plus frequency
-    /// uncertainty) stays below the offset estimate's own uncertainty; −1 after a badly
-    /// predicted sample or when the drift over one interval exceeds twice that; else 0. Judged
-    /// on the most likely model alone: the mixture's spread between models would keep the
-    /// poll short (10–30 % more packets in chrony's models).
+    /// Suggests a poll exponent change for the sources: +1 after [`POLL_UP_AFTER`]
+    /// well-predicted samples that found the clock settled, once the clock's predicted drift
+    /// over twice the current interval (wander plus frequency uncertainty) is within
+    /// [`POLL_UP_DRIFT`] typical samples' variances and the estimate holds [`POLL_TARGET`]
+    /// samples' information; −1 after a badly predicted sample or when the drift over one
+    /// interval exceeds [`POLL_DOWN_DRIFT`] samples' variances; else 0. The interval
+    /// is thus as long as the clock's wander allows against the samples' noise: noisy paths
+    /// and stable clocks poll slowly, where more packets would buy little. Judged on the most
+    /// likely model alone: the mixture's spread between models would keep the poll short.
     pub fn poll_adjustment(&mut self, poll_interval: f64) -> i8 {
-        if !self.started || self.updates < 8 {
+        if !self.started || self.updates < 8 || self.sample_info <= 0.0 {
             return 0;
         }
         let best = self.best();
         let (m, q) = (&self.models[best], WANDER_MODELS[best]);
-        // Compared with what the estimate already knows, not with one sample's noise: a longer
-        // interval is taken only when the clock drifts less in it than the estimate's error.
-        let known = m.p00.max(1e-14);
-        let wander_var = |dt: f64| q * dt * dt * dt / 3.0 + m.p11 * dt * dt;
-        let adjust = if self.poll_trend < 0 || wander_var(poll_interval) > 4.0 * known {
+        let typical = 1.0 / self.sample_info;
+        let drift = |dt: f64| q * dt * dt * dt / 3.0 + m.p11 * dt * dt;
+        let adjust = if self.poll_trend < 0 || drift(poll_interval) > POLL_DOWN_DRIFT * typical {
             -1
         } else if self.poll_trend >= POLL_UP_AFTER
-            && wander_var(2.0 * poll_interval) < known
-            && known * self.sample_info * 2.0 * POLL_TARGET <= 1.0
+            && drift(2.0 * poll_interval) < POLL_UP_DRIFT * typical
+            && m.p00 * POLL_TARGET <= typical
         {
             1
         } else {
@@ -728,6 +764,7 @@ impl Discipline {
     fn steer(&mut self, now: MonoTime, poll_interval: f64) {
         let m = self.mixture();
         let theta = m.theta;
+        self.last_estimate = theta;
         if theta.abs() > self.config.step_threshold {
             if self.exceeds_panic(theta) {
                 // Refuse: keep only the frequency correction.
@@ -1181,7 +1218,7 @@ mod tests {
     #[test]
     fn poll_grows_only_once_the_estimate_outweighs_its_samples() {
         // Perfectly predicted samples, each with 1 ms of noise: the interval may double only
-        // once the most likely model's offset variance is below a sample's / (2 × POLL_TARGET).
+        // once the most likely model's offset variance is below a sample's / POLL_TARGET.
         let r = 1e-6;
         let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
         let mut first_up = None;
@@ -1195,12 +1232,100 @@ mod tests {
             }
         }
         let (n, var) = first_up.expect("the poll grows eventually");
-        assert!(
-            var * 2.0 * POLL_TARGET <= r * 1.0001,
-            "after {n} samples: {var}"
-        );
+        assert!(var * POLL_TARGET <= r * 1.0001, "after {n} samples: {var}");
         // A phase-and-frequency estimate holds about n / 4 samples' phase information.
-        assert!(n >= 2 * POLL_TARGET as i64, "grew after {n} samples");
+        assert!(n >= 4 * POLL_TARGET as i64, "grew after {n} samples");
+    }
+
+    /// Samples of a clock 50 ms and 30 ppm off at start whose frequency then random-walks
+    /// with intensity `wander` (s⁻¹), each with uniform noise of standard deviation `noise`;
+    /// the poll exponent follows the discipline's suggestions within 6–10, as the daemon's
+    /// does. Returns the exponents from the 40th sample on and the true offsets at which the
+    /// interval grew.
+    fn adaptive_polls(
+        config: DisciplineConfig,
+        noise: f64,
+        wander: f64,
+        samples: usize,
+    ) -> (Vec<i8>, Vec<f64>) {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let mut uniform =
+            move || ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 3.46;
+        let mut clock = SoftClock::new(0, 50_000_000, 30.0);
+        let mut d = Discipline::new(config, MonoTime(0));
+        let (mut t, mut poll, mut ppm) = (0i64, 6i8, 30.0);
+        let (mut polls, mut grew_at) = (Vec::new(), Vec::new());
+        for k in 0..samples {
+            let interval = 1i64 << poll;
+            let offset = clock.offset_at(t) * 1e-9;
+            d.sample(
+                MonoTime(t),
+                -offset + noise * uniform(),
+                noise * noise,
+                interval as f64,
+            );
+            while let Some(c) = d.poll_command() {
+                clock.apply(t, c);
+            }
+            let adjust = d.poll_adjustment(interval as f64);
+            if adjust > 0 && poll < 10 {
+                grew_at.push(offset);
+            }
+            poll = (poll + adjust).clamp(6, 10);
+            if k >= 40 {
+                polls.push(poll);
+            }
+            t += interval * S;
+            ppm += (wander * interval as f64).sqrt() * uniform() * 1e6;
+            clock.set_intrinsic_ppm(t, ppm);
+        }
+        (polls, grew_at)
+    }
+
+    fn median(mut v: Vec<i8>) -> i8 {
+        v.sort_unstable();
+        v[v.len() / 2]
+    }
+
+    #[test]
+    fn poll_interval_follows_the_samples_noise_against_the_clock_wander() {
+        // A clock of chrony's test models (wander 1e-18/s): precise samples are worth taking
+        // often, noisy ones only once the clock has drifted by about their noise.
+        let wander = 1e-18;
+        let precise = median(adaptive_polls(DisciplineConfig::default(), 1e-6, wander, 300).0);
+        let middling = median(adaptive_polls(DisciplineConfig::default(), 10e-6, wander, 300).0);
+        let noisy = median(adaptive_polls(DisciplineConfig::default(), 300e-6, wander, 300).0);
+        assert!(precise <= 7, "1 µs samples: 2^{precise} s");
+        assert!((8..=9).contains(&middling), "10 µs samples: 2^{middling} s");
+        assert_eq!(noisy, 10, "300 µs samples");
+        // The same noise on a clock that wanders 100 times faster asks for shorter intervals.
+        let wandering =
+            median(adaptive_polls(DisciplineConfig::default(), 10e-6, wander * 100.0, 300).0);
+        assert!(
+            wandering < middling,
+            "2^{wandering} s against 2^{middling} s"
+        );
+    }
+
+    #[test]
+    fn poll_interval_grows_only_once_the_start_up_offset_is_slewed_away() {
+        // Slews limited to 60 ppm (30 of them cancel the frequency error) take about 1,700 s to
+        // remove the 50 ms start-up offset. The samples are well predicted all along, but the
+        // interval stays short until the offset is within a few samples' deviations (without
+        // that rule, it grew 37 ms off).
+        let config = DisciplineConfig {
+            max_slew_ppm: 60.0,
+            ..Default::default()
+        };
+        let noise = 30e-6;
+        let (_, grew_at) = adaptive_polls(config, noise, 1e-18, 100);
+        assert!(!grew_at.is_empty());
+        for offset in grew_at {
+            assert!(
+                offset.abs() <= (POLL_SETTLED_SIGMAS + 1.0) * noise,
+                "grew at {offset} s off"
+            );
+        }
     }
 
     #[test]

@@ -1268,6 +1268,14 @@ mod tests {
             Bench::new(offsets, local, SystemConfig::default(), src)
         }
 
+        /// [`fast`](Self::fast) at a fixed 1 s poll, for tests that need a source's newest
+        /// sample to become its estimate at once. The bench's paths have no jitter, so its
+        /// delays differ only by the clock's rate while they are measured: once the poll
+        /// grows, a sample taken during a slower slew keeps the minimum-delay filter's choice.
+        fn fixed(offsets: &[f64], local: (f64, f64)) -> Self {
+            Bench::new(offsets, local, SystemConfig::default(), polling(0, 0))
+        }
+
         /// Runs for `secs` seconds of true time, calling `each` after every input.
         fn run_for(&mut self, secs: i64, mut each: impl FnMut(&SyncSystem, MonoTime)) {
             let end = self.t + secs * S;
@@ -1507,7 +1515,7 @@ mod tests {
 
     #[test]
     fn losing_the_majority_unsynchronizes_at_once_and_leaves_the_clock_alone() {
-        let mut b = Bench::fast(&[0.0, 0.0, 0.0, 1.0, 2.0], (0.05, 10.0));
+        let mut b = Bench::fixed(&[0.0, 0.0, 0.0, 1.0, 2.0], (0.05, 10.0));
         b.run_for(60, |_, _| {});
         assert_eq!(b.status().tracking.state, SyncState::Synchronized);
         assert_eq!(b.served().stratum, 2);
@@ -1577,7 +1585,7 @@ mod tests {
             local_stratum: Some(10),
             ..SystemConfig::default()
         };
-        let src = polling(0, 2);
+        let src = polling(0, 0);
         let mut b = Bench::new(&[0.0, 0.0, 1.0], (0.0, 0.0), cfg, src);
         b.run_for(40, |_, _| {});
         assert_eq!(b.served().stratum, 2);
@@ -1909,7 +1917,7 @@ mod tests {
     fn the_root_distance_served_covers_the_nodes_own_bound() {
         // 20 ms off and 200 ppm fast: the start-up slews and the unsettled frequency estimate
         // make the bound grow faster than NTP's 15 ppm dispersion.
-        let mut b = Bench::fast(&[0.0], (0.02, 200.0));
+        let mut b = Bench::fixed(&[0.0], (0.02, 200.0));
         let (mut checked, mut floored) = (0, 0);
         b.run_for(120, |sys, now| {
             let Some(bound) = sys.error_bound(now).bound() else {
@@ -1967,7 +1975,7 @@ mod tests {
 
     #[test]
     fn error_bound_is_unknown_when_the_sources_disagree() {
-        let src = polling(0, 2);
+        let src = polling(0, 0);
         let mut b = Bench::new(&[0.0, 0.0, 1.0], (0.0, 0.0), SystemConfig::default(), src);
         bounds_over(&mut b, 40);
         assert_eq!(
