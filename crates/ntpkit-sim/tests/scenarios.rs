@@ -303,10 +303,9 @@ fn a_node_that_starts_late_sends_nothing_before_and_syncs_from_its_start() {
 
 /// chrony's 011 model: one direction queues 30 times more than the other, so every sample is
 /// off in the same direction by about half its excess delay. The measured asymmetry takes that
-/// bias out, and the samples it explains are weighted by what is left of their error: the mean
-/// error stays near zero and the RMS well below chronyd's 88 µs in clknetsim (without the
-/// correction: about 125 µs RMS, −95 µs mean; corrected but weighted by the whole excess delay:
-/// 48 µs over these seeds, against 35 µs).
+/// bias out, and the samples it explains are weighted by what is left of their error: every
+/// seed synchronizes within 2,000 s and the mean error stays near zero (without the
+/// correction, seed 4 stays more than 1 ms off until 92,288 s).
 #[test]
 fn asymmetric_queueing_is_corrected() {
     let sc = load("chrony-011-asymmetric");
@@ -324,6 +323,10 @@ fn asymmetric_queueing_is_corrected() {
     }
     let n = seeds.count() as f64;
     let (rms, mean) = (rms / n, mean / n);
-    assert!(rms < 42e-6, "RMS {rms}");
+    // The poll policy spends chronyd's packets or fewer: on this noisy path it polls at
+    // 1024 s (about 106 packets a day, chronyd 193), where the RMS is mostly the samples'
+    // noise against the clock's wander (122 µs over these seeds; 37 µs at 64–128 s). The
+    // correction's own work is the mean: without it, the one-sided queueing pulls it far off.
+    assert!(rms < 140e-6, "RMS {rms}");
     assert!(mean.abs() < 20e-6, "mean {mean}");
 }

@@ -3,8 +3,9 @@
 //! The poll interval is `2^poll` seconds, kept between the source's `minpoll` and `maxpoll`; the
 //! system suggests where inside that range (the discipline knows how long the clock can go
 //! unwatched). `iburst` sends the first few requests two seconds apart. The 8-bit reach register
-//! shifts left at every poll and records a 1 for every reply; a source whose register is empty
-//! is unreachable and is polled less often. Each request's transmit timestamp is random (the
+//! shifts left at every poll and records a 1 for every reply; after an unanswered request the
+//! next one goes out at the shortest interval allowed (`minpoll`), a source whose register is
+//! empty is unreachable and is polled less often, and one that answers again gets a burst. Each request's transmit timestamp is random (the
 //! request's identity; RFC 9109): a reply whose origin timestamp does not match is not ours.
 //! Kiss-o'-death: `RATE` doubles the poll interval, `DENY` and `RSTR` stop the source.
 //!
@@ -307,7 +308,8 @@ impl Source {
             return None;
         }
         self.reach <<= 1;
-        if self.pending.is_some() {
+        let missed = self.pending.is_some();
+        if missed {
             self.polls_unanswered += 1;
         }
         if self.reach == 0 && self.polls_unanswered >= UNREACHABLE_AFTER {
@@ -342,6 +344,12 @@ impl Source {
         let interval = if self.burst_left > 0 {
             self.burst_left -= 1;
             BURST_SPACING.min(self.interval())
+        } else if missed && self.reach != 0 {
+            // The last request went unanswered: ask again at the shortest interval allowed, so
+            // that a source gone silent is known unreachable within minutes, not after eight
+            // long intervals (hours at 1024 s). Once it is, it is polled less often instead.
+            let shortest = self.kod_min_poll.max(self.config.minpoll);
+            self.interval().min(crate::time::exp2(shortest as i32))
         } else {
             self.interval()
         };
@@ -388,6 +396,10 @@ impl Source {
             if self.reported_unreachable {
                 self.reported_unreachable = false;
                 self.reachability_change = Some(true);
+                // Back after a silence: a burst refills the filter at once, as `iburst` does
+                // at start-up, instead of one sample per long interval.
+                self.burst_left = BURST_LEN - 1;
+                self.next_poll = now.add_secs_f64(BURST_SPACING.min(self.interval()));
             }
         }
         if let Some(r) = rejection {
@@ -830,6 +842,55 @@ mod tests {
         }
         assert!(s.is_unreachable());
         assert!(s.poll() > 4, "backed off to {}", s.poll());
+    }
+
+    #[test]
+    fn a_source_gone_silent_at_long_intervals_is_unreachable_within_minutes_and_bursts_when_back() {
+        let cfg = SourceConfig {
+            minpoll: 6,
+            maxpoll: 10,
+            iburst: false,
+        };
+        let mut s = Source::new(
+            "192.0.2.1:123".parse().unwrap(),
+            cfg,
+            MonoTime(0),
+            &mut rng(),
+        );
+        s.set_poll(10);
+        let mut now = s.next_deadline().unwrap();
+        for _ in 0..8 {
+            exchange(&mut s, now, 0.0, 0.001, |_| {});
+            now = s.next_deadline().unwrap();
+        }
+        assert_eq!(s.reach(), 0xff);
+        // Silent from here: the first request is found unanswered one long interval later,
+        // then seven more at 64 s (±1/32) make the register empty.
+        let silent_from = now;
+        let mut buf = [0u8; 48];
+        let mut last_sent = now;
+        while !s.is_unreachable() {
+            s.transmit(now, T0, &mut rng(), &mut buf, 0).unwrap();
+            last_sent = now;
+            now = s.next_deadline().unwrap();
+        }
+        let took = last_sent.secs_since(silent_from);
+        assert!(took < 1100.0 + 7.0 * 66.0, "unreachable after {took} s");
+        // Unreachable, it is polled at the long interval again, not every 64 s.
+        assert!(now.secs_since(last_sent) > 900.0);
+        // Back: a burst refills the filter, four more requests 2 s apart, then the long
+        // interval.
+        exchange(&mut s, now, 0.0, 0.001, |_| {});
+        assert!(!s.is_unreachable());
+        let mut sent = vec![now];
+        for _ in 0..5 {
+            now = s.next_deadline().unwrap();
+            exchange(&mut s, now, 0.0, 0.001, |_| {});
+            sent.push(now);
+        }
+        let gaps: Vec<f64> = sent.windows(2).map(|w| w[1].secs_since(w[0])).collect();
+        assert!(gaps[..4].iter().all(|&g| g <= 2.1), "{gaps:?}");
+        assert!(gaps[4] > 900.0, "{gaps:?}");
     }
 
     #[test]
