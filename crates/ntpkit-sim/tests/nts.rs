@@ -25,8 +25,8 @@ fn nts(r: &Report, name: &str) -> NtsCounters {
 }
 
 /// A reference, a stratum-2 server (answered in events, 1 ms processing) and two clients, one
-/// of each (polling every 64 s, so that 6 h hold enough exchanges to use up cookie
-/// jars); `source` is appended to every source entry.
+/// of each (polling every 64 s, so that 6 h hold enough exchanges to use up cookie jars);
+/// `source` is appended to every source entry.
 fn hierarchy(link: &str, source: &str, server_extra: &str) -> String {
     format!(
         r#"

@@ -525,7 +525,7 @@ impl Discipline {
         // an offset within a few samples' deviations, not a start-up offset still being
         // slewed away (a longer interval would slow that down).
         let settled =
-            self.last_estimate.abs() <= POLL_SETTLED_SIGMAS * (1.0 / self.sample_info).sqrt();
+            self.last_estimate.abs() <= POLL_SETTLED_SIGMAS * self.typical_variance().sqrt();
         self.poll_trend = if ratio > 9.0 {
             -1
         } else if ratio < 4.0 && settled {
@@ -671,7 +671,7 @@ impl Discipline {
         }
         let best = self.best();
         let (m, q) = (&self.models[best], WANDER_MODELS[best]);
-        let typical = 1.0 / self.sample_info;
+        let typical = self.typical_variance();
         let drift = |dt: f64| q * dt * dt * dt / 3.0 + m.p11 * dt * dt;
         let adjust = if self.poll_trend < 0 || drift(poll_interval) > POLL_DOWN_DRIFT * typical {
             -1
@@ -687,6 +687,11 @@ impl Discipline {
             self.poll_trend = 0;
         }
         adjust
+    }
+
+    /// A typical sample's variance (s²): the inverse of the samples' recent mean information.
+    fn typical_variance(&self) -> f64 {
+        1.0 / self.sample_info
     }
 
     /// The time (seconds) over which an estimated phase error `theta` known to within `sd` is

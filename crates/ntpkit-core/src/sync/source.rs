@@ -5,8 +5,9 @@
 //! unwatched). `iburst` sends the first few requests two seconds apart. The 8-bit reach register
 //! shifts left at every poll and records a 1 for every reply; after an unanswered request the
 //! next one goes out at the shortest interval allowed (`minpoll`), a source whose register is
-//! empty is unreachable and is polled less often, and one that answers again gets a burst. Each request's transmit timestamp is random (the
-//! request's identity; RFC 9109): a reply whose origin timestamp does not match is not ours.
+//! empty is unreachable and is polled less often, and one that answers again gets a burst.
+//! Each request's transmit timestamp is random (the request's identity; RFC 9109): a reply
+//! whose origin timestamp does not match is not ours.
 //! Kiss-o'-death: `RATE` doubles the poll interval, `DENY` and `RSTR` stop the source.
 //!
 //! Offsets are judged against the clock as it is now: every reply comes with the phase the
@@ -668,6 +669,21 @@ mod tests {
         src.handle_reply(now, t4, &reply, &SampleLimits::default(), 0, 0.0)
     }
 
+    /// A source without iburst, polling within `minpoll`–`maxpoll`.
+    fn polling(minpoll: i8, maxpoll: i8) -> Source {
+        let config = SourceConfig {
+            minpoll,
+            maxpoll,
+            iburst: false,
+        };
+        Source::new(
+            "192.0.2.1:123".parse().unwrap(),
+            config,
+            MonoTime(0),
+            &mut rng(),
+        )
+    }
+
     fn src() -> Source {
         Source::new(
             "192.0.2.1:123".parse().unwrap(),
@@ -742,16 +758,8 @@ mod tests {
 
     #[test]
     fn a_burst_sends_four_requests_two_seconds_apart_then_polls_as_before() {
-        let config = SourceConfig {
-            iburst: false,
-            ..SourceConfig::default()
-        };
-        let mut s = Source::new(
-            "192.0.2.1:123".parse().unwrap(),
-            config,
-            MonoTime(0),
-            &mut rng(),
-        );
+        let defaults = SourceConfig::default();
+        let mut s = polling(defaults.minpoll, defaults.maxpoll);
         let mut buf = [0u8; 48];
         // Polling every 64 s.
         let first = s.next_deadline().unwrap();
@@ -824,17 +832,7 @@ mod tests {
 
     #[test]
     fn unreachable_after_eight_silent_polls_and_backs_off() {
-        let cfg = SourceConfig {
-            minpoll: 4,
-            maxpoll: 8,
-            iburst: false,
-        };
-        let mut s = Source::new(
-            "192.0.2.1:123".parse().unwrap(),
-            cfg,
-            MonoTime(0),
-            &mut rng(),
-        );
+        let mut s = polling(4, 8);
         let mut buf = [0u8; 48];
         for _ in 0..12 {
             let now = s.next_deadline().unwrap();
@@ -846,17 +844,7 @@ mod tests {
 
     #[test]
     fn a_source_gone_silent_at_long_intervals_is_unreachable_within_minutes_and_bursts_when_back() {
-        let cfg = SourceConfig {
-            minpoll: 6,
-            maxpoll: 10,
-            iburst: false,
-        };
-        let mut s = Source::new(
-            "192.0.2.1:123".parse().unwrap(),
-            cfg,
-            MonoTime(0),
-            &mut rng(),
-        );
+        let mut s = polling(6, 10);
         s.set_poll(10);
         let mut now = s.next_deadline().unwrap();
         for _ in 0..8 {

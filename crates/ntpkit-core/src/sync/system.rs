@@ -1975,8 +1975,7 @@ mod tests {
 
     #[test]
     fn error_bound_is_unknown_when_the_sources_disagree() {
-        let src = polling(0, 0);
-        let mut b = Bench::new(&[0.0, 0.0, 1.0], (0.0, 0.0), SystemConfig::default(), src);
+        let mut b = Bench::fixed(&[0.0, 0.0, 1.0], (0.0, 0.0));
         bounds_over(&mut b, 40);
         assert_eq!(
             b.sys.error_bound(MonoTime(b.t)).status,
