@@ -683,7 +683,7 @@ const SERVER_COUNTERS: [(&str, &str, Field); 6] = [
 type SourceField = fn(&SourceStatus) -> Option<Num>;
 
 /// Per-source gauges: name, help, unit, value (None: no sample yet).
-const SOURCE_GAUGES: [(&str, &str, Option<&Unit>, SourceField); 9] = [
+const SOURCE_GAUGES: [(&str, &str, Option<&Unit>, SourceField); 10] = [
     (
         "ntpkit_source_offset",
         "Offset of the source's filtered (minimum-delay) sample: its time minus this clock's.",
@@ -701,6 +701,12 @@ const SOURCE_GAUGES: [(&str, &str, Option<&Unit>, SourceField); 9] = [
         "Round-trip delay of the source's filtered sample.",
         SECONDS,
         |s| s.delay.map(Num::Float),
+    ),
+    (
+        "ntpkit_source_last_delay",
+        "Round-trip delay of the source's last sample.",
+        SECONDS,
+        |s| s.last_delay.map(Num::Float),
     ),
     (
         "ntpkit_source_jitter",
@@ -1219,7 +1225,8 @@ mod tests {
                 {
                     "id": 0, "address": "192.0.2.1:123", "name": "ntp.example", "state": "selected",
                     "stratum": 1, "reference_id": "GPS", "poll": 4, "reach": 255,
-                    "last_offset": 0.0001, "offset": 0.00005, "delay": 0.002, "jitter": 0.0001,
+                    "last_offset": 0.0001, "last_delay": 0.003, "offset": 0.00005, "delay": 0.002,
+                    "jitter": 0.0001,
                     "root_distance": 0.0011, "last_sample_age": 3.0, "last_rejection": null,
                     "counters": {"sent": 10, "received": 9, "accepted": 8, "rejected": 1}
                 },
@@ -1338,6 +1345,7 @@ mod tests {
         let a = [("address", "192.0.2.1:123"), ("name", "ntp.example")];
         assert_eq!(get(&s, "ntpkit_source_offset_seconds", &a), 0.00005);
         assert_eq!(get(&s, "ntpkit_source_delay_seconds", &a), 0.002);
+        assert_eq!(get(&s, "ntpkit_source_last_delay_seconds", &a), 0.003);
         assert_eq!(get(&s, "ntpkit_source_reach", &a), 255.0);
         assert_eq!(get(&s, "ntpkit_source_stratum", &a), 1.0);
         assert_eq!(get(&s, "ntpkit_source_poll_interval_seconds", &a), 16.0);

@@ -95,6 +95,10 @@ pub struct SourceStatus {
     pub reach: u8,
     /// Offset of the last sample, seconds (server − local).
     pub last_offset: Option<f64>,
+    /// Round-trip delay of the last sample, seconds: its offset is within half of it of the
+    /// truth, whatever the path's asymmetry.
+    #[serde(default)]
+    pub last_delay: Option<f64>,
     /// Filtered offset (minimum-delay sample), seconds.
     pub offset: Option<f64>,
     /// Delay of the filtered sample, seconds.
@@ -161,6 +165,7 @@ impl SourceStatus {
             poll: s.poll(),
             reach: s.reach(),
             last_offset: s.last_sample(phase_now).map(|x| x.offset),
+            last_delay: s.last_sample(phase_now).map(|x| x.delay),
             offset: e.map(|e| e.offset),
             delay: e.map(|e| e.delay),
             jitter: e.map(|e| e.jitter),
