@@ -339,6 +339,15 @@ impl<'a> IntoIterator for &'a mut Models {
     }
 }
 
+/// What the discipline expects a sample to read.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Prediction {
+    /// The predicted offset (seconds).
+    pub offset: f64,
+    /// Its variance (s²): how far a perfect sample may still differ from it.
+    pub variance: f64,
+}
+
 /// The clock discipline. Call contract: [`Discipline::sample`] for each combined sample; then
 /// drain [`Discipline::poll_command`]. It has no deadlines of its own: slews end in the clock.
 /// Every call takes the monotonic `now`.
@@ -537,12 +546,24 @@ impl Discipline {
 
     /// The offset the discipline predicts for a sample taken at `now`, once it has settled
     /// (eight updates); what a sample differs from it by is its innovation.
-    pub fn predicted_offset(&mut self, now: MonoTime) -> Option<f64> {
+    ///
+    /// Its variance is the driving model's, plus the square of how far the mixture's
+    /// prediction lies from that model's. Not the mixture's own: that also counts the far
+    /// wider spread of the fast-wander models kept at a floor weight
+    /// (`MAX_LIKELIHOOD_DEFICIT`), and taken from a squared innovation it would leave the
+    /// sample less error than it has (on chrony's asymmetric-jitter path about 200 µs against
+    /// the driving model's 60–130 µs, at 1024 s polls).
+    pub fn predicted_offset(&mut self, now: MonoTime) -> Option<Prediction> {
         if !self.started || self.updates < 8 || self.config.mode == DisciplineMode::Naive {
             return None;
         }
         self.advance(now);
-        Some(self.mixture().theta)
+        let mix = self.mixture();
+        let best = &self.models[self.best()];
+        Some(Prediction {
+            offset: mix.theta,
+            variance: best.p00.max(0.0) + (best.theta - mix.theta).powi(2),
+        })
     }
 
     /// Steps the clock at once by the whole offset estimated at `now`, ending any slew (an
@@ -1001,7 +1022,7 @@ mod tests {
         // gain likelihood, but the clock follows every model's share of the estimate.
         let (_, _, mut d) = run(0.0, 10.0, 20e-6, 64, 60);
         let t = 60 * 64 * S;
-        let predicted = d.predicted_offset(MonoTime(t)).unwrap();
+        let predicted = d.predicted_offset(MonoTime(t)).unwrap().offset;
         d.sample(MonoTime(t), predicted + 3.0 * 20e-6, 20e-6f64.powi(2), 64.0);
         let total: f64 = d.weights.iter().map(|&w| f64::from(w)).sum();
         assert!((total - 1.0).abs() < 1e-6, "{:?}", d.weights);

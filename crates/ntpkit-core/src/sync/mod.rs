@@ -25,7 +25,7 @@ pub mod system;
 
 pub use bound::{BoundForecast, BoundStatus, BoundTerms, ErrorBound, BOUND_SIGMAS};
 pub use discipline::{
-    Discipline, DisciplineConfig, DisciplineEvent, DisciplineMode, DisciplineState,
+    Discipline, DisciplineConfig, DisciplineEvent, DisciplineMode, DisciplineState, Prediction,
 };
 pub use filter::{ClockFilter, FilterEstimate, Sample};
 pub use select::{Candidate, NoSelection, Selection, SourceSet};

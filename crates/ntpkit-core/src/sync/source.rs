@@ -22,6 +22,7 @@
 //! [`Discipline::phase_at`]: super::Discipline::phase_at
 
 use super::asymmetry::AsymmetryFit;
+use super::discipline::Prediction;
 use super::filter::{ClockFilter, FilterEstimate, Sample};
 use crate::exchange::{measure, validate_reply, ReplyError};
 use crate::served::PHI;
@@ -261,19 +262,23 @@ impl Source {
         &mut self,
         sample: &Sample,
         variance: f64,
-        predicted: Option<f64>,
+        predicted: Option<Prediction>,
     ) -> (f64, f64) {
         let Some(x) = self.filter.excess_delay(sample) else {
             return (sample.offset, variance);
         };
         if let Some(p) = predicted {
-            self.asymmetry.add(x, sample.offset - p);
+            self.asymmetry.add(x, sample.offset - p.offset, p.variance);
         }
         // `variance` holds the filter's asymmetry variance for the sample (plus the timestamp
-        // floor): swap it for what the correction leaves.
+        // floor): swap it for what the correction leaves, as measured once it can be (the
+        // measurement already holds the minimum delay's own error), else as the share model
+        // has it.
         let whole = self.filter.asymmetry_variance(sample);
-        let unexplained = self.asymmetry.unexplained();
-        let residual = self.filter.residual_asymmetry_variance(sample, unexplained);
+        let residual = self.asymmetry.corrected_variance(x).unwrap_or_else(|| {
+            let unexplained = self.asymmetry.unexplained();
+            self.filter.residual_asymmetry_variance(sample, unexplained)
+        });
         (
             sample.offset - self.asymmetry.slope() * x,
             (variance - whole).max(0.0) + residual,
