@@ -32,9 +32,9 @@
 //! against the slope known before each sample. [`AsymmetryFit::corrected_variance`] gives it,
 //! and replaces the share model once [`MIN_SAMPLES`] corrected samples are in and their
 //! spread stands clearly ([`SIGNIFICANCE`] standard errors) below what the share model
-//! credits them with. The excess is
-//! measured against the path's minimum as the filter knew it at the time, so the spread
-//! measured includes how far that minimum's own error moved the corrected offsets.
+//! credits them with. The excess is measured against the path's minimum as the filter knew it
+//! at the time, so the spread measured includes how far that minimum's own error moved the
+//! corrected offsets.
 
 /// Samples the fit remembers (exponential forgetting).
 pub const MEMORY: f64 = 64.0;
@@ -85,11 +85,8 @@ impl SpreadFit {
         (mean_x2, mean_e2, (var_e2 / self.n).sqrt())
     }
 
-    /// `(v0, v2)` with `v0` ≥ 0 and `v2` within [0, `most`], once [`MIN_SAMPLES`] are in.
-    fn coefficients(&self, most: f64) -> Option<(f64, f64)> {
-        if self.n < MIN_SAMPLES {
-            return None;
-        }
+    /// `(v0, v2)` with `v0` ≥ 0 and `v2` within [0, `most`].
+    fn coefficients(&self, most: f64) -> (f64, f64) {
         let (mean_x2, mean_e2, _) = self.means();
         let var_x2 = self.x4 / self.n - mean_x2 * mean_x2;
         let cov = self.x2e2 / self.n - mean_x2 * mean_e2;
@@ -98,7 +95,7 @@ impl SpreadFit {
         } else {
             most
         };
-        Some(((mean_e2 - v2 * mean_x2).max(0.0), v2))
+        ((mean_e2 - v2 * mean_x2).max(0.0), v2)
     }
 }
 
@@ -154,7 +151,7 @@ impl AsymmetryFit {
         }
         // The share of the excess queued one way lies in [0, 1] with mean ½ + β, so its
         // variance is at most (½ + β)(½ − β) (Bhatia–Davis): v2 never exceeds that.
-        let (v0, v2) = self.spread.coefficients(MAX_SLOPE * MAX_SLOPE - b * b)?;
+        let (v0, v2) = self.spread.coefficients(MAX_SLOPE * MAX_SLOPE - b * b);
         Some(v0 + (v2 + se * se) * x * x)
     }
 
@@ -193,17 +190,16 @@ mod tests {
         fitted(up, down, sd, n, seed).slope()
     }
 
-    /// The fit after `n` samples of that path, each innovation's prediction error drawn with
-    /// standard deviation `sd` (a Laplace draw: its variance, 2·(sd/√2)², is told to the fit).
+    /// The fit after `n` samples of that path, each innovation's prediction error a Laplace
+    /// draw of scale `sd`, whose variance, 2·sd², is told to the fit.
     fn fitted(up: f64, down: f64, sd: f64, n: usize, seed: u64) -> AsymmetryFit {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let mut f = AsymmetryFit::default();
-        let scale = sd / 2f64.sqrt();
         for _ in 0..n {
             let (a, b) = (exp(&mut rng, up), exp(&mut rng, down));
-            let noise = scale * (exp(&mut rng, 1.0) - exp(&mut rng, 1.0));
+            let noise = sd * (exp(&mut rng, 1.0) - exp(&mut rng, 1.0));
             // Offset error: half of (client→server − server→client) delay.
-            f.add(a + b, (a - b) / 2.0 + noise, sd * sd);
+            f.add(a + b, (a - b) / 2.0 + noise, 2.0 * sd * sd);
         }
         f
     }

@@ -153,6 +153,7 @@ impl SourceStatus {
         min_disp: f64,
     ) -> Self {
         let e = s.estimate(phase_now);
+        let last = s.last_sample(phase_now);
         let info = s.info();
         SourceStatus {
             id,
@@ -164,13 +165,13 @@ impl SourceStatus {
             reference_id: info.map(|i| i.reference_id.display_for_stratum(i.stratum)),
             poll: s.poll(),
             reach: s.reach(),
-            last_offset: s.last_sample(phase_now).map(|x| x.offset),
-            last_delay: s.last_sample(phase_now).map(|x| x.delay),
+            last_offset: last.map(|x| x.offset),
+            last_delay: last.map(|x| x.delay),
             offset: e.map(|e| e.offset),
             delay: e.map(|e| e.delay),
             jitter: e.map(|e| e.jitter),
             root_distance: s.root_distance(now, min_disp),
-            last_sample_age: s.last_sample(phase_now).map(|x| now.secs_since(x.time)),
+            last_sample_age: last.map(|x| now.secs_since(x.time)),
             last_rejection: s.last_rejection().map(|r| r.to_string()),
             counters: s.counters(),
             nts: None,
