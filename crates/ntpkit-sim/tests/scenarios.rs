@@ -325,7 +325,7 @@ fn asymmetric_queueing_is_corrected() {
     let (rms, mean) = (rms / n, mean / n);
     // The poll policy spends chronyd's packets or fewer, as the samples' noise against the
     // clock's wander earns them. With the corrected errors' spread measured (30–70 µs) it
-    // polls at 256–1024 s (about 150 packets a day, chronyd 193): 98 µs over these seeds.
+    // polls at 256–1024 s (about 170 packets a day, chronyd 193): 91 µs over these seeds.
     // Weighted by the share model alone (90–300 µs) it polled at 1024 s, for 122 µs. The
     // correction's own work is the mean and the sync time checked here.
     assert!(rms < 110e-6, "RMS {rms}");

@@ -268,7 +268,11 @@ impl Source {
             return (sample.offset, variance);
         };
         if let Some(p) = predicted {
-            self.asymmetry.add(x, sample.offset - p.offset, p.variance);
+            let credit = self
+                .filter
+                .residual_asymmetry_variance(sample, self.asymmetry.unexplained());
+            self.asymmetry
+                .add(x, sample.offset - p.offset, p.variance, credit);
         }
         // `variance` holds the filter's asymmetry variance for the sample (plus the timestamp
         // floor): swap it for what the correction leaves, as measured once it can be (the
