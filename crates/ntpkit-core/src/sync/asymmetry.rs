@@ -56,6 +56,9 @@ pub const SIGNIFICANCE: f64 = 3.0;
 /// The largest slope there can be: the whole excess in one direction moves the offset by half.
 pub const MAX_SLOPE: f64 = 0.5;
 
+/// The weight a sample keeps from one sample to the next (exponential forgetting over
+/// [`MEMORY`] samples).
+const KEEP: f64 = 1.0 - 1.0 / MEMORY;
 /// Samples held for the regression: beyond this many, a sample's weight under the fit's
 /// forgetting is below 2 %.
 const HISTORY: usize = 4 * MEMORY as usize;
@@ -114,15 +117,15 @@ struct SpreadFit {
 }
 
 impl SpreadFit {
-    /// Adds one sample, the older ones weighed by `keep`.
-    fn add(&mut self, x2: f64, e2: f64, credit: f64, keep: f64) {
-        self.n = keep * self.n + 1.0;
-        self.credit = keep * self.credit + credit;
-        self.x2 = keep * self.x2 + x2;
-        self.x4 = keep * self.x4 + x2 * x2;
-        self.e2 = keep * self.e2 + e2;
-        self.e4 = keep * self.e4 + e2 * e2;
-        self.x2e2 = keep * self.x2e2 + x2 * e2;
+    /// Adds one sample, the older ones weighed by [`KEEP`].
+    fn add(&mut self, x2: f64, e2: f64, credit: f64) {
+        self.n = KEEP * self.n + 1.0;
+        self.credit = KEEP * self.credit + credit;
+        self.x2 = KEEP * self.x2 + x2;
+        self.x4 = KEEP * self.x4 + x2 * x2;
+        self.e2 = KEEP * self.e2 + e2;
+        self.e4 = KEEP * self.e4 + e2 * e2;
+        self.x2e2 = KEEP * self.x2e2 + x2 * e2;
     }
 
     /// The mean squared error and that mean's standard error.
@@ -159,26 +162,24 @@ impl AsymmetryFit {
         {
             return;
         }
-        let keep = 1.0 - 1.0 / MEMORY;
         // What the correction in use left of this sample's error: the spread is judged out of
         // sample, against the line known before it.
         if let Some((b, _)) = self.significant() {
             let e = y - self.intercept(b) - b * x;
-            self.spread
-                .add(x * x, e * e - prediction_variance, credit, keep);
+            self.spread.add(x * x, e * e - prediction_variance, credit);
         }
         self.samples[self.next] = (x as f32, y as f32);
         self.next = (self.next + 1) % HISTORY;
         self.held = (self.held + 1).min(HISTORY);
-        self.line = self.fit(keep);
+        self.line = self.fit();
     }
 
     /// The held samples with their weights, newest first.
-    fn weighted(&self, keep: f64) -> impl Iterator<Item = (f64, f64, f64)> + '_ {
-        (0..self.held).scan(1.0, move |w, age| {
+    fn weighted(&self) -> impl Iterator<Item = (f64, f64, f64)> + '_ {
+        (0..self.held).scan(1.0, |w, age| {
             let (x, y) = self.samples[(self.next + HISTORY - 1 - age) % HISTORY];
             let this = *w;
-            *w *= keep;
+            *w *= KEEP;
             Some((x as f64, y as f64, this))
         })
     }
@@ -188,9 +189,9 @@ impl AsymmetryFit {
     /// each residual taken as it would be with its sample left out (`e / (1 − h)` for
     /// leverage `h`). Queueing errors grow with the excess delay, and one sample far out in
     /// it pulls the line to itself: the usual error would then call a chance slope real.
-    fn fit(&self, keep: f64) -> Option<Line> {
+    fn fit(&self) -> Option<Line> {
         let (mut n, mut sx, mut sy) = (0.0, 0.0, 0.0);
-        for (x, y, w) in self.weighted(keep) {
+        for (x, y, w) in self.weighted() {
             n += w;
             sx += w * x;
             sy += w * y;
@@ -201,7 +202,7 @@ impl AsymmetryFit {
         let (mx, my) = (sx / n, sy / n);
         let (mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0);
         let (mut raw_xx, mut raw_xy) = (0.0, 0.0);
-        for (x, y, w) in self.weighted(keep) {
+        for (x, y, w) in self.weighted() {
             raw_xx += w * x * x;
             raw_xy += w * x * y;
             let (u, v) = (x - mx, y - my);
@@ -214,7 +215,7 @@ impl AsymmetryFit {
         }
         let slope = sxy / sxx;
         let mut robust = 0.0;
-        for (x, y, w) in self.weighted(keep) {
+        for (x, y, w) in self.weighted() {
             let u = x - mx;
             let left_out = 1.0 - w * (1.0 / n + u * u / sxx);
             if left_out <= f64::EPSILON {
@@ -518,12 +519,12 @@ mod tests {
             assert_eq!(f.slope(), 0.0, "seed {seed}: {line:?}");
             let usual = {
                 let mut r = 0.0;
-                for (x, y, w) in f.weighted(1.0 - 1.0 / MEMORY) {
+                for (x, y, w) in f.weighted() {
                     let e = y - line.mean_y - line.slope * (x - line.mean_x);
                     r += w * e * e;
                 }
                 let sxx: f64 = f
-                    .weighted(1.0 - 1.0 / MEMORY)
+                    .weighted()
                     .map(|(x, _, w)| w * (x - line.mean_x).powi(2))
                     .sum();
                 (r / (line.n - 2.0) / sxx).sqrt()
