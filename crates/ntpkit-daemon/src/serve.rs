@@ -420,7 +420,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         None => None,
     };
 
-    let mut out = io::stdout().lock();
+    // What the server announces once it is ready: collected now, while the sockets are at hand,
+    // and printed only after the signal handlers are installed and the workers run, so that a
+    // supervisor reacting to "Waiting for NTP requests" can already signal the process.
     let mut listening = Vec::new();
     for socks in &udp_sockets {
         listening.push(format!("{} (udp)", socks[0].local_addr()));
@@ -428,36 +430,33 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     for a in tcp.iter().flat_map(|t| t.local_addrs()) {
         listening.push(format!("{a} (tcp)"));
     }
-    for l in &listening {
-        let _ = writeln!(out, "NTP server listening on {l}");
-    }
+    let mut announce: Vec<String> = listening
+        .iter()
+        .map(|l| format!("NTP server listening on {l}"))
+        .collect();
     if let Some(n) = &nts {
         for a in n.listener.local_addrs() {
-            let _ = writeln!(out, "NTS-KE server listening on {a} (tcp)");
+            announce.push(format!("NTS-KE server listening on {a} (tcp)"));
         }
         if n.master_created {
             if let Some(c) = &config.nts {
-                let _ = writeln!(
-                    out,
+                announce.push(format!(
                     "Created NTS master secret {} (32 random bytes, mode 0600)",
                     c.master.display()
-                );
+                ));
             }
         }
     }
     if let Some(m) = &metrics {
-        let _ = writeln!(out, "Metrics on http://{}/metrics", m.local_addr());
+        announce.push(format!("Metrics on http://{}/metrics", m.local_addr()));
     }
-    let _ = writeln!(
-        out,
+    announce.push(format!(
         "Serving the local clock: stratum {}, reference ID {}, precision 2^{} s",
         config.stratum,
         crate::query::refid_text(config.refid, config.stratum),
         precision
-    );
-    let _ = writeln!(out, "Waiting for NTP requests... (Press Ctrl+C to stop)");
-    let _ = out.flush();
-    drop(out);
+    ));
+    announce.push("Waiting for NTP requests... (Press Ctrl+C to stop)".to_string());
     if let Ok(k) = ntpkit_os::kernel_clock_status() {
         if !k.synchronized {
             tracing::warn!(
@@ -512,6 +511,12 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     if let Some(m) = metrics {
         m.spawn(shared.clone()).map_err(ServeError::Io)?;
     }
+    let mut out = io::stdout().lock();
+    for line in &announce {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+    drop(out);
     crate::notify::ready(&format!(
         "serving the local clock at stratum {} on {}",
         config.stratum,
@@ -537,6 +542,10 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         let timeout = deadline
             .map(|at| Duration::from_nanos((at - ntpkit_os::monotonic_nanos()).max(0) as u64));
         set.wait(timeout).map_err(ServeError::Io)?;
+        // Cleared before signals are taken, so that a signal arriving in between is not lost.
+        if set.readable(wake) {
+            waker.drain();
+        }
         for signal in ntpkit_os::take_signals() {
             match signal {
                 Signal::Interrupt | Signal::Terminate => break 'serve,
@@ -547,9 +556,6 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
                 }
                 Signal::Hangup => tracing::info!("SIGHUP: nothing to reload"),
             }
-        }
-        if set.readable(wake) {
-            waker.drain();
         }
         if let Some(t) = &mut tcp {
             let now = ntpkit_os::monotonic_nanos();

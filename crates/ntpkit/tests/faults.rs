@@ -548,6 +548,37 @@ fn signals_behave_like_a_daemons() {
     assert_eq!(ends, ["int", "term"]);
 }
 
+/// A supervisor may signal `serve` as soon as it says it is waiting: by then it catches SIGINT,
+/// SIGTERM, SIGHUP and SIGUSR1 (a SIGUSR1 before that would have killed it), and a SIGUSR1 sent
+/// at once is answered with a report. Repeated, since a late handler shows only now and then.
+#[test]
+#[cfg_attr(ntpkit_skip_interop, ignore = "NTPKIT_SKIP_INTEROP=1")]
+fn serve_handles_signals_once_it_says_it_is_waiting() {
+    support::require("serve_handles_signals_once_it_says_it_is_waiting", &[]);
+    let lab = Lab::new("sigready");
+    let wanted = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1];
+    for round in 0..10 {
+        let mut p = lab.spawn(
+            &format!("serve{round}"),
+            &[NTPKIT, "serve", "--listen", "127.0.0.1:0"],
+            SECS(60),
+        );
+        p.wait_for("Waiting for NTP requests", SECS(10));
+        let caught = u64::from_str_radix(&p.proc_status()["SigCgt"], 16).expect("SigCgt mask");
+        for sig in wanted {
+            assert!(
+                caught & (1 << (sig - 1)) != 0,
+                "round {round}: signal {sig} not caught when serve said it was waiting \
+                 (SigCgt {caught:x})"
+            );
+        }
+        p.signal_command(libc::SIGUSR1);
+        p.wait_for("served:", SECS(5));
+        let st = p.stop_with(libc::SIGTERM);
+        assert!(st.success(), "round {round}: {st}\n{}", p.output());
+    }
+}
+
 /// Status is for everyone and says what is true: an ordinary user reads it; a local-stratum
 /// server says it is synchronized to its own clock and has no poll interval; two sources on
 /// one IP address are told apart by their ports; the panic-threshold refusal is logged once.

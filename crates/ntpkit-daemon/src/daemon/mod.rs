@@ -360,6 +360,12 @@ impl Daemon {
             }
             set.wait(self.timeout())?;
 
+            // The wake-up is cleared before signals are taken: a signal that arrives in between
+            // then leaves its wake-up pending instead of being lost until the next event.
+            let woken = set.readable(wake);
+            if woken {
+                self.waker.drain();
+            }
             for signal in ntpkit_os::take_signals() {
                 match signal {
                     Signal::Interrupt | Signal::Terminate => {
@@ -380,8 +386,7 @@ impl Daemon {
                     Signal::User1 => crate::serve::print_report(&self.shared),
                 }
             }
-            if set.readable(wake) {
-                self.waker.drain();
+            if woken {
                 self.upstreams
                     .take_resolved(&mut self.system, mono(), &mut self.rng);
                 self.upstreams
