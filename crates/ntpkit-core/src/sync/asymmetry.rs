@@ -15,7 +15,8 @@
 //! through the origin, the line would tilt to explain that level (by about the level over the
 //! mean excess, 0.015 on chrony's asymmetric-jitter path) and the tilt would spread the
 //! corrected offsets in proportion to their excess. Only a slope that stands clear of its
-//! noise ([`SIGNIFICANCE`] standard errors) is used, so a symmetric path is left alone. That
+//! noise is used ([`SIGNIFICANCE`] standard errors, as Student's t has it for the samples
+//! held), so a symmetric path is left alone. That
 //! standard error must hold where queueing errors are largest: on a symmetric path they grow
 //! with the excess, and one sample far out in it pulls the line to itself, so the error taken
 //! is the larger of the usual one and the heteroscedasticity-consistent one with each residual
@@ -41,7 +42,7 @@
 //! discipline gives its own prediction, on the squared excess (`v0 + v2·excess²`), judged
 //! against the line known before each sample, so that the spread holds the slope's own error
 //! too. [`AsymmetryFit::corrected_variance`] gives it, and replaces the share model once
-//! [`MIN_SAMPLES`] corrected samples are in and their spread stands clearly ([`SIGNIFICANCE`]
+//! [`MIN_SPREAD_SAMPLES`] corrected samples are in and their spread stands clearly ([`SIGNIFICANCE`]
 //! standard errors) below all the share model credits the same samples with, the minimum
 //! delay's uncertainty included. The excess is measured against the path's minimum as the
 //! filter knew it at the time, so the spread measured includes how far that minimum's own
@@ -49,9 +50,17 @@
 
 /// Samples the fit remembers (exponential forgetting).
 pub const MEMORY: f64 = 64.0;
-/// Samples needed before the fit says anything.
-pub const MIN_SAMPLES: f64 = 16.0;
-/// Standard errors by which the slope must differ from zero to be used.
+/// Samples needed before the fit says anything: its slope is judged from this many on,
+/// against Student's t for so few samples ([`critical_t`]), so that a path queueing almost all
+/// one way is corrected within about a dozen samples (at a 1024 s poll, hours sooner than
+/// after 16) while a symmetric one shows a chance slope no more often than before.
+pub const MIN_SAMPLES: f64 = 8.0;
+/// Corrected samples needed before their measured spread may replace the share model: the
+/// squared errors are heavy-tailed, and with fewer the spread's own standard error, which the
+/// gate relies on, is too often far below the truth.
+pub const MIN_SPREAD_SAMPLES: f64 = 12.0;
+/// Standard errors by which the slope must differ from zero to be used (as chance allows with
+/// a known standard error: with an estimated one, Student's t at the same tail, [`critical_t`]).
 pub const SIGNIFICANCE: f64 = 3.0;
 /// The largest slope there can be: the whole excess in one direction moves the offset by half.
 pub const MAX_SLOPE: f64 = 0.5;
@@ -262,14 +271,14 @@ impl AsymmetryFit {
     /// The variance (s²) of the corrected error of a sample `x` seconds above the path's
     /// minimum, as measured (module docs): `v0 + v2·x²`, which holds the slope's own error
     /// (each sample was judged against the line known before it). None while no slope is
-    /// used, before [`MIN_SAMPLES`] corrected samples, or while the measured spread does not
+    /// used, before [`MIN_SPREAD_SAMPLES`] corrected samples, or while the measured spread does not
     /// stand [`SIGNIFICANCE`] standard errors below what the share model credited the same
     /// samples with: [`unexplained`](Self::unexplained) applies then. (Where both directions
     /// queue alike, a slope that cleared its noise by chance leaves the share model right and
     /// the measurement only noisier.)
     pub fn corrected_variance(&self, x: f64) -> Option<f64> {
         self.significant()?;
-        if self.spread.n < MIN_SAMPLES {
+        if self.spread.n < MIN_SPREAD_SAMPLES {
             return None;
         }
         let (mean_e2, se_e2) = self.spread.mean_error();
@@ -287,7 +296,8 @@ impl AsymmetryFit {
     /// samples are in and the slope stands clear of its noise.
     fn significant(&self) -> Option<(f64, f64)> {
         let l = self.line.filter(|l| l.n >= MIN_SAMPLES)?;
-        (l.slope.abs() > SIGNIFICANCE * l.se).then(|| (l.slope.clamp(-MAX_SLOPE, MAX_SLOPE), l.se))
+        (l.slope.abs() > critical_t(l.n - 2.0) * l.se)
+            .then(|| (l.slope.clamp(-MAX_SLOPE, MAX_SLOPE), l.se))
     }
 
     /// The innovation the fit expects at no excess delay, for slope `b`.
@@ -299,6 +309,18 @@ impl AsymmetryFit {
     pub fn clear(&mut self) {
         *self = AsymmetryFit::default();
     }
+}
+
+/// How many of its estimated standard errors a slope fitted with `dof` degrees of freedom
+/// must lie from zero to be as unlikely by chance as one [`SIGNIFICANCE`] true standard errors
+/// out: Student's t at that tail, by its Cornish–Fisher expansion (4.73 at 6 degrees of
+/// freedom against the exact 4.90, within 1 % from 10 on, 3.13 at 60). With few samples the
+/// standard error is itself uncertain, and a fixed multiple of it would let chance slopes
+/// through.
+fn critical_t(dof: f64) -> f64 {
+    let z = SIGNIFICANCE;
+    let (z3, z5) = (z.powi(3), z.powi(5));
+    z + (z3 + z) / (4.0 * dof) + (5.0 * z5 + 16.0 * z3 + 3.0 * z) / (96.0 * dof * dof)
 }
 
 #[cfg(test)]
@@ -436,13 +458,67 @@ mod tests {
             fitted(100e-6, 100e-6, 10e-6, 400, 9).corrected_variance(1e-3),
             None
         );
-        // One-sided: the slope becomes significant after a few dozen samples, the spread
-        // MIN_SAMPLES later.
-        let f = fitted(15e-6, 485e-6, 10e-6, 20, 3);
-        assert_eq!(f.corrected_variance(1e-3), None, "{f:?}");
-        assert!(fitted(15e-6, 485e-6, 10e-6, 100, 3)
-            .corrected_variance(1e-3)
-            .is_some());
+        // One-sided: the slope is used once MIN_SAMPLES are in, within a dozen samples; the
+        // spread only MIN_SPREAD_SAMPLES corrected samples after that, within a few dozen.
+        for seed in 1..=10 {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            let mut f = AsymmetryFit::default();
+            let (mut sloped, mut spread) = (None, None);
+            for i in 1..=60 {
+                let (a, b) = (exp(&mut rng, 15e-6), exp(&mut rng, 485e-6));
+                let noise = 10e-6 * (exp(&mut rng, 1.0) - exp(&mut rng, 1.0));
+                add(&mut f, a + b, (a - b) / 2.0 + noise, 2e-10);
+                if f.slope() != 0.0 {
+                    sloped.get_or_insert(i);
+                }
+                if f.corrected_variance(1e-3).is_some() {
+                    spread.get_or_insert(i);
+                }
+            }
+            let (sloped, spread) = (sloped.unwrap(), spread.unwrap());
+            assert!(
+                (MIN_SAMPLES as usize..=12).contains(&sloped),
+                "seed {seed}: slope used from sample {sloped}"
+            );
+            assert!(
+                spread >= sloped + MIN_SPREAD_SAMPLES as usize && spread <= 40,
+                "seed {seed}: slope from sample {sloped}, spread from {spread}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_critical_t_follows_students_t() {
+        // Student's t at the one-sided tail of 3 normal standard deviations (0.135 %).
+        for (dof, exact) in [(6.0, 4.904), (10.0, 3.957), (14.0, 3.636), (60.0, 3.130)] {
+            let t = critical_t(dof);
+            assert!((t / exact - 1.0).abs() < 0.04, "{dof}: {t} against {exact}");
+        }
+        assert!((critical_t(1e6) - SIGNIFICANCE).abs() < 1e-3);
+    }
+
+    #[test]
+    fn early_chance_slopes_are_rare() {
+        // The slope is judged from MIN_SAMPLES on: over the first 32 samples of a symmetric
+        // path, few runs ever use one.
+        let mut ever = 0;
+        for seed in 1..=100 {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            let mut f = AsymmetryFit::default();
+            let mut used = false;
+            for _ in 0..32 {
+                let (a, b) = (exp(&mut rng, 1e-3), exp(&mut rng, 1e-3));
+                let noise = 10e-6 * (exp(&mut rng, 1.0) - exp(&mut rng, 1.0));
+                add(&mut f, a + b, (a - b) / 2.0 + noise, 2e-10);
+                used |= f.slope() != 0.0;
+            }
+            ever += used as u32;
+        }
+        // 5 of 100 here; a fixed 3 standard errors from 8 samples on let 21 through.
+        assert!(
+            ever <= 10,
+            "{ever} of 100 symmetric runs used a slope early"
+        );
     }
 
     #[test]
@@ -467,7 +543,7 @@ mod tests {
 
     #[test]
     fn too_few_samples_say_nothing() {
-        assert_eq!(fit(15e-6, 485e-6, 1e-6, 10, 3), 0.0);
+        assert_eq!(fit(15e-6, 485e-6, 1e-6, MIN_SAMPLES as usize - 1, 3), 0.0);
         let mut f = AsymmetryFit::default();
         f.add(f64::NAN, 1.0, 0.0, 0.0);
         f.add(1e-3, 1.0, f64::INFINITY, 0.0);
