@@ -51,7 +51,7 @@
 /// Samples the fit remembers (exponential forgetting).
 pub const MEMORY: f64 = 64.0;
 /// Samples needed before the fit says anything: its slope is judged from this many on,
-/// against Student's t for so few samples ([`critical_t`]), so that a path queueing almost all
+/// against Student's t for so few samples (`critical_t`), so that a path queueing almost all
 /// one way is corrected within about a dozen samples (at a 1024 s poll, hours sooner than
 /// after 16) while a symmetric one shows a chance slope no more often than before.
 pub const MIN_SAMPLES: f64 = 8.0;
@@ -60,7 +60,7 @@ pub const MIN_SAMPLES: f64 = 8.0;
 /// gate relies on, is too often far below the truth.
 pub const MIN_SPREAD_SAMPLES: f64 = 12.0;
 /// Standard errors by which the slope must differ from zero to be used (as chance allows with
-/// a known standard error: with an estimated one, Student's t at the same tail, [`critical_t`]).
+/// a known standard error: with an estimated one, Student's t at the same tail).
 pub const SIGNIFICANCE: f64 = 3.0;
 /// The largest slope there can be: the whole excess in one direction moves the offset by half.
 pub const MAX_SLOPE: f64 = 0.5;
