@@ -348,11 +348,24 @@ mod tests {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let mut f = AsymmetryFit::default();
         for _ in 0..n {
-            let (a, b) = (exp(&mut rng, up), exp(&mut rng, down));
-            let noise = sd * (exp(&mut rng, 1.0) - exp(&mut rng, 1.0));
-            add(&mut f, a + b, (a - b) / 2.0 + noise, 2.0 * sd * sd);
+            add_path_sample(&mut f, &mut rng, up, down, sd);
         }
         f
+    }
+
+    /// Adds one sample of that path to `f`: queueing waits drawn with means `up` and `down`,
+    /// the innovation's prediction error a Laplace draw of scale `sd` (variance 2·sd², told to
+    /// the fit).
+    fn add_path_sample(
+        f: &mut AsymmetryFit,
+        rng: &mut Xoshiro256PlusPlus,
+        up: f64,
+        down: f64,
+        sd: f64,
+    ) {
+        let (a, b) = (exp(rng, up), exp(rng, down));
+        let noise = sd * (exp(rng, 1.0) - exp(rng, 1.0));
+        add(f, a + b, (a - b) / 2.0 + noise, 2.0 * sd * sd);
     }
 
     /// Adds a sample of excess `x` and innovation `y` (offset error: half of client→server
@@ -465,9 +478,7 @@ mod tests {
             let mut f = AsymmetryFit::default();
             let (mut sloped, mut spread) = (None, None);
             for i in 1..=60 {
-                let (a, b) = (exp(&mut rng, 15e-6), exp(&mut rng, 485e-6));
-                let noise = 10e-6 * (exp(&mut rng, 1.0) - exp(&mut rng, 1.0));
-                add(&mut f, a + b, (a - b) / 2.0 + noise, 2e-10);
+                add_path_sample(&mut f, &mut rng, 15e-6, 485e-6, 10e-6);
                 if f.slope() != 0.0 {
                     sloped.get_or_insert(i);
                 }
@@ -507,9 +518,7 @@ mod tests {
             let mut f = AsymmetryFit::default();
             let mut used = false;
             for _ in 0..32 {
-                let (a, b) = (exp(&mut rng, 1e-3), exp(&mut rng, 1e-3));
-                let noise = 10e-6 * (exp(&mut rng, 1.0) - exp(&mut rng, 1.0));
-                add(&mut f, a + b, (a - b) / 2.0 + noise, 2e-10);
+                add_path_sample(&mut f, &mut rng, 1e-3, 1e-3, 10e-6);
                 used |= f.slope() != 0.0;
             }
             ever += used as u32;
