@@ -16,23 +16,24 @@
 //! * A weight for every raw sample, for the discipline: a sample's error from delay asymmetry
 //!   is at most half its delay in excess of the path's minimum; spread uniformly, that is a
 //!   variance of `excess² / 12`. The minimum is tracked over a longer window (the last
-//!   [`MIN_DELAY_WINDOW`] to twice as many samples), so queueing spikes weigh almost nothing
-//!   instead of being either used whole or thrown away.
+//!   [`MIN_DELAY_WINDOW`] samples, up to twice as many where queueing dominates their spread),
+//!   so queueing spikes weigh almost nothing instead of being either used whole or thrown away.
 
+use super::source::TIMESTAMP_NOISE;
 use crate::served::PHI;
 use crate::time::MonoTime;
 use serde::Serialize;
 
 /// Samples in the minimum-delay filter (RFC 5905 NSTAGE).
 pub const FILTER_STAGES: usize = 8;
-/// Samples whose delays are held, for their median and range. The path's minimum delay is
-/// tracked over more: the last `MIN_DELAY_WINDOW` to `2 × MIN_DELAY_WINDOW` samples, through the
-/// minimum of the previous block of `MIN_DELAY_WINDOW` arrivals (4 bytes instead of as many
-/// delays again). The smallest of `n` delays lies about `1/√n` of the queueing's scale above the
-/// path's minimum, so the longer span makes every sample's weight truer; a route that got
-/// longer is followed within two windows. (A held window of 64 delays measured the same in
-/// clknetsim; 32 left chrony's Test 1 with 10 ms of jitter at 64 s polls 0.71× chronyd's RMS
-/// against 0.65×.)
+/// Samples whose delays are held, for their median and range. Where queueing dominates the
+/// delays' spread ([`LONG_SPAN_MIN_SPREAD`]), the path's minimum delay is tracked over more:
+/// the last `MIN_DELAY_WINDOW` to `2 × MIN_DELAY_WINDOW` samples, through the minimum of the
+/// previous block of `MIN_DELAY_WINDOW` arrivals (4 bytes instead of as many delays again). The
+/// smallest of `n` delays lies about `1/√n` of the queueing's scale above the path's minimum, so
+/// the longer span makes every sample's weight truer; a route that got longer is followed
+/// within two windows. (In clknetsim over 60 seeds, chrony's Test 1 with 10 ms of jitter at
+/// 64 s polls went from 0.71× to 0.66× chronyd's RMS, Test 2 from 1.02× to 0.98×.)
 pub const MIN_DELAY_WINDOW: usize = 32;
 /// Delays needed before the window's minimum is trusted to weigh samples as the path's.
 pub const TRUSTED_WINDOW: usize = 8;
@@ -47,6 +48,13 @@ pub const SHORT_WINDOW: usize = 6;
 /// In a short window of `n` delays, the minimum may lie this times their range over `√n`
 /// above the path's (0.82 of the range for 6 delays).
 const SHORT_WINDOW_SPREAD: f64 = 2.0;
+/// The least spread of the held delays (their median's excess over their minimum, seconds)
+/// for which the path's minimum is taken over the longer span of [`MIN_DELAY_WINDOW`]: four
+/// times the timestamps' noise ([`TIMESTAMP_NOISE`]). Below it, a delay smaller than every one
+/// held is as likely a timestamping outlier as the path's minimum, and it would make every
+/// later sample's excess look larger than it is: in clknetsim, with 10 µs of queueing each way
+/// (a median excess of 17 µs), the longer span cost 15 % of the RMS error over 60 seeds.
+const LONG_SPAN_MIN_SPREAD: f64 = 4.0 * TIMESTAMP_NOISE;
 /// How far the minimum of `n` delays may lie above the path's, in units of the window's
 /// median excess over its minimum: this over `√n` (0.71 for 8 delays, 0.35 for 32, 0.25 for
 /// the 64 that the minimum spans at most). When each direction
@@ -204,24 +212,36 @@ impl DelayWindow {
         }
     }
 
-    /// The minimum of the last [`Self::spanned`] delays: the held ones and, once a block of
-    /// [`MIN_DELAY_WINDOW`] arrivals has completed, the rest of the block before the current
-    /// one.
+    /// The minimum of the last [`Self::spanned`] delays: the held ones and, over a long span
+    /// (see [`Self::long_span`]), the rest of the block of [`MIN_DELAY_WINDOW`] arrivals before
+    /// the current one.
     fn min(&self) -> Option<f64> {
         (self.len > 0).then(|| {
-            f64::from(
-                self.sorted[0]
-                    .min(self.block_min)
-                    .min(self.previous_block_min),
-            )
+            if self.long_span() {
+                f64::from(
+                    self.sorted[0]
+                        .min(self.block_min)
+                        .min(self.previous_block_min),
+                )
+            } else {
+                f64::from(self.sorted[0])
+            }
         })
     }
 
-    /// How many of the latest delays [`Self::min`] is the minimum of: the held ones until the
-    /// first block completes, then [`MIN_DELAY_WINDOW`] plus the arrivals since the last
-    /// block ended (up to twice the window).
+    /// Whether [`Self::min`] reaches into the block before the current one: once one has
+    /// completed, and while the held delays' median lies at least [`LONG_SPAN_MIN_SPREAD`]
+    /// above their minimum.
+    fn long_span(&self) -> bool {
+        self.previous_block_min.is_finite()
+            && f64::from(self.sorted[self.len() / 2] - self.sorted[0]) >= LONG_SPAN_MIN_SPREAD
+    }
+
+    /// How many of the latest delays [`Self::min`] is the minimum of: over a long span,
+    /// [`MIN_DELAY_WINDOW`] plus the arrivals since the last block ended (up to twice the
+    /// window), else the held ones.
     fn spanned(&self) -> usize {
-        if self.previous_block_min.is_finite() {
+        if self.long_span() {
             MIN_DELAY_WINDOW + usize::from(self.next) % MIN_DELAY_WINDOW
         } else {
             self.len()
@@ -351,7 +371,8 @@ impl ClockFilter {
         self.estimate
     }
 
-    /// The smallest delay of the last [`MIN_DELAY_WINDOW`] to twice as many samples, seconds.
+    /// The path's minimum delay as tracked, seconds: the smallest of the held delays, or of up
+    /// to twice as many where queueing dominates their spread (see [`MIN_DELAY_WINDOW`]).
     pub fn min_delay(&self) -> Option<f64> {
         self.delays.min()
     }
@@ -626,6 +647,25 @@ mod tests {
     }
 
     #[test]
+    fn a_narrow_spread_of_delays_keeps_to_the_held_minimum() {
+        // Delays within 10 µs of each other, where timestamps' noise is much of the spread:
+        // one 8 µs below the rest in the block before is not taken for the path's minimum.
+        let mut f = ClockFilter::new();
+        f.add(s(0.0, 0.001992, 0), MonoTime(0));
+        for i in 1..40 {
+            f.add(s(0.0, 0.002 + (i % 5) as f64 * 2e-6, i), MonoTime(i));
+        }
+        assert_eq!(f.min_delay(), Some(f64::from(0.002f32)));
+        // With queueing of hundreds of µs the same outlier-sized gap is the path's minimum.
+        let mut g = ClockFilter::new();
+        g.add(s(0.0, 0.001992, 0), MonoTime(0));
+        for i in 1..40 {
+            g.add(s(0.0, 0.002 + (i % 5) as f64 * 1e-4, i), MonoTime(i));
+        }
+        assert_eq!(g.min_delay(), Some(f64::from(0.001992f32)));
+    }
+
+    #[test]
     fn a_route_that_got_longer_is_followed_within_two_windows() {
         // 2 ms paths, then a route 3 ms longer: the old minimum is kept while it lies in the
         // span, and gone once two blocks of arrivals have passed it.
@@ -717,9 +757,11 @@ mod tests {
             last.sort_by(f32::total_cmp);
             assert_eq!(w.len(), last.len());
             assert_eq!(w.median(), Some(f64::from(last[last.len() / 2])));
-            // Blocks of 32 arrivals: the current one and the one before it.
-            let spanned = if all.len() < MIN_DELAY_WINDOW {
-                all.len()
+            // Blocks of 32 arrivals: the current one and the one before it, while the held
+            // delays spread widely enough.
+            let spread = f64::from(last[last.len() / 2] - last[0]);
+            let spanned = if all.len() < MIN_DELAY_WINDOW || spread < LONG_SPAN_MIN_SPREAD {
+                last.len()
             } else {
                 MIN_DELAY_WINDOW + all.len() % MIN_DELAY_WINDOW
             };
