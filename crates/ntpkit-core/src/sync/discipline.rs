@@ -59,6 +59,11 @@ const WANDER_MODELS: [f64; 6] = [1e-22, 1e-20, 1e-18, 1e-16, 1e-14, 1e-12];
 /// Per-update forgetting factor of the models' log-likelihoods (memory of ~100 updates: a
 /// shorter one lets noisy paths switch models on chance runs; docs/benchmarks.md).
 const LIKELIHOOD_MEMORY: f64 = 0.99;
+/// A sample's innovation counts against a model's likelihood up to this many of its standard
+/// deviations: one sample between this and the outlier threshold ([`OUTLIER_SIGMAS`]) is as
+/// likely a path or an upstream that moved as a sign of fast wander, and taken whole it
+/// could hand the clock to the fast-wandering models at once, whose frequency follows it.
+const LIKELIHOOD_CLIP: f64 = 3.0;
 /// Largest log-likelihood by which a model may trail the best (a floor on its weight of about
 /// e⁻¹⁰, as an interacting-multiple-model filter's switching probability gives): a start-up
 /// transient can make the slow models look hopeless, and with the memory above they would
@@ -268,7 +273,8 @@ impl Model {
         self.p00 = (1.0 - k0) * p00;
         self.p01 = 0.5 * ((1.0 - k0) * p01 + (p01 - k1 * p00));
         self.p11 = p11 - k1 * p01;
-        self.loglik = LIKELIHOOD_MEMORY * self.loglik - 0.5 * (s.ln() + y * y / s);
+        let surprise = (y * y / s).min(LIKELIHOOD_CLIP * LIKELIHOOD_CLIP);
+        self.loglik = LIKELIHOOD_MEMORY * self.loglik - 0.5 * (s.ln() + surprise);
     }
 }
 
@@ -485,7 +491,11 @@ impl Discipline {
         // The filters were overconfident: widen phase and frequency uncertainty so they follow
         // quickly. After several outliers in a row (the clock or the path really changed) the
         // whole innovation is the change; after a lean, its mean over the run, as reached by a
-        // frequency error acting over half the run.
+        // frequency error acting over half the run, and the run taken as at least one poll
+        // interval: several sources polled in one round answer within seconds, and a lean
+        // they share there is a phase they agree on (a frequency error builds up between
+        // rounds). Taken over the round's minute, one shared lean of 150 µs at 1024 s polls
+        // widened the frequency by ppm and sent the clock 1 ms away before the next round.
         let dt = now.secs_since(self.last_accepted).max(1.0);
         let mut widen = (0.0, 0.0);
         if self.held_outliers >= MAX_HELD_OUTLIERS {
@@ -493,7 +503,8 @@ impl Discipline {
         }
         if let Some(lean) = lean {
             widen.0 = f64::max(widen.0, lean.mean * lean.mean);
-            widen.1 = f64::max(widen.1, (2.0 * lean.mean / lean.span.max(dt)).powi(2));
+            let span = lean.span.max(dt).max(poll_interval);
+            widen.1 = f64::max(widen.1, (2.0 * lean.mean / span).powi(2));
         }
         if widen != (0.0, 0.0) {
             for m in &mut self.models {
@@ -1099,6 +1110,77 @@ mod tests {
         // Without the lean detector: 25 samples (the bank alone, slowly moving to a faster
         // wander model).
         assert!(after <= 18, "learned after {after} samples");
+    }
+
+    #[test]
+    fn a_lean_within_one_round_of_sources_moves_the_phase_not_the_frequency() {
+        // Four sources polled together every 1024 s, answering within a minute of each other.
+        // Once, all four lean the same way by 150 µs (their own upstreams moved): a phase the
+        // samples agree on, not a frequency error, which one minute could not tell apart from
+        // one. The clock must not be sent off at ppm for the next 1024 s.
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let mut clock = SoftClock::new(0, 0, 10.0);
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        let noise = 30e-6;
+        let mut worst_after = 0.0f64;
+        for round in 0..80i64 {
+            let lean = if round == 60 { -150e-6 } else { 0.0 };
+            for source in 0..4i64 {
+                let t = (round * 1024 + source * 15) * S;
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                let z = -clock.offset_at(t) * 1e-9 + lean + noise * u * 3.46;
+                d.sample(MonoTime(t), z, noise * noise, 1024.0);
+                while let Some(c) = d.poll_command() {
+                    clock.apply(t, c);
+                }
+            }
+            if round == 60 {
+                // Over the interval until the next round.
+                for k in 0..=64i64 {
+                    let t = (round * 1024 + 45 + k * 15) * S;
+                    worst_after = worst_after.max((clock.offset_at(t) * 1e-9).abs());
+                }
+            }
+        }
+        // The lean's own 150 µs is partly taken (the samples agree on it); a frequency widened
+        // as if 150 µs had built up within the minute of the round sent the clock 1 ms away.
+        assert!(worst_after < 300e-6, "worst {worst_after}");
+    }
+
+    #[test]
+    fn one_surprising_sample_does_not_hand_the_clock_to_fast_wander() {
+        // Four sources polled together every 1024 s, answering 15 s apart, on a stable clock;
+        // once, the round's last sample is 4.5 deviations off (within the outlier threshold:
+        // taken). The fastest wander model follows every pair of samples 15 s apart, so its
+        // frequency is far from the others'; were it handed a large share of the mixture by
+        // that one sample, the clock would run off at its frequency until the next round.
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let mut clock = SoftClock::new(0, 0, 10.0);
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        let noise = 30e-6;
+        let mut worst_after = 0.0f64;
+        for round in 0..70i64 {
+            for source in 0..4i64 {
+                let t = (round * 1024 + source * 15) * S;
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                let mut z = -clock.offset_at(t) * 1e-9 + noise * u * 3.46;
+                if round == 60 && source == 3 {
+                    let p = d.predicted_offset(MonoTime(t)).expect("settled");
+                    z = p.offset - 4.5 * (p.variance + noise * noise).sqrt();
+                }
+                d.sample(MonoTime(t), z, noise * noise, 1024.0);
+                while let Some(c) = d.poll_command() {
+                    clock.apply(t, c);
+                }
+            }
+            if round == 60 {
+                for k in 0..=64i64 {
+                    let t = (round * 1024 + 45 + k * 15) * S;
+                    worst_after = worst_after.max((clock.offset_at(t) * 1e-9).abs());
+                }
+            }
+        }
+        assert!(worst_after < 100e-6, "worst {worst_after}");
     }
 
     #[test]
