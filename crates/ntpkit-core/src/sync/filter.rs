@@ -27,7 +27,8 @@ use serde::Serialize;
 /// Samples in the minimum-delay filter (RFC 5905 NSTAGE).
 pub const FILTER_STAGES: usize = 8;
 /// Samples whose delays are held, for their median and range. Where queueing dominates the
-/// delays' spread ([`LONG_SPAN_MIN_SPREAD`]), the path's minimum delay is tracked over more:
+/// delays' spread (their median lies at least four times the timestamps' noise,
+/// [`TIMESTAMP_NOISE`], above their minimum), the path's minimum delay is tracked over more:
 /// the last `MIN_DELAY_WINDOW` to `2 × MIN_DELAY_WINDOW` samples, through the minimum of the
 /// previous block of `MIN_DELAY_WINDOW` arrivals (4 bytes instead of as many delays again). The
 /// smallest of `n` delays lies about `1/√n` of the queueing's scale above the path's minimum, so
