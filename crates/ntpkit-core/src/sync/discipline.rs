@@ -491,11 +491,13 @@ impl Discipline {
         // The filters were overconfident: widen phase and frequency uncertainty so they follow
         // quickly. After several outliers in a row (the clock or the path really changed) the
         // whole innovation is the change; after a lean, its mean over the run, as reached by a
-        // frequency error acting over half the run, and the run taken as at least one poll
-        // interval: several sources polled in one round answer within seconds, and a lean
-        // they share there is a phase they agree on (a frequency error builds up between
-        // rounds). Taken over the round's minute, one shared lean of 150 µs at 1024 s polls
-        // widened the frequency by ppm and sent the clock 1 ms away before the next round.
+        // frequency error acting over half the run. Once settled, the run is taken as at
+        // least one poll interval: several sources polled in one round answer within seconds,
+        // and a lean they share there is a phase they agree on (a frequency error builds up
+        // between rounds); taken over the round's minute, one shared lean of 150 µs at 1024 s
+        // polls widened the frequency by ppm and sent the clock 1 ms away before the next
+        // round. Not before: a start-up burst's lean, seconds long, is the clock's frequency
+        // error, and taking it over a poll interval slowed learning a 50 ppm clock's.
         let dt = now.secs_since(self.last_accepted).max(1.0);
         let mut widen = (0.0, 0.0);
         if self.held_outliers >= MAX_HELD_OUTLIERS {
@@ -503,7 +505,11 @@ impl Discipline {
         }
         if let Some(lean) = lean {
             widen.0 = f64::max(widen.0, lean.mean * lean.mean);
-            let span = lean.span.max(dt).max(poll_interval);
+            let settled = u64::from(self.updates) >= SETTLED_UPDATES;
+            let span = lean
+                .span
+                .max(dt)
+                .max(if settled { poll_interval } else { 0.0 });
             widen.1 = f64::max(widen.1, (2.0 * lean.mean / span).powi(2));
         }
         if widen != (0.0, 0.0) {
