@@ -455,11 +455,38 @@ impl Source {
             },
             now,
         );
-        let floor = precision.max(TIMESTAMP_NOISE);
-        let variance = floor * floor + self.filter.asymmetry_variance(&sample);
+        let variance = self.sample_variance(&sample, precision);
         self.counters.accepted += 1;
         self.last_rejection = None;
         ReplyOutcome::Sample(sample, variance)
+    }
+
+    /// The variance (s²) of a sample's offset error: the timestamps' noise floor (at least the
+    /// two clocks' `precision`, seconds) and the path asymmetry its delay leaves room for (see
+    /// [`ClockFilter::asymmetry_variance`]).
+    fn sample_variance(&self, sample: &Sample, precision: f64) -> f64 {
+        let floor = precision.max(TIMESTAMP_NOISE);
+        floor * floor + self.filter.asymmetry_variance(sample)
+    }
+
+    /// The variance (s²) of the filter's chosen sample, as [`handle_reply`](Self::handle_reply)
+    /// states a sample's, and at least the square of its jitter: what a first sample for the
+    /// discipline is worth. The jitter alone is no measure of it: after one sample it is zero.
+    pub fn estimate_variance(&self, limits: &SampleLimits) -> Option<f64> {
+        let e = self.filter.estimate()?;
+        let server = self.info.map_or(0, |i| i.precision.clamp(-32, 0));
+        let precision =
+            crate::time::exp2(limits.local_precision as i32) + crate::time::exp2(server as i32);
+        let sample = Sample {
+            offset: e.offset,
+            delay: e.delay,
+            dispersion: precision + PHI * e.delay,
+            time: e.time,
+        };
+        Some(
+            self.sample_variance(&sample, precision)
+                .max(e.jitter * e.jitter),
+        )
     }
 
     fn reject(&mut self, r: Rejection) -> ReplyOutcome {
