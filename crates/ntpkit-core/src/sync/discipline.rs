@@ -13,7 +13,10 @@
 //! same samples, and their mixture, each weighted by its recent likelihood, drives the clock
 //! (multiple-model adaptive estimation), in place of RFC 5905's hand-tuned PLL/FLL crossover.
 //! Mixed rather than picked: while the samples cannot yet tell the models apart (the first
-//! minutes, or one surprising sample), no fast-wandering model takes the clock alone. The
+//! minutes, or one surprising sample), no fast-wandering model takes the clock alone. After
+//! each update the models interact, as in an interacting-multiple-model filter: each goes on
+//! from a blend of all the models' states, mostly its own, so one the samples come to favour
+//! late has not been left behind with what it learned long ago. The
 //! choice is justified by measurement against chrony's published simulation figures (chrony
 //! itself outperforms ntpd's PLL/FLL there): docs/benchmarks.md. No PLL/FLL was built to
 //! compare.
@@ -64,6 +67,14 @@ const LIKELIHOOD_MEMORY: f64 = 0.99;
 /// likely a path or an upstream that moved as a sign of fast wander, and taken whole it
 /// could hand the clock to the fast-wandering models at once, whose frequency follows it.
 const LIKELIHOOD_CLIP: f64 = 3.0;
+/// Chance, per update, that the clock's wander has changed from one model's to another's
+/// (interacting multiple models): after each update every model goes on from the models'
+/// states blended by how likely each is to be the one the clock followed and then switched
+/// to it. Without it a slow-wander model holds on to a frequency it learned long ago while the
+/// samples cannot yet tell it from a faster one that follows the clock, and the mixture that
+/// drives the clock lags behind the wander (in clknetsim, chrony's 001 model at 1024 s polls:
+/// RMS error 0.87x chronyd's without, see docs/benchmarks.md).
+const MODEL_SWITCH_PROBABILITY: f64 = 0.01;
 /// Largest log-likelihood by which a model may trail the best (a floor on its weight of about
 /// e⁻¹⁰, as an interacting-multiple-model filter's switching probability gives): a start-up
 /// transient can make the slow models look hopeless, and with the memory above they would
@@ -537,6 +548,7 @@ impl Discipline {
         }
         self.best_model = self.most_likely() as u8;
         self.reweigh();
+        self.interact();
         self.sample_info = if self.sample_info == 0.0 {
             1.0 / r
         } else {
@@ -921,36 +933,34 @@ impl Discipline {
         }
     }
 
+    /// Lets the models interact (see [`MODEL_SWITCH_PROBABILITY`]): model `j` goes on from
+    /// the blend of every model `i`'s state by `weight(i) × P(switch i → j)`. Each keeps its
+    /// own likelihood.
+    fn interact(&mut self) {
+        let n = self.models.len;
+        if n < 2 {
+            return;
+        }
+        let stay = 1.0 - MODEL_SWITCH_PROBABILITY;
+        let switch = MODEL_SWITCH_PROBABILITY / (n - 1) as f64;
+        let (before, weights) = (self.models, self.weights);
+        for (j, m) in self.models.iter_mut().enumerate() {
+            let share = |i: usize| f64::from(weights[i]) * if i == j { stay } else { switch };
+            *m = Model {
+                loglik: m.loglik,
+                ..blend(&before, share)
+            };
+        }
+    }
+
     /// The estimate that drives the clock: the models' states weighted by their shares, with
     /// a covariance that includes the models' spread around it (a model much less likely than
     /// another weighs nothing). Only once started.
     fn mixture(&self) -> Model {
-        let shares = || {
-            self.models
-                .iter()
-                .zip(&self.weights)
-                .map(|(m, &w)| (m, f64::from(w)))
-        };
-        let total: f64 = shares().map(|(_, w)| w).sum();
-        let mut mix = Model {
-            theta: 0.0,
-            nu: 0.0,
-            p00: 0.0,
-            p01: 0.0,
-            p11: 0.0,
+        Model {
             loglik: self.models[self.best()].loglik,
-        };
-        for (m, w) in shares() {
-            mix.theta += w * m.theta / total;
-            mix.nu += w * m.nu / total;
+            ..blend(&self.models, |i| f64::from(self.weights[i]))
         }
-        for (m, w) in shares() {
-            let (dt, dn) = (m.theta - mix.theta, m.nu - mix.nu);
-            mix.p00 += w * (m.p00 + dt * dt) / total;
-            mix.p01 += w * (m.p01 + dt * dn) / total;
-            mix.p11 += w * (m.p11 + dn * dn) / total;
-        }
-        mix
     }
 
     fn most_likely(&self) -> usize {
@@ -960,6 +970,32 @@ impl Discipline {
             .max_by(|a, b| a.1.loglik.total_cmp(&b.1.loglik))
             .map_or(0, |(i, _)| i)
     }
+}
+
+/// The models' states weighted by `share(i)` (normalized here), with a covariance that
+/// includes their spread around the blend; no likelihood.
+fn blend(models: &Models, share: impl Fn(usize) -> f64) -> Model {
+    let shares = || models.iter().enumerate().map(|(i, m)| (m, share(i)));
+    let total: f64 = shares().map(|(_, w)| w).sum();
+    let mut mix = Model {
+        theta: 0.0,
+        nu: 0.0,
+        p00: 0.0,
+        p01: 0.0,
+        p11: 0.0,
+        loglik: 0.0,
+    };
+    for (m, w) in shares() {
+        mix.theta += w * m.theta / total;
+        mix.nu += w * m.nu / total;
+    }
+    for (m, w) in shares() {
+        let (dt, dn) = (m.theta - mix.theta, m.nu - mix.nu);
+        mix.p00 += w * (m.p00 + dt * dt) / total;
+        mix.p01 += w * (m.p01 + dt * dn) / total;
+        mix.p11 += w * (m.p11 + dn * dn) / total;
+    }
+    mix
 }
 
 #[cfg(test)]
@@ -1116,6 +1152,30 @@ mod tests {
         // Without the lean detector: 25 samples (the bank alone, slowly moving to a faster
         // wander model).
         assert!(after <= 18, "learned after {after} samples");
+    }
+
+    #[test]
+    fn a_model_left_behind_goes_on_from_the_others_states() {
+        // As a start-up transient left the slowest models: sure of a frequency 1 ppm off, and
+        // at the likelihood floor. Alone, its own samples would take it hundreds of updates to
+        // unlearn (it expects no wander); blended with the others it follows them at once,
+        // and is ready should the clock's wander turn out to be its own.
+        let (_, _, mut d) = run(0.0, 10.0, 20e-6, 64, 100);
+        let stale = &mut d.models.bank[0];
+        stale.nu += 1e-6;
+        stale.p11 = 1e-18;
+        stale.loglik -= MAX_LIKELIHOOD_DEFICIT;
+        let mut t = 100 * 64;
+        for _ in 0..5 {
+            let predicted = d.predicted_offset(MonoTime(t * S)).unwrap().offset;
+            d.sample(MonoTime(t * S), predicted, 20e-6f64.powi(2), 64.0);
+            t += 64;
+        }
+        let apart = (d.models[0].nu - d.mixture().nu).abs();
+        assert!(
+            apart < 0.05e-6,
+            "{apart:e} s/s from the mixture's frequency"
+        );
     }
 
     /// Four sources polled together every 1024 s, answering 15 s apart, with 30 µs of noise,
