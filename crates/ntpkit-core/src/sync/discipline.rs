@@ -67,14 +67,17 @@ const LIKELIHOOD_MEMORY: f64 = 0.99;
 /// likely a path or an upstream that moved as a sign of fast wander, and taken whole it
 /// could hand the clock to the fast-wandering models at once, whose frequency follows it.
 const LIKELIHOOD_CLIP: f64 = 3.0;
-/// Chance, per update, that the clock's wander has changed from one model's to another's
+/// Rate (s⁻¹) at which the clock's wander may change from one model's to another's
 /// (interacting multiple models): after each update every model goes on from the models'
-/// states blended by how likely each is to be the one the clock followed and then switched
-/// to it. Without it a slow-wander model holds on to a frequency it learned long ago while the
+/// states blended by how likely each is to be the one the clock followed and then switched to
+/// it over the time since the previous update (about 3 % at 1024 s polls, 0.2 % at 64 s).
+/// Without it a slow-wander model holds on to a frequency it learned long ago while the
 /// samples cannot yet tell it from a faster one that follows the clock, and the mixture that
 /// drives the clock lags behind the wander (in clknetsim, chrony's 001 model at 1024 s polls:
-/// RMS error 0.87x chronyd's without, see docs/benchmarks.md).
-const MODEL_SWITCH_PROBABILITY: f64 = 0.01;
+/// RMS error 0.87x chronyd's without, 0.77x with). Per unit of time, not per update: a fixed
+/// 1 % per update blended the faster models' noise into the slow ones at 64 s polls (Test 1
+/// with 10 ms of jitter at 64 s: 0.65x -> 0.78x chronyd's RMS; see docs/benchmarks.md).
+const MODEL_SWITCH_RATE: f64 = 3e-5;
 /// Largest log-likelihood by which a model may trail the best (a floor on its weight of about
 /// e⁻¹⁰, as an interacting-multiple-model filter's switching probability gives): a start-up
 /// transient can make the slow models look hopeless, and with the memory above they would
@@ -548,7 +551,7 @@ impl Discipline {
         }
         self.best_model = self.most_likely() as u8;
         self.reweigh();
-        self.interact();
+        self.interact(dt);
         self.sample_info = if self.sample_info == 0.0 {
             1.0 / r
         } else {
@@ -933,16 +936,18 @@ impl Discipline {
         }
     }
 
-    /// Lets the models interact (see [`MODEL_SWITCH_PROBABILITY`]): model `j` goes on from
-    /// the blend of every model `i`'s state by `weight(i) × P(switch i → j)`. Each keeps its
-    /// own likelihood.
-    fn interact(&mut self) {
+    /// Lets the models interact over the `dt` seconds since the previous update (see
+    /// [`MODEL_SWITCH_RATE`]): model `j` goes on from the blend of every model `i`'s state by
+    /// `weight(i) × P(switch i → j)`. Each keeps its own likelihood.
+    fn interact(&mut self, dt: f64) {
         let n = self.models.len;
         if n < 2 {
             return;
         }
-        let stay = 1.0 - MODEL_SWITCH_PROBABILITY;
-        let switch = MODEL_SWITCH_PROBABILITY / (n - 1) as f64;
+        // Switches as a Poisson process: at least one within `dt`.
+        let p = -(-MODEL_SWITCH_RATE * dt).exp_m1();
+        let stay = 1.0 - p;
+        let switch = p / (n - 1) as f64;
         let (before, weights) = (self.models, self.weights);
         for (j, m) in self.models.iter_mut().enumerate() {
             let share = |i: usize| f64::from(weights[i]) * if i == j { stay } else { switch };
