@@ -1701,8 +1701,9 @@ mod tests {
     fn the_first_sample_is_trusted_no_more_than_its_delay_allows() {
         // One sample per source when the selection starts: its jitter, the spread of the
         // source's other samples, is zero. Taken as the sample's error, it pinned the phase to
-        // a nanosecond, the burst that followed read as frequency alone, and the slow wander
-        // models stayed sure of a frequency ppm off for thousands of seconds.
+        // a microsecond (the floor of its variance), the burst that followed read as frequency
+        // alone, and the slow wander models stayed sure of a frequency ppm off for thousands of
+        // seconds.
         let mut b = Bench::fast(&[0.0, 0.0, 0.0], (0.01, 100.0));
         let mut first = None;
         b.run_for(10, |sys, now| {
