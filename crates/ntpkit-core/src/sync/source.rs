@@ -431,8 +431,7 @@ impl Source {
         };
         self.info = Some(info);
         let m = measure(pending.t1.to_ntp(), &reply, t4.to_ntp());
-        let precision = crate::time::exp2(limits.local_precision as i32)
-            + crate::time::exp2(reply.precision.clamp(-32, 0) as i32);
+        let precision = exchange_precision(limits, reply.precision);
         let delay = m.delay_ns as f64 / NANOS_PER_SEC as f64;
         if delay < -precision || delay > limits.max_delay {
             return self.reject(Rejection::ImplausibleDelay(delay));
@@ -474,9 +473,7 @@ impl Source {
     /// discipline is worth. The jitter alone is no measure of it: after one sample it is zero.
     pub fn estimate_variance(&self, limits: &SampleLimits) -> Option<f64> {
         let e = self.filter.estimate()?;
-        let server = self.info.map_or(0, |i| i.precision.clamp(-32, 0));
-        let precision =
-            crate::time::exp2(limits.local_precision as i32) + crate::time::exp2(server as i32);
+        let precision = exchange_precision(limits, self.info.map_or(0, |i| i.precision));
         let sample = Sample {
             offset: e.offset,
             delay: e.delay,
@@ -649,6 +646,13 @@ impl Source {
                 + PHI * age,
         )
     }
+}
+
+/// The timestamps' precision in one exchange (seconds): the local clock's and the server's,
+/// as it states it (`precision`, log₂ seconds; anything above 1 s counts as 1 s).
+fn exchange_precision(limits: &SampleLimits, server_precision: i8) -> f64 {
+    crate::time::exp2(limits.local_precision as i32)
+        + crate::time::exp2(server_precision.clamp(-32, 0) as i32)
 }
 
 #[cfg(test)]
