@@ -240,7 +240,7 @@ impl DisciplineState {
 /// One Kalman filter of the bank. Its wander intensity is its entry of [`WANDER_MODELS`] (by
 /// position in [`Models`]), and its covariance is symmetric, so only three terms are stored:
 /// a simulation holds one bank per client.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Model {
     theta: f64,
     nu: f64,
@@ -316,16 +316,8 @@ impl Models {
 
 impl Default for Models {
     fn default() -> Self {
-        let empty = Model {
-            theta: 0.0,
-            nu: 0.0,
-            p00: 0.0,
-            p01: 0.0,
-            p11: 0.0,
-            loglik: 0.0,
-        };
         Models {
-            bank: [empty; WANDER_MODELS.len()],
+            bank: [Model::default(); WANDER_MODELS.len()],
             len: 0,
         }
     }
@@ -982,14 +974,7 @@ impl Discipline {
 fn blend(models: &Models, share: impl Fn(usize) -> f64) -> Model {
     let shares = || models.iter().enumerate().map(|(i, m)| (m, share(i)));
     let total: f64 = shares().map(|(_, w)| w).sum();
-    let mut mix = Model {
-        theta: 0.0,
-        nu: 0.0,
-        p00: 0.0,
-        p01: 0.0,
-        p11: 0.0,
-        loglik: 0.0,
-    };
+    let mut mix = Model::default();
     for (m, w) in shares() {
         mix.theta += w * m.theta / total;
         mix.nu += w * m.nu / total;
