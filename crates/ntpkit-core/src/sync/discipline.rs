@@ -490,7 +490,12 @@ impl Discipline {
             .then(|| self.bias.add(now, y, s.sqrt()))
             .flatten();
         if outlier && self.held_outliers < MAX_HELD_OUTLIERS {
+            // Held back, but a badly predicted sample all the same: the next one comes
+            // sooner, so that a real change of the clock is confirmed within a shorter
+            // interval, not after MAX_HELD_OUTLIERS of the longest (at 1024 s, an hour in
+            // which a wandering clock drifted hundreds of µs unheeded).
             self.held_outliers += 1;
+            self.poll_trend = -1;
             self.events.push(DisciplineEvent::OutlierHeld(y));
             return;
         }
@@ -705,7 +710,7 @@ impl Discipline {
     /// in a row that found the clock settled, once the clock's predicted drift over twice the
     /// current interval (wander plus frequency uncertainty) is within two typical samples'
     /// variances and the estimate holds two samples' information; −1 after a badly predicted
-    /// sample or when the drift over one interval exceeds four samples' variances; else 0
+    /// sample (one held back as an outlier included) or when the drift over one interval exceeds four samples' variances; else 0
     /// (`POLL_UP_AFTER`, `POLL_UP_DRIFT`, `POLL_TARGET`, `POLL_DOWN_DRIFT`). The interval
     /// is thus as long as the clock's wander allows against the samples' noise: noisy paths
     /// and stable clocks poll slowly, where more packets would buy little. Judged on the most
@@ -1386,6 +1391,34 @@ mod tests {
         assert!(var * POLL_TARGET <= r * 1.0001, "after {n} samples: {var}");
         // A phase-and-frequency estimate holds about n / 4 samples' phase information.
         assert!(n >= 4 * POLL_TARGET as i64, "grew after {n} samples");
+    }
+
+    #[test]
+    fn a_sample_held_back_as_an_outlier_shortens_the_poll() {
+        // Settled at 1024 s on samples of 10 µs noise; then one sample 1 ms off.
+        let r = 1e-10;
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        let mut t = 0;
+        for _ in 0..40 {
+            d.sample(MonoTime(t), 0.0, r, 1024.0);
+            while d.poll_command().is_some() {}
+            assert!(d.poll_adjustment(1024.0) >= 0);
+            t += 1024 * S;
+        }
+        d.sample(MonoTime(t), 1e-3, r, 1024.0);
+        assert!(
+            matches!(d.poll_event(), Some(DisciplineEvent::OutlierHeld(_))),
+            "the sample is held back"
+        );
+        assert_eq!(
+            d.state(MonoTime(t)).updates,
+            40,
+            "and does not update the estimate"
+        );
+        assert_eq!(d.poll_adjustment(1024.0), -1);
+        // One well-predicted sample later, the request is not repeated.
+        d.sample(MonoTime(t + 512 * S), 0.0, r, 512.0);
+        assert_eq!(d.poll_adjustment(512.0), 0);
     }
 
     /// Samples of a clock 50 ms and 30 ppm off at start whose frequency then random-walks
