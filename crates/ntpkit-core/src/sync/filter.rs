@@ -19,7 +19,6 @@
 //!   [`MIN_DELAY_WINDOW`] samples, up to twice as many where queueing dominates their spread),
 //!   so queueing spikes weigh almost nothing instead of being either used whole or thrown away.
 
-use super::source::TIMESTAMP_NOISE;
 use crate::served::PHI;
 use crate::time::MonoTime;
 use serde::Serialize;
@@ -27,8 +26,8 @@ use serde::Serialize;
 /// Samples in the minimum-delay filter (RFC 5905 NSTAGE).
 pub const FILTER_STAGES: usize = 8;
 /// Samples whose delays are held, for their median and range. Where queueing dominates the
-/// delays' spread (their median lies at least four times the timestamps' noise,
-/// [`TIMESTAMP_NOISE`], above their minimum), the path's minimum delay is tracked over more:
+/// delays' spread (their median lies at least [`LONG_SPAN_MIN_SPREAD`] above their minimum),
+/// the path's minimum delay is tracked over more:
 /// the last `MIN_DELAY_WINDOW` to `2 × MIN_DELAY_WINDOW` samples, through the minimum of the
 /// previous block of `MIN_DELAY_WINDOW` arrivals (4 bytes instead of as many delays again). The
 /// smallest of `n` delays lies about `1/√n` of the queueing's scale above the path's minimum, so
@@ -50,12 +49,13 @@ pub const SHORT_WINDOW: usize = 6;
 /// above the path's (0.82 of the range for 6 delays).
 const SHORT_WINDOW_SPREAD: f64 = 2.0;
 /// The least spread of the held delays (their median's excess over their minimum, seconds)
-/// for which the path's minimum is taken over the longer span of [`MIN_DELAY_WINDOW`]: four
-/// times the timestamps' noise ([`TIMESTAMP_NOISE`]). Below it, a delay smaller than every one
-/// held is as likely a timestamping outlier as the path's minimum, and it would make every
-/// later sample's excess look larger than it is: in clknetsim, with 10 µs of queueing each way
-/// (a median excess of 17 µs), the longer span cost 15 % of the RMS error over 60 seeds.
-const LONG_SPAN_MIN_SPREAD: f64 = 4.0 * TIMESTAMP_NOISE;
+/// for which the path's minimum is taken over the longer span of [`MIN_DELAY_WINDOW`]: 20 µs,
+/// several times the scheduling noise of timestamps taken in user space. Below it, a delay
+/// smaller than every one held is as likely a timestamping outlier as the path's minimum, and
+/// it would make every later sample's excess look larger than it is: in clknetsim, with 10 µs
+/// of queueing each way (a median excess of 17 µs), the longer span cost 15 % of the RMS error
+/// over 60 seeds.
+pub const LONG_SPAN_MIN_SPREAD: f64 = 20e-6;
 /// How far the minimum of `n` delays may lie above the path's, in units of the window's
 /// median excess over its minimum: this over `√n` (0.71 for 8 delays, 0.35 for 32, 0.25 for
 /// the 64 that the minimum spans at most). When each direction
