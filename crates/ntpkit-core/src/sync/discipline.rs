@@ -710,8 +710,9 @@ impl Discipline {
     /// in a row that found the clock settled, once the clock's predicted drift over twice the
     /// current interval (wander plus frequency uncertainty) is within two typical samples'
     /// variances and the estimate holds two samples' information; −1 after a badly predicted
-    /// sample (one held back as an outlier included) or when the drift over one interval exceeds four samples' variances; else 0
-    /// (`POLL_UP_AFTER`, `POLL_UP_DRIFT`, `POLL_TARGET`, `POLL_DOWN_DRIFT`). The interval
+    /// sample (one held back as an outlier included) or when the drift over one interval
+    /// exceeds four samples' variances; else 0 (`POLL_UP_AFTER`, `POLL_UP_DRIFT`,
+    /// `POLL_TARGET`, `POLL_DOWN_DRIFT`). The interval
     /// is thus as long as the clock's wander allows against the samples' noise: noisy paths
     /// and stable clocks poll slowly, where more packets would buy little. Judged on the most
     /// likely model alone: the mixture's spread between models would keep the poll short.
