@@ -104,6 +104,12 @@ const SAMPLE_INFO_MEMORY: f64 = 16.0;
 /// variances: a sample taken sooner would tell little the estimate does not already know, so
 /// its packet would buy little accuracy. chrony's models then poll about as often as chronyd.
 const POLL_UP_DRIFT: f64 = 2.0;
+/// Of that drift, the frequency's uncertainty alone may reach this many typical samples'
+/// variances: the interval grows only once the frequency is known to within a typical
+/// sample's deviation over the doubled interval, so that a clock that follows servers whose
+/// own errors wander (stratum 3 and below) does not learn its frequency from samples hundreds
+/// of seconds apart too soon.
+const POLL_UP_FREQUENCY: f64 = 1.0;
 /// The poll interval halves once the drift over one interval exceeds this many typical
 /// samples' variances (a doubling's drift is 8 times its interval's: no oscillation).
 const POLL_DOWN_DRIFT: f64 = 4.0;
@@ -709,10 +715,11 @@ impl Discipline {
     /// Suggests a poll exponent change for the sources: +1 after four well-predicted samples
     /// in a row that found the clock settled, once the clock's predicted drift over twice the
     /// current interval (wander plus frequency uncertainty) is within two typical samples'
-    /// variances and the estimate holds two samples' information; −1 after a badly predicted
-    /// sample (one held back as an outlier included) or when the drift over one interval
-    /// exceeds four samples' variances; else 0 (`POLL_UP_AFTER`, `POLL_UP_DRIFT`,
-    /// `POLL_TARGET`, `POLL_DOWN_DRIFT`). The interval
+    /// variances, the frequency uncertainty's part of it within one, and the estimate holds
+    /// two samples' information; −1 after a badly predicted sample (one held back as an
+    /// outlier included) or when the drift over one interval exceeds four samples' variances;
+    /// else 0 (`POLL_UP_AFTER`, `POLL_UP_DRIFT`, `POLL_UP_FREQUENCY`, `POLL_TARGET`,
+    /// `POLL_DOWN_DRIFT`). The interval
     /// is thus as long as the clock's wander allows against the samples' noise: noisy paths
     /// and stable clocks poll slowly, where more packets would buy little. Judged on the most
     /// likely model alone: the mixture's spread between models would keep the poll short.
@@ -729,6 +736,7 @@ impl Discipline {
         } else if self.poll_trend >= POLL_UP_AFTER
             && drift(2.0 * poll_interval) < POLL_UP_DRIFT * typical
             && m.p00 * POLL_TARGET <= typical
+            && m.p11 * (2.0 * poll_interval).powi(2) <= POLL_UP_FREQUENCY * typical
         {
             1
         } else {
@@ -1392,6 +1400,29 @@ mod tests {
         assert!(var * POLL_TARGET <= r * 1.0001, "after {n} samples: {var}");
         // A phase-and-frequency estimate holds about n / 4 samples' phase information.
         assert!(n >= 4 * POLL_TARGET as i64, "grew after {n} samples");
+    }
+
+    #[test]
+    fn poll_grows_only_once_the_frequency_is_known_over_the_doubled_interval() {
+        // Well-predicted samples of 30 µs noise until the interval may grow at 64 s.
+        let r = 9e-10;
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        for i in 0.. {
+            d.sample(MonoTime(i * 64 * S), 0.0, r, 64.0);
+            while d.poll_command().is_some() {}
+            if d.clone().poll_adjustment(64.0) > 0 {
+                break;
+            }
+            assert!(i < 200, "the poll never grows");
+        }
+        // A frequency known only to within 1.5 samples' deviations over the doubled interval
+        // (within the drift allowed, which is two): the interval stays.
+        let mut uncertain = d.clone();
+        for m in &mut uncertain.models {
+            m.p11 = 1.5 * r / (128.0f64).powi(2);
+        }
+        assert_eq!(uncertain.poll_adjustment(64.0), 0);
+        assert_eq!(d.poll_adjustment(64.0), 1);
     }
 
     #[test]

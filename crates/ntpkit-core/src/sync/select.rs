@@ -400,9 +400,81 @@ fn largest_agreeing(candidates: &[Candidate]) -> usize {
     best as usize
 }
 
+/// How far the survivors' spread may exceed their stated variance, in units of it, and still
+/// count as their own errors (see [`spread_beyond_stated`]).
+pub const SERVER_ERROR_LIMIT: f64 = 9.0;
+
+/// The variance (s²) the survivors' offsets spread by beyond what their own samples explain:
+/// the sample variance of their `(offset, stated variance)` estimates less the mean stated
+/// variance, never negative; zero for fewer than two. Servers that are themselves disciplined
+/// (stratum 2 and below) each carry an error of their own, tens of µs that changes over
+/// thousands of seconds, which no delay shows: each of their samples holds that error as well
+/// as its path's. A spread of more than [`SERVER_ERROR_LIMIT`] stated variances beyond them
+/// counts for nothing: servers that far apart are converging after their own start or one of
+/// them is wrong, and taken as every sample's noise it held a three-level network started
+/// together at milliseconds for hours (own simulator, `large-network`).
+pub fn spread_beyond_stated(estimates: impl IntoIterator<Item = (f64, f64)>) -> f64 {
+    let (mut n, mut sum, mut sum_sq, mut stated) = (0.0, 0.0, 0.0, 0.0);
+    for (offset, variance) in estimates {
+        n += 1.0;
+        sum += offset;
+        sum_sq += offset * offset;
+        stated += variance;
+    }
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mean = sum / n;
+    let spread = (sum_sq / n - mean * mean).max(0.0) * n / (n - 1.0);
+    let stated = stated / n;
+    let beyond = (spread - stated).max(0.0);
+    if beyond > SERVER_ERROR_LIMIT * stated {
+        return 0.0;
+    }
+    beyond
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_that_agree_within_their_noise_spread_by_nothing_more() {
+        assert_eq!(spread_beyond_stated([]), 0.0);
+        assert_eq!(spread_beyond_stated([(1e-3, 1e-10)]), 0.0);
+        // Four sources within ±10 µs, each stated to 20 µs: nothing beyond.
+        let agree = [
+            (10e-6, 4e-10),
+            (-10e-6, 4e-10),
+            (5e-6, 4e-10),
+            (-5e-6, 4e-10),
+        ];
+        assert_eq!(spread_beyond_stated(agree), 0.0);
+    }
+
+    #[test]
+    fn sources_with_errors_of_their_own_spread_beyond_their_stated_noise() {
+        // ±60 µs apart, each stated to 20 µs: a spread of (69 µs)² of which (20 µs)² is stated.
+        let apart = [
+            (60e-6, 4e-10),
+            (-60e-6, 4e-10),
+            (60e-6, 4e-10),
+            (-60e-6, 4e-10),
+        ];
+        let beyond = spread_beyond_stated(apart);
+        let expected = 60e-6f64.powi(2) * 4.0 / 3.0 - 4e-10;
+        assert!(
+            (beyond - expected).abs() < 1e-15,
+            "{beyond} against {expected}"
+        );
+    }
+
+    #[test]
+    fn sources_far_apart_are_not_taken_for_noise() {
+        // ±5 ms apart, each stated to 20 µs: converging or wrong, not noise.
+        let far = [(5e-3, 4e-10), (-5e-3, 4e-10), (5e-3, 4e-10), (-5e-3, 4e-10)];
+        assert_eq!(spread_beyond_stated(far), 0.0);
+    }
 
     fn c(index: usize, offset: f64) -> Candidate {
         Candidate {

@@ -478,6 +478,16 @@ impl Source {
     /// discipline is worth. The jitter alone is no measure of it: after one sample it is zero.
     pub fn estimate_variance(&self, limits: &SampleLimits) -> Option<f64> {
         let e = self.filter.estimate()?;
+        Some(
+            self.stated_estimate_variance(limits)?
+                .max(e.jitter * e.jitter),
+        )
+    }
+
+    /// The variance (s²) of the filter's chosen sample as its delay states it, as
+    /// [`handle_reply`](Self::handle_reply) states a sample's (no jitter floor).
+    pub fn stated_estimate_variance(&self, limits: &SampleLimits) -> Option<f64> {
+        let e = self.filter.estimate()?;
         let precision = exchange_precision(limits, self.info.map_or(0, |i| i.precision));
         let sample = Sample {
             offset: e.offset,
@@ -485,10 +495,7 @@ impl Source {
             dispersion: precision + PHI * e.delay,
             time: e.time,
         };
-        Some(
-            self.sample_variance(&sample, precision)
-                .max(e.jitter * e.jitter),
-        )
+        Some(self.sample_variance(&sample, precision))
     }
 
     fn reject(&mut self, r: Rejection) -> ReplyOutcome {

@@ -4,7 +4,7 @@
 use super::bound::{BoundForecast, BoundInputs, BoundStatus, ErrorBound, DEFAULT_MAX_CLOCK_ERROR};
 use super::discipline::{Discipline, DisciplineConfig, DisciplineEvent};
 use super::inline::InlineVec;
-use super::select::{select_into, Candidate, NoSelection, Selection};
+use super::select::{select_into, spread_beyond_stated, Candidate, NoSelection, Selection};
 use super::source::{
     Reachability, Rejection, ReplyOutcome, SampleLimits, Source, SourceConfig, TIMESTAMP_NOISE,
     UNREACHABLE_AFTER,
@@ -225,6 +225,9 @@ pub struct SyncSystem {
     reselect_pending: bool,
     /// The end of the holdover was reported.
     holdover_expired: bool,
+    /// Recent mean of the survivors' spread beyond their stated noise (s², see
+    /// [`SERVER_ERROR_MEMORY`]).
+    server_error: f64,
     /// Configured sources the driver has not added yet (names that do not resolve yet).
     unresolved: u32,
     /// The latest (monotonic, clock) pair an input brought: the clock "now" is extrapolated
@@ -259,6 +262,7 @@ impl SyncSystem {
             last_update: None,
             reselect_pending: false,
             holdover_expired: false,
+            server_error: 0.0,
             unresolved: 0,
             clock_seen: (now, clock),
             served: None,
@@ -420,7 +424,8 @@ impl SyncSystem {
                             }
                             _ => (sample.offset, variance),
                         };
-                        self.feed_discipline(now, offset, variance, interval);
+                        let server_error = self.update_server_error(phase);
+                        self.feed_discipline(now, offset, variance + server_error, interval);
                         self.after_update(now, received);
                     }
                 }
@@ -808,6 +813,25 @@ impl SyncSystem {
         self.reselect_with(now, self.discipline.phase_at(now));
     }
 
+    /// Folds the survivors' current spread beyond their stated noise (their filters' chosen
+    /// samples, against the clock at `phase`) into its recent mean, and returns that: the
+    /// variance every survivor's sample carries beyond its path's, from the server's own error
+    /// (see [`spread_beyond_stated`]). Added to each sample's variance, it keeps one server's
+    /// error from steering the clock's frequency until the others confirm it. With one
+    /// survivor it decays to nothing.
+    fn update_server_error(&mut self, phase: f64) -> f64 {
+        let limits = &self.config.limits;
+        let spread = spread_beyond_stated(self.selection.survivors.iter().filter_map(|i| {
+            let src = self.sources.get(i)?.as_ref()?;
+            Some((
+                src.estimate(phase)?.offset,
+                src.stated_estimate_variance(limits)?,
+            ))
+        }));
+        self.server_error += (spread - self.server_error) / SERVER_ERROR_MEMORY;
+        self.server_error
+    }
+
     /// [`reselect`](Self::reselect) when the discipline's phase at `now` is already known.
     fn reselect_with(&mut self, now: MonoTime, phase: f64) {
         let max_distance = self.config.limits.max_distance;
@@ -1101,6 +1125,10 @@ struct Settings {
     max_clock_error: f64,
 }
 
+/// Updates over which the survivors' spread beyond their stated noise is averaged (as the
+/// discipline's noise scale is): one round of samples from four servers is a poor measure of
+/// it, and a variance that jumps from sample to sample would make the gain jump with it.
+const SERVER_ERROR_MEMORY: f64 = 8.0;
 /// How many of the latest updates' unpredicted drift rates the error bound allows for.
 const RECENT_DRIFT_UPDATES: usize = 8;
 /// How much less an update's unpredicted drift counts for each later update.
