@@ -454,15 +454,16 @@ mod tests {
 
     #[test]
     fn sources_with_errors_of_their_own_spread_beyond_their_stated_noise() {
-        // ±60 µs apart, each stated to 20 µs: a spread of (69 µs)² of which (20 µs)² is stated.
+        // ±60 µs apart, each stated to 25 µs: a spread of (69 µs)² of which (25 µs)² is stated
+        // (the rest, (65 µs)², within nine stated variances).
         let apart = [
-            (60e-6, 4e-10),
-            (-60e-6, 4e-10),
-            (60e-6, 4e-10),
-            (-60e-6, 4e-10),
+            (60e-6, 6.25e-10),
+            (-60e-6, 6.25e-10),
+            (60e-6, 6.25e-10),
+            (-60e-6, 6.25e-10),
         ];
         let beyond = spread_beyond_stated(apart);
-        let expected = 60e-6f64.powi(2) * 4.0 / 3.0 - 4e-10;
+        let expected = 60e-6f64.powi(2) * 4.0 / 3.0 - 6.25e-10;
         assert!(
             (beyond - expected).abs() < 1e-15,
             "{beyond} against {expected}"
