@@ -816,9 +816,11 @@ impl SyncSystem {
     /// Folds the survivors' current spread beyond their stated noise (their filters' chosen
     /// samples, against the clock at `phase`) into its recent mean, and returns that: the
     /// variance every survivor's sample carries beyond its path's, from the server's own error
-    /// (see [`spread_beyond_stated`]). Added to each sample's variance, it keeps one server's
-    /// error from steering the clock's frequency until the others confirm it. With one
-    /// survivor it decays to nothing.
+    /// (see [`spread_beyond_stated`]). The chosen samples may be several polls old, so the
+    /// spread also holds how far they disagree once carried forward at the estimated
+    /// frequency: servers polling perfect references still show tens of µs of it. Added to
+    /// each sample's variance, it keeps one server's error from steering the clock's
+    /// frequency until the others confirm it. With one survivor it decays to nothing.
     fn update_server_error(&mut self, phase: f64) -> f64 {
         let limits = &self.config.limits;
         let spread = spread_beyond_stated(self.selection.survivors.iter().filter_map(|i| {
