@@ -133,7 +133,7 @@ def main():
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--length", type=int, default=100_000, help="L, seconds")
     p.add_argument("--start", type=int, default=10_000, help="R, seconds")
-    p.add_argument("--window", type=int, default=64, help="delays the minimum spans")
+    p.add_argument("--window", type=int, default=256, help="delays the minimum spans")
     p.add_argument("--spread", type=float, default=2.0, help="minimum's uncertainty factor")
     p.add_argument("--particles", type=int, default=20_000)
     p.add_argument("--tail", type=float, default=0.25,

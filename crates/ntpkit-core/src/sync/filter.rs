@@ -16,8 +16,9 @@
 //! * A weight for every raw sample, for the discipline: a sample's error from delay asymmetry
 //!   is at most half its delay in excess of the path's minimum; spread uniformly, that is a
 //!   variance of `excess² / 12`. The minimum is tracked over a longer window (the last
-//!   [`MIN_DELAY_WINDOW`] samples, up to twice as many where queueing dominates their spread),
-//!   so queueing spikes weigh almost nothing instead of being either used whole or thrown away.
+//!   [`MIN_DELAY_WINDOW`] samples, up to eight times as many where queueing dominates their
+//!   spread), so queueing spikes weigh almost nothing instead of being either used whole or
+//!   thrown away.
 
 use crate::served::PHI;
 use crate::time::MonoTime;
@@ -28,13 +29,23 @@ pub const FILTER_STAGES: usize = 8;
 /// Samples whose delays are held, for their median and range. Where queueing dominates the
 /// delays' spread (their median lies at least [`LONG_SPAN_MIN_SPREAD`] above their minimum),
 /// the path's minimum delay is tracked over more:
-/// the last `MIN_DELAY_WINDOW` to `2 × MIN_DELAY_WINDOW` samples, through the minimum of the
-/// previous block of `MIN_DELAY_WINDOW` arrivals (4 bytes instead of as many delays again). The
-/// smallest of `n` delays lies about `1/√n` of the queueing's scale above the path's minimum, so
-/// the longer span makes every sample's weight truer; a route that got longer is followed
-/// within two windows. (In clknetsim over 60 seeds, chrony's Test 1 with 10 ms of jitter at
-/// 64 s polls went from 0.71× to 0.66× chronyd's RMS, Test 2 from 1.02× to 0.98×.)
+/// the last `MIN_DELAY_WINDOW` to `(LONG_SPAN_BLOCKS + 1) × MIN_DELAY_WINDOW` samples, through
+/// the minima of the [`LONG_SPAN_BLOCKS`] blocks of `MIN_DELAY_WINDOW` arrivals before the
+/// current one (4 bytes a block instead of as many delays again). The smallest of `n` delays
+/// lies about `1/√n` of the queueing's scale above the path's minimum, so the longer span makes
+/// every sample's weight truer; a route that got longer is followed within one window (see
+/// `ROUTE_CHANGE_SPREAD`). (In clknetsim over 60 seeds, reaching back over 64 delays instead
+/// of 32 took chrony's Test 1 with 10 ms of jitter at 64 s polls from 0.71× to 0.66× chronyd's
+/// RMS, Test 2 from 1.02× to 0.98×; docs/benchmarks.md has the step to 256.)
 pub const MIN_DELAY_WINDOW: usize = 32;
+/// Completed blocks of [`MIN_DELAY_WINDOW`] arrivals whose minima the long span holds: the
+/// path's minimum delay is taken over up to 256 delays.
+pub const LONG_SPAN_BLOCKS: usize = 7;
+/// The older blocks' minimum stops counting once the held delays' minimum lies above it by
+/// more than this many times the held minimum's own uncertainty (`MIN_DELAY_SPREAD` times the
+/// median excess over `√n`): the route got longer. By chance, with queueing each way, the
+/// smallest of 32 delays lies that far above a path's minimum about once in 10⁵ windows.
+const ROUTE_CHANGE_SPREAD: f64 = 2.0;
 /// Delays needed before the window's minimum is trusted to weigh samples as the path's.
 pub const TRUSTED_WINDOW: usize = 8;
 /// Delays from which a window shorter than [`TRUSTED_WINDOW`] already weighs samples, with
@@ -58,7 +69,7 @@ const SHORT_WINDOW_SPREAD: f64 = 2.0;
 pub const LONG_SPAN_MIN_SPREAD: f64 = 20e-6;
 /// How far the minimum of `n` delays may lie above the path's, in units of the window's
 /// median excess over its minimum: this over `√n` (0.71 for 8 delays, 0.35 for 32, 0.25 for
-/// the 64 that the minimum spans at most). When each direction
+/// 64, 0.125 for the 256 that the minimum spans at most). When each direction
 /// queues independently, the excess delay is a sum of two queueing times whose density rises
 /// from zero, and the smallest of `n` lies about `1/√n` of their scale above the true minimum.
 const MIN_DELAY_SPREAD: f64 = 2.0;
@@ -154,9 +165,9 @@ struct DelayWindow {
     /// Minimum of the delays that arrived since the last multiple of [`MIN_DELAY_WINDOW`]
     /// arrivals (infinite when none has).
     block_min: f32,
-    /// Minimum of the block of [`MIN_DELAY_WINDOW`] arrivals before that (infinite until one
-    /// completed).
-    previous_block_min: f32,
+    /// Minima of the [`LONG_SPAN_BLOCKS`] blocks of [`MIN_DELAY_WINDOW`] arrivals before that,
+    /// the latest first (infinite until completed).
+    block_mins: [f32; LONG_SPAN_BLOCKS],
 }
 
 impl DelayWindow {
@@ -167,7 +178,7 @@ impl DelayWindow {
             len: 0,
             next: 0,
             block_min: f32::INFINITY,
-            previous_block_min: f32::INFINITY,
+            block_mins: [f32::INFINITY; LONG_SPAN_BLOCKS],
         }
     }
 
@@ -208,42 +219,54 @@ impl DelayWindow {
         // 256 arrival numbers hold a whole number of blocks.
         self.block_min = self.block_min.min(delay);
         if usize::from(self.next) % MIN_DELAY_WINDOW == 0 {
-            self.previous_block_min = self.block_min;
+            self.block_mins.copy_within(..LONG_SPAN_BLOCKS - 1, 1);
+            self.block_mins[0] = self.block_min;
             self.block_min = f32::INFINITY;
         }
     }
 
     /// The minimum of the last [`Self::spanned`] delays: the held ones and, over a long span
-    /// (see [`Self::long_span`]), the rest of the block of [`MIN_DELAY_WINDOW`] arrivals before
-    /// the current one.
+    /// (see [`Self::long_span`]), the completed blocks of [`MIN_DELAY_WINDOW`] arrivals before
+    /// the current one (the current block's arrivals are all held).
     fn min(&self) -> Option<f64> {
         (self.len > 0).then(|| {
             if self.long_span() {
-                f64::from(
-                    self.sorted[0]
-                        .min(self.block_min)
-                        .min(self.previous_block_min),
-                )
+                f64::from(self.sorted[0].min(self.blocks_min()))
             } else {
                 f64::from(self.sorted[0])
             }
         })
     }
 
-    /// Whether [`Self::min`] reaches into the block before the current one: once one has
-    /// completed, and while the held delays' median lies at least [`LONG_SPAN_MIN_SPREAD`]
-    /// above their minimum.
+    /// The smallest delay of the completed blocks held (infinite before the first completes).
+    fn blocks_min(&self) -> f32 {
+        self.block_mins
+            .iter()
+            .copied()
+            .fold(f32::INFINITY, f32::min)
+    }
+
+    /// Whether [`Self::min`] reaches into the blocks before the current one: once one has
+    /// completed, while the held delays' median lies at least [`LONG_SPAN_MIN_SPREAD`] above
+    /// their minimum, and unless that minimum lies so far above the blocks' that the route got
+    /// longer ([`ROUTE_CHANGE_SPREAD`]).
     fn long_span(&self) -> bool {
-        self.previous_block_min.is_finite()
-            && f64::from(self.sorted[self.len() / 2] - self.sorted[0]) >= LONG_SPAN_MIN_SPREAD
+        let (held_min, median) = (self.sorted[0], self.sorted[self.len() / 2]);
+        let spread = f64::from(median - held_min);
+        let older = self.blocks_min();
+        older.is_finite()
+            && spread >= LONG_SPAN_MIN_SPREAD
+            && f64::from(held_min - older)
+                <= ROUTE_CHANGE_SPREAD * MIN_DELAY_SPREAD * spread / (self.len() as f64).sqrt()
     }
 
     /// How many of the latest delays [`Self::min`] is the minimum of: over a long span,
-    /// [`MIN_DELAY_WINDOW`] plus the arrivals since the last block ended (up to twice the
-    /// window), else the held ones.
+    /// [`MIN_DELAY_WINDOW`] for each completed block held plus the arrivals since the last block
+    /// ended (up to `LONG_SPAN_BLOCKS + 1` windows), else the held ones.
     fn spanned(&self) -> usize {
         if self.long_span() {
-            MIN_DELAY_WINDOW + usize::from(self.next) % MIN_DELAY_WINDOW
+            let blocks = self.block_mins.iter().filter(|m| m.is_finite()).count();
+            MIN_DELAY_WINDOW * blocks + usize::from(self.next) % MIN_DELAY_WINDOW
         } else {
             self.len()
         }
@@ -634,17 +657,23 @@ mod tests {
     }
 
     #[test]
-    fn the_minimum_delay_spans_up_to_two_windows() {
-        // The same spread of delays seen 63 times: the minimum spans all of them (the window
-        // of 32 and the block before it), and a sample at it is trusted as 63 delays vouch for
-        // (median excess 0.4 ms, as above). At 64 a new block begins and the span is 32 again.
+    fn the_minimum_delay_spans_up_to_eight_windows() {
+        // The same spread of delays seen 63 and 255 times: the minimum spans all of them (the
+        // window of 32 and the blocks before it), and a sample at it is trusted as that many
+        // delays vouch for (median excess 0.4 ms, as above). At 256 a new block begins and the
+        // oldest is dropped: the span is seven blocks.
         let mut f = ClockFilter::new();
-        for i in 0..63 {
-            f.add(s(0.0, 0.002 + (i % 8) as f64 * 1e-4, i), MonoTime(i));
+        let sd_after = |f: &mut ClockFilter, from: i64, to: i64| {
+            for i in from..to {
+                f.add(s(0.0, 0.002 + (i % 8) as f64 * 1e-4, i), MonoTime(i));
+            }
+            f.asymmetry_variance(&s(0.0, 0.002, to)).sqrt()
+        };
+        let expected = |n: f64| 0.0004 * MIN_DELAY_SPREAD / n.sqrt() / 12f64.sqrt();
+        for (from, to, n) in [(0, 63, 63.0), (63, 255, 255.0), (255, 256, 224.0)] {
+            let sd = sd_after(&mut f, from, to);
+            assert!((sd / expected(n) - 1.0).abs() < 1e-5, "{to}: {sd}");
         }
-        let sd = f.asymmetry_variance(&s(0.0, 0.002, 63)).sqrt();
-        let expected = 0.0004 * MIN_DELAY_SPREAD / 63f64.sqrt() / 12f64.sqrt();
-        assert!((sd / expected - 1.0).abs() < 1e-5, "{sd}");
     }
 
     #[test]
@@ -667,31 +696,40 @@ mod tests {
     }
 
     #[test]
-    fn a_route_that_got_longer_is_followed_within_two_windows() {
-        // 2 ms paths, then a route 3 ms longer: the old minimum is kept while it lies in the
-        // span, and gone once two blocks of arrivals have passed it.
+    fn a_route_that_got_longer_is_followed_within_one_window() {
+        // 2 ms paths, then a route 3 ms longer: the old minimum is kept while the held delays
+        // include it, and dropped, though older blocks still hold it, once they no longer do.
         let mut f = ClockFilter::new();
         let mut t = 0;
-        for _ in 0..100 {
-            f.add(s(0.0, 0.002 + (t % 5) as f64 * 1e-4, t), MonoTime(t));
-            t += 1;
+        let add = |f: &mut ClockFilter, t: &mut i64, base: f64| {
+            f.add(s(0.0, base + (*t % 5) as f64 * 1e-4, *t), MonoTime(*t));
+            *t += 1;
+        };
+        for _ in 0..300 {
+            add(&mut f, &mut t, 0.002);
         }
         let mut followed_after = None;
-        for k in 1..=2 * MIN_DELAY_WINDOW as i64 {
-            f.add(s(0.0, 0.005 + (t % 5) as f64 * 1e-4, t), MonoTime(t));
-            t += 1;
+        for k in 1..=MIN_DELAY_WINDOW {
+            add(&mut f, &mut t, 0.005);
             if followed_after.is_none() && f.min_delay().unwrap() >= 0.005 - 1e-9 {
                 followed_after = Some(k);
             }
         }
-        let k = followed_after.expect("the longer route's minimum is taken");
-        assert!(
-            k > MIN_DELAY_WINDOW as i64 && k <= 2 * MIN_DELAY_WINDOW as i64,
-            "{k}"
-        );
+        assert_eq!(followed_after, Some(MIN_DELAY_WINDOW));
         // Samples on the new route weigh as its own spread says, not by 3 ms of old excess.
-        let sd = f.asymmetry_variance(&s(0.0, 0.005, t)).sqrt();
+        let sd = f.asymmetry_variance(&s(0.0, 0.005, 0)).sqrt();
         assert!(sd < 1e-4, "{sd}");
+        // Once the old route's blocks are gone, the minimum spans the new route's blocks.
+        for _ in 0..(LONG_SPAN_BLOCKS + 1) * MIN_DELAY_WINDOW {
+            add(&mut f, &mut t, 0.005);
+        }
+        assert_eq!(
+            f.delays.spanned(),
+            LONG_SPAN_BLOCKS * MIN_DELAY_WINDOW + t as usize % MIN_DELAY_WINDOW
+        );
+        // A route that got shorter is taken at once.
+        add(&mut f, &mut t, 0.0015);
+        assert!(f.min_delay().unwrap() < 0.002, "{:?}", f.min_delay());
     }
 
     #[test]
@@ -738,7 +776,7 @@ mod tests {
     }
 
     #[test]
-    fn delay_window_tracks_the_median_of_the_last_32_and_the_minimum_of_32_to_64() {
+    fn delay_window_tracks_the_median_of_the_last_32_and_the_minimum_of_32_to_256() {
         let mut w = DelayWindow::new();
         let mut all: Vec<f32> = Vec::new();
         let mut x: u64 = 1;
@@ -758,13 +796,22 @@ mod tests {
             last.sort_by(f32::total_cmp);
             assert_eq!(w.len(), last.len());
             assert_eq!(w.median(), Some(f64::from(last[last.len() / 2])));
-            // Blocks of 32 arrivals: the current one and the one before it, while the held
-            // delays spread widely enough.
+            // Blocks of 32 arrivals: the current one and up to seven before it, while the
+            // held delays spread widely enough and their minimum lies near the blocks'.
             let spread = f64::from(last[last.len() / 2] - last[0]);
-            let spanned = if all.len() < MIN_DELAY_WINDOW || spread < LONG_SPAN_MIN_SPREAD {
+            let blocks = (all.len() / MIN_DELAY_WINDOW).min(LONG_SPAN_BLOCKS);
+            let current = all.len() % MIN_DELAY_WINDOW;
+            let blocks_min = all
+                [all.len() - current - blocks * MIN_DELAY_WINDOW..all.len() - current]
+                .iter()
+                .copied()
+                .fold(f32::INFINITY, f32::min);
+            let near = f64::from(last[0] - blocks_min)
+                <= ROUTE_CHANGE_SPREAD * MIN_DELAY_SPREAD * spread / (last.len() as f64).sqrt();
+            let spanned = if blocks == 0 || spread < LONG_SPAN_MIN_SPREAD || !near {
                 last.len()
             } else {
-                MIN_DELAY_WINDOW + all.len() % MIN_DELAY_WINDOW
+                blocks * MIN_DELAY_WINDOW + current
             };
             assert_eq!(w.spanned(), spanned, "delay {i}");
             let min = all[all.len() - spanned..]
