@@ -893,7 +893,7 @@ fn now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker() {
         .iter()
         .map(|p| {
             (
-                ntpkit_clock::Clock::open(p).expect("the daemon's page"),
+                open_page(p),
                 ClockBoundClient::new_with_path(p.to_str().unwrap()).expect("AWS's client"),
             )
         })
@@ -1004,6 +1004,20 @@ fn now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker() {
     ));
     let mut aws = ClockBoundClient::new_with_path(pages[1].to_str().unwrap()).unwrap();
     assert_eq!(aws.now().unwrap().clock_status, ClockStatus::Unknown);
+}
+
+/// Opens a daemon's bound page, waiting up to five seconds for it: the daemon creates and
+/// sizes it at start, and a reader that comes right after the control socket may find it not
+/// yet whole.
+fn open_page(path: &std::path::Path) -> ntpkit_clock::Clock {
+    let deadline = Instant::now() + SECS(5);
+    loop {
+        match ntpkit_clock::Clock::open(path) {
+            Ok(clock) => return clock,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("the daemon's page: {e}"),
+        }
+    }
 }
 
 /// Reads a daemon's bound page with `ntpkit-clock` and with AWS's client; if there is a bound,

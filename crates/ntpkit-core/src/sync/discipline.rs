@@ -103,7 +103,7 @@ const SAMPLE_INFO_MEMORY: f64 = 16.0;
 /// (wander plus frequency uncertainty, as a variance) stays within this many typical samples'
 /// variances: a sample taken sooner would tell little the estimate does not already know, so
 /// its packet would buy little accuracy. chrony's models then poll about as often as chronyd.
-const POLL_UP_DRIFT: f64 = 2.0;
+const POLL_UP_DRIFT: f64 = 3.0;
 /// Of that drift, the frequency's uncertainty alone may reach this many typical samples'
 /// variances: the interval grows only once the frequency is known to within a typical
 /// sample's deviation over the doubled interval, so that a clock that follows servers whose
@@ -111,8 +111,11 @@ const POLL_UP_DRIFT: f64 = 2.0;
 /// of seconds apart too soon.
 const POLL_UP_FREQUENCY: f64 = 1.0;
 /// The poll interval halves once the drift over one interval exceeds this many typical
-/// samples' variances (a doubling's drift is 8 times its interval's: no oscillation).
-const POLL_DOWN_DRIFT: f64 = 4.0;
+/// samples' variances (a doubling's drift is 8 times its interval's: no oscillation). At 4
+/// (with doubling up to 2), a clock on a clean path (10 µs of queueing) went back from 512 s
+/// to 256 s at once, and polled 1.08× as often as chronyd for 0.39× its error in clknetsim;
+/// at 12 (up to 3), 0.93× as often for 0.46× (docs/benchmarks.md).
+const POLL_DOWN_DRIFT: f64 = 12.0;
 /// The poll interval grows only once the estimate's offset variance is within a typical
 /// sample's divided by this (it holds that many samples' information).
 const POLL_TARGET: f64 = 2.0;
@@ -714,10 +717,10 @@ impl Discipline {
 
     /// Suggests a poll exponent change for the sources: +1 after four well-predicted samples
     /// in a row that found the clock settled, once the clock's predicted drift over twice the
-    /// current interval (wander plus frequency uncertainty) is within two typical samples'
+    /// current interval (wander plus frequency uncertainty) is within three typical samples'
     /// variances, the frequency uncertainty's part of it within one, and the estimate holds
     /// two samples' information; −1 after a badly predicted sample (one held back as an
-    /// outlier included) or when the drift over one interval exceeds four samples' variances;
+    /// outlier included) or when the drift over one interval exceeds twelve samples' variances;
     /// else 0 (`POLL_UP_AFTER`, `POLL_UP_DRIFT`, `POLL_UP_FREQUENCY`, `POLL_TARGET`,
     /// `POLL_DOWN_DRIFT`). The interval
     /// is thus as long as the clock's wander allows against the samples' noise: noisy paths
@@ -1423,6 +1426,30 @@ mod tests {
         }
         assert_eq!(uncertain.poll_adjustment(64.0), 0);
         assert_eq!(d.poll_adjustment(64.0), 1);
+    }
+
+    #[test]
+    fn a_poll_interval_halves_only_once_the_drift_over_it_reaches_twelve_samples() {
+        // Settled on well-predicted samples of 30 µs noise; then the frequency's uncertainty
+        // alone makes the drift over one 128 s interval 6 or 13 typical samples' variances.
+        let r = 9e-10;
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        for i in 0..200 {
+            d.sample(MonoTime(i * 64 * S), 0.0, r, 64.0);
+            while d.poll_command().is_some() {}
+        }
+        let typical = d.typical_variance();
+        let with_drift = |samples: f64| {
+            let mut c = d.clone();
+            for m in &mut c.models {
+                m.p11 = samples * typical / 128f64.powi(2);
+            }
+            c.poll_trend = 0;
+            c.poll_adjustment(128.0)
+        };
+        // Within twelve (four used to halve it): the interval stays, and does not grow either.
+        assert_eq!(with_drift(6.0), 0);
+        assert_eq!(with_drift(13.0), -1);
     }
 
     #[test]

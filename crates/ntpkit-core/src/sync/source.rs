@@ -2,7 +2,8 @@
 //!
 //! The poll interval is `2^poll` seconds, kept between the source's `minpoll` and `maxpoll`; the
 //! system suggests where inside that range (the discipline knows how long the clock can go
-//! unwatched). `iburst` sends the first few requests two seconds apart. The 8-bit reach register
+//! unwatched). `iburst` sends the first few requests two seconds apart, from half a second
+//! after start. The 8-bit reach register
 //! shifts left at every poll and records a 1 for every reply; after an unanswered request the
 //! next one goes out at the shortest interval allowed (`minpoll`), a source whose register is
 //! empty is unreachable and is polled less often, and one that answers again gets a burst.
@@ -39,6 +40,15 @@ pub const UNREACHABLE_AFTER: u32 = 8;
 pub const BURST_LEN: u8 = 4;
 /// Spacing of burst requests, seconds (shorter if the poll interval is shorter).
 pub const BURST_SPACING: f64 = 2.0;
+/// An `iburst` source's first request goes out this long after start (nanoseconds; a source
+/// without `iburst` waits a random part of a second), so that the first exchange is not timed
+/// while the daemon is still starting up. In clknetsim, whose clock readings gain a growing
+/// offset until a process first waits (for chrony's precision measurement), an exchange 2 ms
+/// after start measured its round trip 25 µs short, and that delay stood as the path's minimum
+/// for hundreds of samples. All of a node's iburst sources start together, so their polls keep
+/// step: started at random moments within half a second, the clock lost to chronyd where a
+/// majority of five sources turns (0.66× → 0.80× its error, docs/benchmarks.md).
+const FIRST_BURST_DELAY_NS: i64 = 500_000_000;
 /// Floor of a sample's error (seconds), whatever the clocks' precision says. Timestamps taken
 /// in user space on either side carry microseconds of scheduling noise, but each such delay
 /// (a request sent after its origin timestamp was read, a reply read after it arrived) also
@@ -218,7 +228,7 @@ pub enum Reachability {
 }
 
 impl Source {
-    /// A source whose first request is due at once (iburst) or within a second.
+    /// A source whose first request is due within a second (see `FIRST_BURST_DELAY_NS`).
     pub fn new(
         address: SocketAddr,
         config: SourceConfig,
@@ -233,7 +243,7 @@ impl Source {
             ..config
         };
         let first = if config.iburst {
-            0
+            FIRST_BURST_DELAY_NS
         } else {
             (rng.next_u64() % NANOS_PER_SEC as u64) as i64
         };
@@ -736,13 +746,39 @@ mod tests {
         )
     }
 
+    /// An iburst source whose first request is due at 0 (instead of after its start-up delay).
     fn src() -> Source {
-        Source::new(
+        let mut s = Source::new(
             "192.0.2.1:123".parse().unwrap(),
             SourceConfig::default(),
             MonoTime(0),
             &mut rng(),
-        )
+        );
+        s.next_poll = MonoTime(0);
+        s
+    }
+
+    #[test]
+    fn the_first_burst_starts_half_a_second_after_start() {
+        let start = MonoTime(7 * NANOS_PER_SEC);
+        let new = |r: &mut dyn RngCore| {
+            Source::new(
+                "192.0.2.1:123".parse().unwrap(),
+                SourceConfig::default(),
+                start,
+                r,
+            )
+        };
+        let mut r = rng();
+        let firsts: Vec<f64> = (0..64)
+            .map(|_| new(&mut r).next_deadline().unwrap().secs_since(start))
+            .collect();
+        assert!(firsts.iter().all(|&f| f == 0.5), "{firsts:?}");
+        // Nothing is sent before it.
+        let mut s = new(&mut rng());
+        let mut buf = [0u8; 48];
+        let early = start.add_nanos(FIRST_BURST_DELAY_NS - 1);
+        assert_eq!(s.transmit(early, T0, &mut rng(), &mut buf, 0), None);
     }
 
     #[test]
