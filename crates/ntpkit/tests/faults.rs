@@ -1006,9 +1006,9 @@ fn now_bounds_the_true_error_across_a_hierarchy_with_a_falseticker() {
     assert_eq!(aws.now().unwrap().clock_status, ClockStatus::Unknown);
 }
 
-/// Opens a daemon's bound page, waiting up to five seconds for it: the daemon creates and
-/// sizes it at start, and a reader that comes right after the control socket may find it not
-/// yet whole.
+/// Opens a daemon's bound page, waiting up to five seconds for it: the daemon creates it at
+/// start, and a reader that comes right after the control socket appears, on a loaded machine,
+/// once found it not yet readable.
 fn open_page(path: &std::path::Path) -> ntpkit_clock::Clock {
     let deadline = Instant::now() + SECS(5);
     loop {
