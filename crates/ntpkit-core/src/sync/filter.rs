@@ -440,16 +440,22 @@ impl ClockFilter {
     /// How far `sample`'s delay is above the path's minimum, once enough delays are known
     /// ([`TRUSTED_WINDOW`]) for that minimum to mean something.
     pub fn excess_delay(&self, sample: &Sample) -> Option<f64> {
-        if self.delays.len() < TRUSTED_WINDOW {
+        if !self.is_trusted() {
             return None;
         }
         Some((sample.delay - self.min_delay()?).max(0.0))
     }
 
+    /// True once the window holds enough delays ([`TRUSTED_WINDOW`]) for its minimum to stand
+    /// for the path's.
+    pub fn is_trusted(&self) -> bool {
+        self.delays.len() >= TRUSTED_WINDOW
+    }
+
     /// How well the tracked minimum delay stands for the path's true minimum: the window's
     /// median excess over it times [`MIN_DELAY_SPREAD`]` / √n`, for the `n` delays the minimum
     /// spans, seconds.
-    fn min_delay_uncertainty(&self) -> f64 {
+    pub fn min_delay_uncertainty(&self) -> f64 {
         match (self.delays.min(), self.delays.median()) {
             (Some(min), Some(median)) if self.delays.len() >= 2 => {
                 let n = self.delays.spanned() as f64;

@@ -5,6 +5,8 @@
 //!                                                   │ estimates          │ weighted samples
 //!                                                   ▼                    ▼
 //!                                     select (intersection, cluster) ─▶ Discipline (Kalman bank)
+//!                                                   │                    ▲ confined by the
+//!                                                   │                    │ survivors' Bands
 //!                                                   │ system peer        │ Step / SetFrequency / Slew
 //!                                                   ▼                    ▼
 //!                                            ServedState            clock commands
@@ -13,6 +15,7 @@
 //! [`SyncSystem`] ties them together and is what drivers use; its doc lists the call contract.
 
 pub mod asymmetry;
+pub mod band;
 mod bias;
 pub mod bound;
 pub mod discipline;

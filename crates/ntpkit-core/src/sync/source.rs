@@ -23,6 +23,7 @@
 //! [`Discipline::phase_at`]: super::Discipline::phase_at
 
 use super::asymmetry::AsymmetryFit;
+use super::band::Bands;
 use super::discipline::Prediction;
 use super::filter::{ClockFilter, FilterEstimate, Sample};
 use crate::exchange::{measure, validate_reply, ReplyError};
@@ -206,6 +207,8 @@ pub struct Source {
     pending: Option<Pending>,
     denied: Option<KissCode>,
     filter: ClockFilter,
+    /// The recent samples' bands, for where they confine the clock.
+    bands: Bands,
     /// How the offsets of this path's samples depend on their excess delay.
     asymmetry: AsymmetryFit,
     info: Option<ServerInfo>,
@@ -259,6 +262,7 @@ impl Source {
             pending: None,
             denied: None,
             filter: ClockFilter::new(),
+            bands: Bands::default(),
             asymmetry: AsymmetryFit::default(),
             info: None,
             last_rejection: None,
@@ -469,6 +473,7 @@ impl Source {
             },
             now,
         );
+        self.bands.push(now, sample.offset + phase, delay);
         let variance = self.sample_variance(&sample, precision);
         self.counters.accepted += 1;
         self.last_rejection = None;
@@ -627,6 +632,50 @@ impl Source {
     /// the new estimate had held since it was taken.
     pub fn reproject(&mut self, now: MonoTime, change: f64) {
         self.filter.reproject(now, -change);
+        self.bands.reproject(now, -change);
+    }
+
+    /// The interval the last samples' bands leave for the offset at `now` (server − local,
+    /// seconds; see [`Bands::interval`]), the phase of the clock's corrections at `now` being
+    /// `phase_now`. None until the path's minimum delay is known, or if the bands leave no
+    /// room.
+    ///
+    /// A band's half-width is half the sample's delay in excess of the path's minimum, plus
+    /// that minimum's own uncertainty, plus the server's root distance (its clock is only
+    /// known to be within that of true time, and a server that follows others drifts within
+    /// it), plus `clock_drift(age)`: what the local clock may have drifted, unknown, since the
+    /// sample. Where the asymmetry fit found the path queueing one way, a band is centred on
+    /// the corrected offset instead, with the half-width a uniform spread of the corrected
+    /// error's variance has.
+    pub fn band_interval(
+        &self,
+        now: MonoTime,
+        phase_now: f64,
+        clock_drift: impl Fn(f64) -> f64,
+    ) -> Option<(f64, f64)> {
+        if !self.filter.is_trusted() {
+            return None;
+        }
+        let min = self.filter.min_delay()?;
+        let min_uncertainty = self.filter.min_delay_uncertainty();
+        let slope = self.asymmetry.slope();
+        let unexplained = self.asymmetry.unexplained().clamp(0.0, 1.0);
+        let root = self
+            .info
+            .map_or(0.0, |i| i.root_delay / 2.0 + i.root_dispersion);
+        let band = |delay: f64| {
+            let x = (delay - min).max(0.0);
+            if slope == 0.0 {
+                return (0.0, (x + min_uncertainty) / 2.0);
+            }
+            let variance = self.asymmetry.corrected_variance(x).unwrap_or_else(|| {
+                let e = x * unexplained.sqrt() + min_uncertainty;
+                e * e / 12.0
+            });
+            (slope * x, (3.0 * variance).sqrt())
+        };
+        self.bands
+            .interval(now, phase_now, band, |age| clock_drift(age) + root)
     }
 
     /// True once the filter holds a sample.

@@ -426,6 +426,7 @@ impl SyncSystem {
                         };
                         let server_error = self.update_server_error(phase);
                         self.feed_discipline(now, offset, variance + server_error, interval);
+                        self.confine_to_bands(now, idx, server_error, interval);
                         self.after_update(now, received);
                     }
                 }
@@ -1065,6 +1066,58 @@ impl SyncSystem {
         self.reproject_sources(now, frequency);
     }
 
+    /// After source `idx`'s sample updated the discipline at `now`, blends the estimate with
+    /// where the survivors' recent samples confine the offset (see [`band`](super::band)):
+    /// each survivor's interval stands for its middle, with the variance of a uniform spread
+    /// over it; they are combined by those variances, with their spread around the combination
+    /// and the servers' error added; one survivor's interval also bounds the estimate. Nothing
+    /// if `idx`'s own bands leave no room (its path or its server's clock just changed).
+    fn confine_to_bands(&mut self, now: MonoTime, idx: usize, server_error: f64, interval: f64) {
+        let phase = self.discipline.phase_at(now);
+        let discipline = &self.discipline;
+        let mut intervals = InlineVec::<(f64, f64), 16>::new((0.0, 0.0));
+        for i in self.selection.survivors.iter() {
+            let Some(Some(src)) = self.sources.get(i) else {
+                continue;
+            };
+            match src.band_interval(now, phase, |age| discipline.drift_bound(age)) {
+                Some(interval) => intervals.push(interval),
+                None if i == idx => return,
+                None => {}
+            }
+        }
+        let weight = |(lo, hi): (f64, f64)| 12.0 / ((hi - lo) * (hi - lo)).max(1e-18);
+        let middle = |(lo, hi): (f64, f64)| 0.5 * (lo + hi);
+        let intervals = intervals.as_slice();
+        let total: f64 = intervals.iter().map(|&i| weight(i)).sum();
+        if total == 0.0 {
+            return;
+        }
+        let mid = intervals
+            .iter()
+            .map(|&i| weight(i) * middle(i))
+            .sum::<f64>()
+            / total;
+        let spread = intervals
+            .iter()
+            .map(|&i| weight(i) * (middle(i) - mid).powi(2))
+            .sum::<f64>()
+            / total;
+        let within = match intervals {
+            [only] => Some(*only),
+            _ => None,
+        };
+        let before = self.discipline.estimated_frequency();
+        self.discipline.confine(
+            now,
+            mid,
+            1.0 / total + spread + server_error,
+            within,
+            interval,
+        );
+        self.reproject_sources(now, before);
+    }
+
     /// After a discipline update at `now` that may have revised the frequency the phase is
     /// extrapolated with (it was `before`), carries every source's samples over to the new one.
     fn reproject_sources(&mut self, now: MonoTime, before: f64) {
@@ -1376,6 +1429,11 @@ mod tests {
             (-u.ln() * self.jitter_ns) as i64
         }
 
+        /// A uniform draw in (0, 1).
+        fn uniform(&mut self) -> f64 {
+            ((self.rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        }
+
         /// True error of the clock now, seconds.
         fn error(&self) -> f64 {
             self.clock.offset_at(EPOCH + self.t) * 1e-9
@@ -1408,6 +1466,35 @@ mod tests {
         let mut b = Bench::fast(offsets, local);
         b.run_for(secs, |_, _| {});
         (b.error(), b.status())
+    }
+
+    /// RMS true error over the second half of `hours` hours of one server over a path
+    /// queueing exponentially each way with a scale of `jitter_ms`, polled every 64 s, by a
+    /// clock whose frequency wanders by 10 ppb per √s (chrony's Test 2 model).
+    fn rms_error_with_queueing(jitter_ms: f64, hours: i64) -> f64 {
+        let mut b = Bench::new(&[0.0], (0.01, 20.0), SystemConfig::default(), polling(6, 6));
+        b.jitter_ns = jitter_ms * 1e6;
+        let minutes = hours * 60;
+        let mut sum = 0.0;
+        for minute in 0..minutes {
+            b.run_for(60, |_, _| {});
+            let (u1, u2) = (b.uniform(), b.uniform());
+            let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            let ppm = b.clock.intrinsic_ppm() + 0.01 * 60f64.sqrt() * normal;
+            b.clock.set_intrinsic_ppm(EPOCH + b.t, ppm);
+            if minute >= minutes / 2 {
+                sum += b.error() * b.error();
+            }
+        }
+        (sum / (minutes - minutes / 2) as f64).sqrt()
+    }
+
+    #[test]
+    fn the_samples_bands_hold_the_clock_closer_than_their_weights_alone() {
+        // Measured over the second day: 585 µs RMS with the bands blended in, 800 µs from the
+        // filters' weighted samples alone.
+        let rms = rms_error_with_queueing(10.0, 48);
+        assert!(rms < 690e-6, "RMS {rms}");
     }
 
     #[test]
