@@ -34,6 +34,9 @@ pub struct Bands {
     times: [MonoTime; BAND_SAMPLES],
     offsets: [f64; BAND_SAMPLES],
     delays: [f32; BAND_SAMPLES],
+    /// How far the server's clock may have been off when each sample was taken (its root
+    /// distance then), seconds.
+    server_errors: [f32; BAND_SAMPLES],
     /// Slot the next sample takes.
     next: u8,
     len: u8,
@@ -45,6 +48,7 @@ impl Default for Bands {
             times: [MonoTime(0); BAND_SAMPLES],
             offsets: [0.0; BAND_SAMPLES],
             delays: [0.0; BAND_SAMPLES],
+            server_errors: [0.0; BAND_SAMPLES],
             next: 0,
             len: 0,
         }
@@ -52,13 +56,16 @@ impl Default for Bands {
 }
 
 impl Bands {
-    /// Holds a sample taken at `time`: its `offset` on the caller's reference and its
-    /// round-trip `delay` (seconds).
-    pub fn push(&mut self, time: MonoTime, offset: f64, delay: f64) {
+    /// Holds a sample taken at `time`: its `offset` on the caller's reference, its round-trip
+    /// `delay` and how far the server's clock may have been off then, `server_error` (its root
+    /// distance; seconds). A band is widened by the latter: a server that follows others moves
+    /// within it, and a sample taken while its clock was still far off stays as far off.
+    pub fn push(&mut self, time: MonoTime, offset: f64, delay: f64, server_error: f64) {
         let slot = usize::from(self.next);
         self.times[slot] = time;
         self.offsets[slot] = offset;
         self.delays[slot] = delay as f32;
+        self.server_errors[slot] = server_error as f32;
         self.next = ((slot + 1) % BAND_SAMPLES) as u8;
         self.len = (usize::from(self.len) + 1).min(BAND_SAMPLES) as u8;
     }
@@ -86,8 +93,8 @@ impl Bands {
     /// The interval `[lo, hi]` every held band leaves for the offset at `now` (server − local,
     /// seconds), the phase at `now` being `phase_now`. `band(delay)` gives a sample of that
     /// delay its band as (shift, half-width): the band is centred on the offset less the
-    /// shift. `widening(age)` adds to the half-width of a sample `age` seconds old. None if
-    /// nothing is held or the bands leave no room.
+    /// shift. The server's error then and `widening(age)` add to the half-width of a sample
+    /// `age` seconds old. None if nothing is held or the bands leave no room.
     pub fn interval(
         &self,
         now: MonoTime,
@@ -102,7 +109,9 @@ impl Bands {
         let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
         for k in 0..n {
             let (shift, half) = band(f64::from(self.delays[k]));
-            let half = half + widening(now.secs_since(self.times[k]).max(0.0));
+            let half = half
+                + f64::from(self.server_errors[k])
+                + widening(now.secs_since(self.times[k]).max(0.0));
             let center = self.offsets[k] - phase_now - shift;
             lo = lo.max(center - half);
             hi = hi.min(center + half);
@@ -128,9 +137,9 @@ mod tests {
     fn the_interval_is_where_every_band_overlaps() {
         let mut b = Bands::default();
         assert_eq!(plain(&b, at(0), 0.0), None);
-        b.push(at(0), 1e-3, 4e-3); // [-1, 3] ms
-        b.push(at(64), -0.5e-3, 2e-3); // [-1.5, 0.5] ms
-        b.push(at(128), 0.2e-3, 10e-3); // [-4.8, 5.2] ms
+        b.push(at(0), 1e-3, 4e-3, 0.0); // [-1, 3] ms
+        b.push(at(64), -0.5e-3, 2e-3, 0.0); // [-1.5, 0.5] ms
+        b.push(at(128), 0.2e-3, 10e-3, 0.0); // [-4.8, 5.2] ms
         let (lo, hi) = plain(&b, at(128), 0.0).unwrap();
         assert!(
             (lo + 1e-3).abs() < 1e-9 && (hi - 0.5e-3).abs() < 1e-9,
@@ -147,8 +156,8 @@ mod tests {
     #[test]
     fn bands_that_leave_no_room_confine_nothing() {
         let mut b = Bands::default();
-        b.push(at(0), 0.0, 1e-3); // [-0.5, 0.5] ms
-        b.push(at(64), 2e-3, 1e-3); // [1.5, 2.5] ms
+        b.push(at(0), 0.0, 1e-3, 0.0); // [-0.5, 0.5] ms
+        b.push(at(64), 2e-3, 1e-3, 0.0); // [1.5, 2.5] ms
         assert_eq!(plain(&b, at(64), 0.0), None);
         // Widened by what the clock may have drifted in 64 s, they overlap again.
         let widened = b.interval(at(64), 0.0, |d| (0.0, d / 2.0), |age| age * 20e-6);
@@ -162,7 +171,7 @@ mod tests {
     #[test]
     fn a_shift_moves_each_band_by_its_delay() {
         let mut b = Bands::default();
-        b.push(at(0), 1e-3, 2e-3);
+        b.push(at(0), 1e-3, 2e-3, 0.0);
         // A path queueing one way: the offset is off by a fifth of the delay.
         let (lo, hi) = b
             .interval(at(0), 0.0, |d| (0.2 * d, 0.1 * d), |_| 0.0)
@@ -177,13 +186,13 @@ mod tests {
     fn the_oldest_sample_gives_way_after_the_ring_is_full() {
         let mut b = Bands::default();
         // A narrow band far off, then enough wide ones to push it out.
-        b.push(at(0), 5e-3, 0.0);
+        b.push(at(0), 5e-3, 0.0, 0.0);
         for k in 1..BAND_SAMPLES as i64 {
-            b.push(at(k), 0.0, 0.015625);
+            b.push(at(k), 0.0, 0.015625, 0.0);
         }
         assert_eq!(b.len(), BAND_SAMPLES);
         assert_eq!(plain(&b, at(40), 0.0), Some((5e-3, 5e-3)));
-        b.push(at(BAND_SAMPLES as i64), 0.0, 0.015625);
+        b.push(at(BAND_SAMPLES as i64), 0.0, 0.015625, 0.0);
         assert_eq!(b.len(), BAND_SAMPLES);
         assert_eq!(plain(&b, at(40), 0.0), Some((-0.0078125, 0.0078125)));
     }
@@ -191,8 +200,8 @@ mod tests {
     #[test]
     fn reprojecting_moves_each_offset_by_its_age() {
         let mut b = Bands::default();
-        b.push(at(0), 0.0, 0.0);
-        b.push(at(100), 0.0, 2e-3);
+        b.push(at(0), 0.0, 0.0, 0.0);
+        b.push(at(100), 0.0, 2e-3, 0.0);
         b.reproject(at(100), 1e-6); // the first sample moves by 100 µs, the second not at all
         let (lo, hi) = plain(&b, at(100), 0.0).unwrap();
         assert!(

@@ -473,7 +473,12 @@ impl Source {
             },
             now,
         );
-        self.bands.push(now, sample.offset + phase, delay);
+        self.bands.push(
+            now,
+            sample.offset + phase,
+            delay,
+            info.root_delay / 2.0 + info.root_dispersion,
+        );
         let variance = self.sample_variance(&sample, precision);
         self.counters.accepted += 1;
         self.last_rejection = None;
@@ -641,10 +646,10 @@ impl Source {
     /// room.
     ///
     /// A band's half-width is half the sample's delay in excess of the path's minimum, plus
-    /// that minimum's own uncertainty, plus the server's root distance (its clock is only
-    /// known to be within that of true time, and a server that follows others drifts within
-    /// it), plus `clock_drift(age)`: what the local clock may have drifted, unknown, since the
-    /// sample. Where the asymmetry fit found the path queueing one way, a band is centred on
+    /// that minimum's own uncertainty, plus the server's root distance when the sample was
+    /// taken (its clock was only known to be within that of true time, and a server that
+    /// follows others drifts within it), plus `clock_drift(age)`: what the local clock may
+    /// have drifted, unknown, since the sample. Where the asymmetry fit found the path queueing one way, a band is centred on
     /// the corrected offset instead, with the half-width a uniform spread of the corrected
     /// error's variance has.
     pub fn band_interval(
@@ -660,9 +665,6 @@ impl Source {
         let min_uncertainty = self.filter.min_delay_uncertainty();
         let slope = self.asymmetry.slope();
         let unexplained = self.asymmetry.unexplained().clamp(0.0, 1.0);
-        let root = self
-            .info
-            .map_or(0.0, |i| i.root_delay / 2.0 + i.root_dispersion);
         let band = |delay: f64| {
             let x = (delay - min).max(0.0);
             if slope == 0.0 {
@@ -674,8 +676,7 @@ impl Source {
             });
             (slope * x, (3.0 * variance).sqrt())
         };
-        self.bands
-            .interval(now, phase_now, band, |age| clock_drift(age) + root)
+        self.bands.interval(now, phase_now, band, clock_drift)
     }
 
     /// True once the filter holds a sample.
