@@ -27,8 +27,8 @@ use crate::time::MonoTime;
 /// in a reference estimator: 8 samples made it worse, 16 gained half of what 32 gain).
 pub const BAND_SAMPLES: usize = 32;
 
-/// The last [`BAND_SAMPLES`] samples of one source, oldest overwritten; held as three arrays
-/// (640 bytes) rather than padded records.
+/// The last [`BAND_SAMPLES`] samples of one source, oldest overwritten; held as four arrays
+/// (768 bytes) rather than padded records.
 #[derive(Clone, Debug)]
 pub struct Bands {
     times: [MonoTime; BAND_SAMPLES],
