@@ -595,7 +595,7 @@ impl Discipline {
         };
     }
 
-    /// How far, with [`BAND_DRIFT_SIGMAS`] standard deviations, the clock may have drifted
+    /// How far, with two standard deviations, the clock may have drifted
     /// unknown over the last `age` seconds (the driving model's frequency uncertainty over
     /// `age`, and its wander), seconds: what a sample's band is widened by when carried to
     /// now. Infinite before the first sample.
@@ -612,7 +612,8 @@ impl Discipline {
     /// variance `variance` from where the sources' recent samples confine it (see
     /// [`band`](super::band)); with `within`, the estimate is first brought into that interval.
     /// Each model moves its phase by the share its own variance gives, and its frequency by
-    /// what its covariance implies for that move (see [`BAND_FREQUENCY_POLL`]); the
+    /// what its covariance implies for that move (at poll intervals beyond 64 s, that times
+    /// 64 s over the interval: the same bands are blended in at every update); the
     /// covariances stay as they are, since the bands hold samples the models have already
     /// seen. Then steers anew. Nothing before eight updates.
     pub fn confine(

@@ -453,8 +453,8 @@ impl ClockFilter {
     }
 
     /// How well the tracked minimum delay stands for the path's true minimum: the window's
-    /// median excess over it times [`MIN_DELAY_SPREAD`]` / √n`, for the `n` delays the minimum
-    /// spans, seconds.
+    /// median excess over it times twice `1 / √n`, for the `n` delays the minimum spans,
+    /// seconds.
     pub fn min_delay_uncertainty(&self) -> f64 {
         match (self.delays.min(), self.delays.median()) {
             (Some(min), Some(median)) if self.delays.len() >= 2 => {
