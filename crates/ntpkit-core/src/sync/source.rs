@@ -649,9 +649,9 @@ impl Source {
     /// that minimum's own uncertainty, plus the server's root distance when the sample was
     /// taken (its clock was only known to be within that of true time, and a server that
     /// follows others drifts within it), plus `clock_drift(age)`: what the local clock may
-    /// have drifted, unknown, since the sample. Where the asymmetry fit found the path queueing one way, a band is centred on
-    /// the corrected offset instead, with the half-width a uniform spread of the corrected
-    /// error's variance has.
+    /// have drifted, unknown, since the sample. Where the asymmetry fit found the path
+    /// queueing one way, a band is centred on the corrected offset instead, with the
+    /// half-width a uniform spread of the corrected error's variance has.
     pub fn band_interval(
         &self,
         now: MonoTime,
