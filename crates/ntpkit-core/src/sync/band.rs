@@ -6,12 +6,12 @@
 //! filters use a sample's band only through its variance (`excess²/12`); where queueing
 //! reaches milliseconds, the few samples that met empty queues both ways have narrow bands,
 //! and the intersection of the recent bands is narrower than the weighted mean's deviation.
-//! The system blends the discipline's estimate with the intersection's middle
-//! ([`Discipline::confine`](super::Discipline::confine)).
+//! While a source is the only one selected, the system blends the discipline's estimate with
+//! the intersection's middle ([`Discipline::confine`](super::Discipline::confine)).
 //!
 //! A band stays a bound only while its sample can be carried to "now": the caller widens each
 //! by what the clock may have drifted since, unknown, and by what the server's own clock may
-//! be off (its root distance). Bands that leave no room at all mean the path or a clock
+//! have been off when the sample was taken (its root distance then). Bands that leave no room at all mean the path or a clock
 //! changed, and then nothing is confined.
 //!
 //! Offsets are held as the filter holds them: on the caller's reference (the sample's offset
@@ -21,10 +21,9 @@
 
 use crate::time::MonoTime;
 
-/// Samples whose bands are held. With queueing each way, a band narrower than a tenth of the
-/// queueing's scale comes about once in 30 samples; over fewer than 32 the intersection was
-/// hardly narrower than the filters' estimate (chrony's Test 2 model with 10 ms of queueing,
-/// in a reference estimator: 8 samples made it worse, 16 gained half of what 32 gain).
+/// Samples whose bands are held. With exponential queueing of scale `J` each way, an excess
+/// delay below `J/4` (a band a quarter as wide as a typical one) comes once in about 40
+/// samples (`1 − e^{−¼}·(1 + ¼)`), so a window much shorter than that rarely holds one.
 pub const BAND_SAMPLES: usize = 32;
 
 /// The last [`BAND_SAMPLES`] samples of one source, oldest overwritten; held as four arrays

@@ -1074,7 +1074,7 @@ impl SyncSystem {
     /// distance, and the middle of their wide intersections, blended in again at every update,
     /// drags the estimate with its slowly changing noise (in the own simulator's large network,
     /// whose clients poll four stratum-3 servers over a path of 1 ms of queueing, one seed's
-    /// clients went from 185 to 258 µs RMS; in clknetsim the models with several sources gained
+    /// clients went from 185 to 258 µs median RMS; in clknetsim the models with several sources gained
     /// 0.01× at most). Nothing if the bands leave no room (the path or the server's clock just
     /// changed).
     fn confine_to_bands(&mut self, now: MonoTime, idx: usize, server_error: f64, interval: f64) {
