@@ -10,9 +10,13 @@
 //! the intersection's middle ([`Discipline::confine`](super::Discipline::confine)).
 //!
 //! A band stays a bound only while its sample can be carried to "now": the caller widens each
-//! by what the clock may have drifted since, unknown, and by what the server's own clock may
-//! have been off when the sample was taken (its root distance then). Bands that leave no room at all mean the path or a clock
-//! changed, and then nothing is confined.
+//! by what the clock may have wandered since from a straight line, unknown, and by what the
+//! server's own clock may have been off when the sample was taken (its root distance then).
+//! The frequency the samples were carried at is only known within a bound, but one error of
+//! it moves every sample by its own age: the bands confine the offset and that error together
+//! (a polygon in the two), which holds the offset closer than bands each widened by the whole
+//! frequency uncertainty over its age. Bands that leave no room at all mean the path or a
+//! clock changed, and then nothing is confined.
 //!
 //! Offsets are held as the filter holds them: on the caller's reference (the sample's offset
 //! plus the phase of the clock's own corrections when it was taken), read at `now` by
@@ -89,33 +93,131 @@ impl Bands {
         self.len == 0
     }
 
-    /// The interval `[lo, hi]` every held band leaves for the offset at `now` (server − local,
-    /// seconds), the phase at `now` being `phase_now`. `band(delay)` gives a sample of that
-    /// delay its band as (shift, half-width): the band is centred on the offset less the
-    /// shift. The server's error then and `widening(age)` add to the half-width of a sample
+    /// The interval `[lo, hi]` the held bands leave for the offset at `now` (server − local,
+    /// seconds), the phase at `now` being `phase_now` and the rate the offsets were carried
+    /// at being off by an unknown error within `±rate_bound` (s/s). `band(delay)` gives a
+    /// sample of that delay its band as (shift, half-width): the band is centred on the offset
+    /// less the shift. The server's error then and `widening(age)` (what the clock may have
+    /// wandered from a straight line over `age` seconds) add to the half-width of a sample
     /// `age` seconds old. None if nothing is held or the bands leave no room.
+    ///
+    /// Every sample holds the pair (offset now, rate error) within a slab: the rate error
+    /// moves a sample `age` seconds old by `age` times itself. All the slabs and the rate's
+    /// bound hold it within a convex polygon, and the interval is that polygon's extent in the
+    /// offset. One rate serves every sample, so samples far apart in time that agree on it
+    /// confine the offset more than bands each widened by the whole `rate_bound × age` would.
     pub fn interval(
         &self,
         now: MonoTime,
         phase_now: f64,
         band: impl Fn(f64) -> (f64, f64),
         widening: impl Fn(f64) -> f64,
+        rate_bound: f64,
     ) -> Option<(f64, f64)> {
         let n = self.len();
-        if n == 0 {
+        if n == 0 || !(rate_bound.is_finite() && rate_bound >= 0.0) {
             return None;
         }
-        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
-        for k in 0..n {
+        // The rate error is held times the oldest sample's age, so that both coordinates are
+        // offsets (seconds) of like size.
+        let span = self.times[..n]
+            .iter()
+            .map(|&t| now.secs_since(t))
+            .fold(1.0, f64::max);
+        let mut slabs = [(0.0, 0.0, 0.0); BAND_SAMPLES];
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (k, slab) in slabs[..n].iter_mut().enumerate() {
+            let age = now.secs_since(self.times[k]).max(0.0);
             let (shift, half) = band(f64::from(self.delays[k]));
-            let half = half
-                + f64::from(self.server_errors[k])
-                + widening(now.secs_since(self.times[k]).max(0.0));
+            let half = half + f64::from(self.server_errors[k]) + widening(age);
             let center = self.offsets[k] - phase_now - shift;
-            lo = lo.max(center - half);
-            hi = hi.min(center + half);
+            *slab = (age / span, center, half);
+            // Whatever the slabs leave lies within any one of them.
+            lo = lo.min(center - half - rate_bound * age);
+            hi = hi.max(center + half + rate_bound * age);
         }
-        (lo <= hi).then_some((lo, hi))
+        // (x, y) = (offset now, rate error × span): each sample holds
+        // |x − (age / span)·y − center| ≤ half.
+        let y = rate_bound * span;
+        let mut region = Polygon::rectangle((lo, hi), (-y, y));
+        let mut spare = Polygon::default();
+        for &(scaled_age, center, half) in &slabs[..n] {
+            for (a, b, c) in [
+                (1.0, -scaled_age, center + half),
+                (-1.0, scaled_age, half - center),
+            ] {
+                region.clip_into(a, b, c, &mut spare);
+                core::mem::swap(&mut region, &mut spare);
+                if region.len == 0 {
+                    return None;
+                }
+            }
+        }
+        Some(region.x_extent())
+    }
+}
+
+/// Vertices a region of [`Bands::interval`] can have: a rectangle cut by two sides of every
+/// band, each cut adding at most one.
+const MAX_VERTICES: usize = 4 + 2 * BAND_SAMPLES;
+
+/// A convex polygon (vertices in order), on the stack.
+struct Polygon {
+    vertices: [(f64, f64); MAX_VERTICES],
+    len: usize,
+}
+
+impl Default for Polygon {
+    fn default() -> Self {
+        Polygon {
+            vertices: [(0.0, 0.0); MAX_VERTICES],
+            len: 0,
+        }
+    }
+}
+
+impl Polygon {
+    /// `x.0 ≤ x ≤ x.1`, `y.0 ≤ y ≤ y.1` (a segment or a point if either is one value).
+    fn rectangle(x: (f64, f64), y: (f64, f64)) -> Self {
+        let mut p = Polygon::default();
+        p.vertices[..4].copy_from_slice(&[(x.0, y.0), (x.1, y.0), (x.1, y.1), (x.0, y.1)]);
+        p.len = 4;
+        p
+    }
+
+    /// Writes to `out` the part of the polygon where `a·x + b·y ≤ c`: each vertex inside is
+    /// kept, and each edge that crosses the line adds the point where it does.
+    fn clip_into(&self, a: f64, b: f64, c: f64, out: &mut Polygon) {
+        out.len = 0;
+        let n = self.len;
+        let mut push = |v: (f64, f64)| {
+            if out.len < MAX_VERTICES {
+                out.vertices[out.len] = v;
+                out.len += 1;
+            }
+        };
+        for i in 0..n {
+            let p = self.vertices[i];
+            let q = self.vertices[(i + 1) % n];
+            let fp = a * p.0 + b * p.1 - c;
+            let fq = a * q.0 + b * q.1 - c;
+            if fp <= 0.0 {
+                push(p);
+            }
+            if (fp < 0.0 && fq > 0.0) || (fp > 0.0 && fq < 0.0) {
+                let t = fp / (fp - fq);
+                push((p.0 + t * (q.0 - p.0), p.1 + t * (q.1 - p.1)));
+            }
+        }
+    }
+
+    /// The lowest and highest `x`.
+    fn x_extent(&self) -> (f64, f64) {
+        self.vertices[..self.len]
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v.0), hi.max(v.0))
+            })
     }
 }
 
@@ -129,7 +231,7 @@ mod tests {
 
     /// Half-width of half the delay, centred on the offset; no widening.
     fn plain(b: &Bands, now: MonoTime, phase: f64) -> Option<(f64, f64)> {
-        b.interval(now, phase, |d| (0.0, d / 2.0), |_| 0.0)
+        b.interval(now, phase, |d| (0.0, d / 2.0), |_| 0.0, 0.0)
     }
 
     #[test]
@@ -159,12 +261,43 @@ mod tests {
         b.push(at(64), 2e-3, 1e-3, 0.0); // [1.5, 2.5] ms
         assert_eq!(plain(&b, at(64), 0.0), None);
         // Widened by what the clock may have drifted in 64 s, they overlap again.
-        let widened = b.interval(at(64), 0.0, |d| (0.0, d / 2.0), |age| age * 20e-6);
+        let widened = b.interval(at(64), 0.0, |d| (0.0, d / 2.0), |age| age * 20e-6, 0.0);
         let (lo, hi) = widened.unwrap();
         assert!(
             (lo - 1.5e-3).abs() < 1e-9 && (hi - 1.78e-3).abs() < 1e-9,
             "{lo} {hi}"
         );
+        // As they do if the rate they were carried at may be off by 20 ppm.
+        let rate = b.interval(at(64), 0.0, |d| (0.0, d / 2.0), |_| 0.0, 20e-6);
+        let (lo, hi) = rate.unwrap();
+        assert!(
+            (lo - 1.5e-3).abs() < 1e-9 && (hi - 1.78e-3).abs() < 1e-9,
+            "{lo} {hi}"
+        );
+    }
+
+    #[test]
+    fn samples_that_agree_on_a_rate_confine_more_than_each_alone() {
+        let mut b = Bands::default();
+        // Two narrow bands 1000 s apart, 0.5 ms apart: a rate error of 0.5 ± 0.2 ppm.
+        b.push(at(0), 0.0, 0.2e-3, 0.0);
+        b.push(at(1000), 0.5e-3, 0.2e-3, 0.0);
+        b.push(at(2000), 1e-3, 2e-3, 0.0);
+        let band = |d: f64| (0.0, d / 2.0);
+        // Each band widened by the whole 1 ppm over its age leaves [0, 1.6] ms; one rate for
+        // all of them leaves 1 ms ± 0.3 ms.
+        let (lo, hi) = b.interval(at(2000), 0.0, band, |_| 0.0, 1e-6).unwrap();
+        assert!(
+            (lo - 0.7e-3).abs() < 1e-9 && (hi - 1.3e-3).abs() < 1e-9,
+            "{lo} {hi}"
+        );
+        // A rate beyond the bound is no rate at all.
+        assert_eq!(b.interval(at(2000), 0.0, band, |_| 0.0, 0.2e-6), None);
+        // What the clock may have wandered widens each band by its age.
+        let (lo, hi) = b
+            .interval(at(2000), 0.0, band, |age| age * 0.05e-6, 1e-6)
+            .unwrap();
+        assert!(lo < 0.7e-3 - 1e-6 && hi > 1.3e-3 + 1e-6, "{lo} {hi}");
     }
 
     #[test]
@@ -173,7 +306,7 @@ mod tests {
         b.push(at(0), 1e-3, 2e-3, 0.0);
         // A path queueing one way: the offset is off by a fifth of the delay.
         let (lo, hi) = b
-            .interval(at(0), 0.0, |d| (0.2 * d, 0.1 * d), |_| 0.0)
+            .interval(at(0), 0.0, |d| (0.2 * d, 0.1 * d), |_| 0.0, 0.0)
             .unwrap();
         assert!(
             (lo - 0.4e-3).abs() < 1e-9 && (hi - 0.8e-3).abs() < 1e-9,
@@ -190,10 +323,18 @@ mod tests {
             b.push(at(k), 0.0, 0.015625, 0.0);
         }
         assert_eq!(b.len(), BAND_SAMPLES);
-        assert_eq!(plain(&b, at(40), 0.0), Some((5e-3, 5e-3)));
+        let (lo, hi) = plain(&b, at(40), 0.0).unwrap();
+        assert!(
+            (lo - 5e-3).abs() < 1e-12 && (hi - 5e-3).abs() < 1e-12,
+            "{lo} {hi}"
+        );
         b.push(at(BAND_SAMPLES as i64), 0.0, 0.015625, 0.0);
         assert_eq!(b.len(), BAND_SAMPLES);
-        assert_eq!(plain(&b, at(40), 0.0), Some((-0.0078125, 0.0078125)));
+        let (lo, hi) = plain(&b, at(40), 0.0).unwrap();
+        assert!(
+            (lo + 0.0078125).abs() < 1e-12 && (hi - 0.0078125).abs() < 1e-12,
+            "{lo} {hi}"
+        );
     }
 
     #[test]

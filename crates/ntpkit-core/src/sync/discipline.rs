@@ -117,9 +117,11 @@ const POLL_UP_FREQUENCY: f64 = 1.0;
 /// at 12 (up to 3), 0.93× as often for 0.46× (docs/benchmarks.md).
 const POLL_DOWN_DRIFT: f64 = 12.0;
 /// A sample's band is carried to "now" widened by this many standard deviations of what the
-/// clock may have drifted since (see [`Discipline::drift_bound`]). At one, too many bands
-/// missed the clock: in clknetsim, chrony's Test 2 model with 10 ms of queueing came to 0.70×
-/// chronyd's RMS error instead of 0.67×.
+/// clock may have wandered since ([`Discipline::wander_bound`]), and the bands share a
+/// frequency error within this many deviations of the estimate's
+/// ([`Discipline::frequency_bound`]). At one, too many bands missed the clock: in clknetsim,
+/// chrony's Test 2 model with 10 ms of queueing came to 0.70× chronyd's RMS error instead of
+/// 0.67×.
 const BAND_DRIFT_SIGMAS: f64 = 2.0;
 /// Poll interval (seconds) up to which a confinement moves the frequency estimate by the share
 /// the estimate's own covariance gives; at longer intervals by that share times this over the
@@ -595,17 +597,21 @@ impl Discipline {
         };
     }
 
-    /// How far, with two standard deviations, the clock may have drifted
-    /// unknown over the last `age` seconds (the driving model's frequency uncertainty over
-    /// `age`, and its wander), seconds: what a sample's band is widened by when carried to
-    /// now. Infinite before the first sample.
-    pub fn drift_bound(&self, age: f64) -> f64 {
-        let Some(m) = self.models.get(self.best()) else {
-            return f64::INFINITY;
-        };
+    /// How far, with two standard deviations, the clock may have wandered unknown from a
+    /// straight line at its estimated frequency over the last `age` seconds (the driving
+    /// model's wander), seconds: what a sample's band is widened by when carried to now.
+    pub fn wander_bound(&self, age: f64) -> f64 {
         let q = WANDER_MODELS[self.best()];
-        let wander = (q * age * age * age / 3.0 + PHASE_NOISE * age).sqrt();
-        BAND_DRIFT_SIGMAS * (m.p11.max(0.0).sqrt() * age + wander)
+        BAND_DRIFT_SIGMAS * (q * age * age * age / 3.0 + PHASE_NOISE * age).sqrt()
+    }
+
+    /// How far, with two standard deviations, the estimated frequency may be off (the driving
+    /// model's uncertainty), s/s: the rate error the bands may share. Infinite before the
+    /// first sample.
+    pub fn frequency_bound(&self) -> f64 {
+        self.models
+            .get(self.best())
+            .map_or(f64::INFINITY, |m| BAND_DRIFT_SIGMAS * m.p11.max(0.0).sqrt())
     }
 
     /// Blends the estimate at `now` with `mid`, an independent estimate of the offset of
@@ -1378,16 +1384,30 @@ mod tests {
     }
 
     #[test]
-    fn the_drift_bound_grows_with_age_and_is_unbounded_before_any_sample() {
+    fn the_bounds_grow_with_age_and_shrink_with_samples() {
         let d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
-        assert_eq!(d.drift_bound(10.0), f64::INFINITY);
-        let (d, _, _) = settled_for_confining();
+        assert_eq!(d.frequency_bound(), f64::INFINITY);
+        let (mut d, mut now, _) = settled_for_confining();
         let (a, b, c) = (
-            d.drift_bound(0.0),
-            d.drift_bound(64.0),
-            d.drift_bound(640.0),
+            d.wander_bound(0.0),
+            d.wander_bound(64.0),
+            d.wander_bound(640.0),
         );
+        // Wander grows as age^1.5 once the phase noise is outgrown.
         assert!(a == 0.0 && b > 0.0 && c > 10.0 * b, "{a} {b} {c}");
+        let settled = d.frequency_bound();
+        assert!(settled > 0.0 && settled < 1e-6, "{settled}");
+        // Sixteen samples more, and the frequency is known better.
+        for _ in 0..16 {
+            now = now.add_secs_f64(64.0);
+            let z = d.predicted_offset(now).map_or(0.0, |p| p.offset);
+            d.sample(now, z, 1e-10, 64.0);
+        }
+        assert!(
+            d.frequency_bound() < settled,
+            "{} {settled}",
+            d.frequency_bound()
+        );
     }
 
     #[test]

@@ -642,21 +642,22 @@ impl Source {
 
     /// The interval the last samples' bands leave for the offset at `now` (server − local,
     /// seconds; see [`Bands::interval`]), the phase of the clock's corrections at `now` being
-    /// `phase_now`. None until the path's minimum delay is known, or if the bands leave no
-    /// room.
+    /// `phase_now` and the frequency it was extrapolated at being known within `±rate_bound`
+    /// (s/s). None until the path's minimum delay is known, or if the bands leave no room.
     ///
     /// A band's half-width is half the sample's delay in excess of the path's minimum, plus
     /// that minimum's own uncertainty, plus the server's root distance when the sample was
     /// taken (its clock was only known to be within that of true time, and a server that
-    /// follows others drifts within it), plus `clock_drift(age)`: what the local clock may
-    /// have drifted, unknown, since the sample. Where the asymmetry fit found the path
-    /// queueing one way, a band is centred on the corrected offset instead, with the
+    /// follows others drifts within it), plus `wander(age)`: what the local clock may have
+    /// wandered, unknown, from a straight line since the sample. Where the asymmetry fit found
+    /// the path queueing one way, a band is centred on the corrected offset instead, with the
     /// half-width a uniform spread of the corrected error's variance has.
     pub fn band_interval(
         &self,
         now: MonoTime,
         phase_now: f64,
-        clock_drift: impl Fn(f64) -> f64,
+        wander: impl Fn(f64) -> f64,
+        rate_bound: f64,
     ) -> Option<(f64, f64)> {
         if !self.filter.is_trusted() {
             return None;
@@ -676,7 +677,8 @@ impl Source {
             });
             (slope * x, (3.0 * variance).sqrt())
         };
-        self.bands.interval(now, phase_now, band, clock_drift)
+        self.bands
+            .interval(now, phase_now, band, wander, rate_bound)
     }
 
     /// True once the filter holds a sample.

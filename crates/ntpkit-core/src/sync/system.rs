@@ -1086,8 +1086,12 @@ impl SyncSystem {
         let Some(Some(src)) = self.sources.get(idx) else {
             return;
         };
-        let Some((lo, hi)) = src.band_interval(now, phase, |age| discipline.drift_bound(age))
-        else {
+        let Some((lo, hi)) = src.band_interval(
+            now,
+            phase,
+            |age| discipline.wander_bound(age),
+            discipline.frequency_bound(),
+        ) else {
             return;
         };
         let variance = (hi - lo) * (hi - lo) / 12.0 + server_error;
