@@ -123,14 +123,6 @@ const POLL_DOWN_DRIFT: f64 = 12.0;
 /// chrony's Test 2 model with 10 ms of queueing came to 0.70× chronyd's RMS error instead of
 /// 0.67×.
 const BAND_DRIFT_SIGMAS: f64 = 2.0;
-/// Poll interval (seconds) up to which a confinement moves the frequency estimate by the share
-/// the estimate's own covariance gives; at longer intervals by that share times this over the
-/// interval. Each update confines anew with mostly the same bands, so the frequency is moved
-/// by mostly the same evidence again and again; at 1024 s polls that raised the clock's RMS
-/// frequency error in chrony's Test 1 model with 10 ms of queueing from 0.79× chronyd's to
-/// 1.11×, against 0.98× scaled (docs/benchmarks.md). At 64 s the whole share gains most:
-/// without it, Test 2 with 10 ms of queueing came to 0.79× chronyd's RMS instead of 0.67×.
-const BAND_FREQUENCY_POLL: f64 = 64.0;
 /// The poll interval grows only once the estimate's offset variance is within a typical
 /// sample's divided by this (it holds that many samples' information).
 const POLL_TARGET: f64 = 2.0;
@@ -618,10 +610,16 @@ impl Discipline {
     /// variance `variance` from where the sources' recent samples confine it (see
     /// [`band`](super::band)); with `within`, the estimate is first brought into that interval.
     /// Each model moves its phase by the share its own variance gives, and its frequency by
-    /// what its covariance implies for that move (at poll intervals beyond 64 s, that times
-    /// 64 s over the interval: the same bands are blended in at every update); the
-    /// covariances stay as they are, since the bands hold samples the models have already
-    /// seen. Then steers anew. Nothing before eight updates.
+    /// what its covariance implies for that move; the covariances stay as they are, since the
+    /// bands hold samples the models have already seen. Then steers anew (`poll_interval`, as
+    /// for [`sample`](Self::sample)). Nothing before eight updates.
+    ///
+    /// The frequency moves by the whole share at every poll interval. While each band was
+    /// widened by the whole frequency uncertainty over its age, the intervals at 1024 s polls
+    /// were wide and moved with the frequency estimate itself, and the whole share raised the
+    /// clock's RMS frequency error in chrony's Test 1 model with 10 ms of queueing from 0.79×
+    /// chronyd's to 1.11×; since the bands share one frequency error instead, it lowers it
+    /// (0.87× → 0.79×, docs/benchmarks.md).
     pub fn confine(
         &mut self,
         now: MonoTime,
@@ -634,14 +632,13 @@ impl Discipline {
             return;
         }
         self.advance(now);
-        let frequency_share = (BAND_FREQUENCY_POLL / poll_interval).min(1.0);
         for m in &mut self.models {
             let inside = within.map_or(m.theta, |(lo, hi)| m.theta.clamp(lo, hi));
             let p00 = m.p00.max(1e-30);
             let blended = inside + p00 / (p00 + variance.max(0.0)) * (mid - inside);
             let moved = blended - m.theta;
             m.theta = blended;
-            m.nu = (m.nu + frequency_share * moved * m.p01 / p00).clamp(-MAX_DRIFT, MAX_DRIFT);
+            m.nu = (m.nu + moved * m.p01 / p00).clamp(-MAX_DRIFT, MAX_DRIFT);
         }
         self.steer(now, poll_interval);
     }
@@ -1360,7 +1357,7 @@ mod tests {
     }
 
     #[test]
-    fn at_long_polls_a_confinement_moves_the_frequency_less() {
+    fn a_confinement_moves_the_frequency_alike_at_any_poll_interval() {
         let (d, now, before) = settled_for_confining();
         let variance = d.models[d.best()].p00;
         let moved_nu = |poll: f64| {
@@ -1370,7 +1367,7 @@ mod tests {
         };
         let (short, long) = (moved_nu(64.0), moved_nu(1024.0));
         assert!(short.abs() > 0.0);
-        assert!((long / short - 1.0 / 16.0).abs() < 1e-6, "{short} {long}");
+        assert!((long / short - 1.0).abs() < 1e-9, "{short} {long}");
     }
 
     #[test]
