@@ -146,8 +146,7 @@ impl Bands {
                 (1.0, -scaled_age, center + half),
                 (-1.0, scaled_age, half - center),
             ] {
-                region.clip_into(a, b, c, &mut spare);
-                core::mem::swap(&mut region, &mut spare);
+                region.clip(a, b, c, &mut spare);
                 if region.len == 0 {
                     return None;
                 }
@@ -185,22 +184,29 @@ impl Polygon {
         p
     }
 
-    /// Writes to `out` the part of the polygon where `a·x + b·y ≤ c`: each vertex inside is
-    /// kept, and each edge that crosses the line adds the point where it does.
-    fn clip_into(&self, a: f64, b: f64, c: f64, out: &mut Polygon) {
-        out.len = 0;
+    /// Cuts the polygon to the part where `a·x + b·y ≤ c`, with `spare` as working storage:
+    /// each vertex inside is kept, and each edge that crosses the line adds the point where it
+    /// does. Most of a window's bands do not cut what the others left: the polygon is then
+    /// left as it is, with one pass over its vertices.
+    fn clip(&mut self, a: f64, b: f64, c: f64, spare: &mut Polygon) {
         let n = self.len;
+        let side = |v: (f64, f64)| a * v.0 + b * v.1 - c;
+        if self.vertices[..n].iter().all(|&v| side(v) <= 0.0) {
+            return;
+        }
+        spare.len = 0;
         let mut push = |v: (f64, f64)| {
-            if out.len < MAX_VERTICES {
-                out.vertices[out.len] = v;
-                out.len += 1;
+            if spare.len < MAX_VERTICES {
+                spare.vertices[spare.len] = v;
+                spare.len += 1;
             }
         };
-        for i in 0..n {
-            let p = self.vertices[i];
-            let q = self.vertices[(i + 1) % n];
-            let fp = a * p.0 + b * p.1 - c;
-            let fq = a * q.0 + b * q.1 - c;
+        let Some(&last) = self.vertices[..n].last() else {
+            return;
+        };
+        let (mut p, mut fp) = (last, side(last));
+        for &q in &self.vertices[..n] {
+            let fq = side(q);
             if fp <= 0.0 {
                 push(p);
             }
@@ -208,7 +214,10 @@ impl Polygon {
                 let t = fp / (fp - fq);
                 push((p.0 + t * (q.0 - p.0), p.1 + t * (q.1 - p.1)));
             }
+            (p, fp) = (q, fq);
         }
+        self.vertices[..spare.len].copy_from_slice(&spare.vertices[..spare.len]);
+        self.len = spare.len;
     }
 
     /// The lowest and highest `x`.
