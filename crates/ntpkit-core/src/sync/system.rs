@@ -1067,16 +1067,16 @@ impl SyncSystem {
     }
 
     /// After source `idx`'s sample updated the discipline at `now`, blends the estimate with
-    /// where its recent samples confine the offset (see [`band`](super::band)): the
-    /// intersection of their bands bounds the estimate, and its middle counts as an estimate
-    /// with the variance of a uniform spread over it, plus the servers' error. Only while the
-    /// source is the one survivor: several servers' bands are widened by each one's root
-    /// distance, and the middle of their wide intersections, blended in again at every update,
-    /// drags the estimate with its slowly changing noise (in the own simulator's large network,
-    /// whose clients poll four stratum-3 servers over a path of 1 ms of queueing, one seed's
-    /// clients went from 185 to 258 µs median RMS; in clknetsim the models with several sources gained
-    /// 0.01× at most). Nothing if the bands leave no room (the path or the server's clock just
-    /// changed).
+    /// where its recent samples confine the offset (see [`band`](super::band)): the interval
+    /// their bands leave, sharing one error of the frequency estimate, bounds the estimate,
+    /// and its middle counts as an estimate with the variance of a uniform spread over it, plus
+    /// the servers' error. Only while the source is the one survivor: several servers' bands
+    /// are widened by each one's root distance, and the middle of their wide intersections,
+    /// blended in again at every update, drags the estimate with its slowly changing noise (in
+    /// the own simulator's large network, whose clients poll four stratum-3 servers over a path
+    /// of 1 ms of queueing, one seed's clients went from 185 to 258 µs median RMS; in clknetsim
+    /// the models with several sources gained 0.01× at most). Nothing if the bands leave no
+    /// room (the path or the server's clock just changed).
     fn confine_to_bands(&mut self, now: MonoTime, idx: usize, server_error: f64, interval: f64) {
         if self.selection.survivors.len() != 1 {
             return;
@@ -1451,13 +1451,6 @@ mod tests {
         (b.error(), b.status())
     }
 
-    /// RMS true error over the second half of `hours` hours of one server over a path
-    /// queueing exponentially each way with a scale of `jitter_ms`, polled every 64 s, by a
-    /// clock whose frequency wanders by 10 ppb per √s (chrony's Test 2 model).
-    fn rms_error_with_queueing(jitter_ms: f64, hours: i64) -> f64 {
-        rms_error_with(jitter_ms, 0.01, 6, hours)
-    }
-
     /// The RMS true error over the second half of `hours`, one server over a path with
     /// `jitter_ms` of exponential queueing each way, the clock's frequency wandering by
     /// `wander_ppm` per √s, polled every 2^`poll` s.
@@ -1499,7 +1492,8 @@ mod tests {
     fn the_samples_bands_hold_the_clock_closer_than_their_weights_alone() {
         // Measured over the second day: 585 µs RMS with the bands blended in, 800 µs from the
         // filters' weighted samples alone.
-        let rms = rms_error_with_queueing(10.0, 48);
+        // chrony's Test 2 model: the frequency wanders by 10 ppb per √s; 64 s polls.
+        let rms = rms_error_with(10.0, 0.01, 6, 48);
         assert!(rms < 690e-6, "RMS {rms}");
     }
 
