@@ -95,11 +95,11 @@ impl Bands {
 
     /// The interval `[lo, hi]` the held bands leave for the offset at `now` (server − local,
     /// seconds), the phase at `now` being `phase_now` and the rate the offsets were carried
-    /// at being off by an unknown error within `±rate_bound` (s/s). `band(delay)` gives a
-    /// sample of that delay its band as (shift, half-width): the band is centred on the offset
-    /// less the shift. The server's error then and `widening(age)` (what the clock may have
-    /// wandered from a straight line over `age` seconds) add to the half-width of a sample
-    /// `age` seconds old. None if nothing is held or the bands leave no room.
+    /// at being off by an unknown error within `±rate_bound` (s/s). `half_width(delay)` gives a
+    /// sample of that delay its band's half-width around its offset; the server's error then
+    /// and `widening(age)` (what the clock may have wandered from a straight line over `age`
+    /// seconds) add to it for a sample `age` seconds old. None if nothing is held or the bands
+    /// leave no room.
     ///
     /// Every sample holds the pair (offset now, rate error) within a slab: the rate error
     /// moves a sample `age` seconds old by `age` times itself. All the slabs and the rate's
@@ -110,7 +110,7 @@ impl Bands {
         &self,
         now: MonoTime,
         phase_now: f64,
-        band: impl Fn(f64) -> (f64, f64),
+        half_width: impl Fn(f64) -> f64,
         widening: impl Fn(f64) -> f64,
         rate_bound: f64,
     ) -> Option<(f64, f64)> {
@@ -128,9 +128,10 @@ impl Bands {
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for (k, slab) in slabs[..n].iter_mut().enumerate() {
             let age = now.secs_since(self.times[k]).max(0.0);
-            let (shift, half) = band(f64::from(self.delays[k]));
-            let half = half + f64::from(self.server_errors[k]) + widening(age);
-            let center = self.offsets[k] - phase_now - shift;
+            let half = half_width(f64::from(self.delays[k]))
+                + f64::from(self.server_errors[k])
+                + widening(age);
+            let center = self.offsets[k] - phase_now;
             *slab = (age / span, center, half);
             // Whatever the slabs leave lies within any one of them.
             lo = lo.min(center - half - rate_bound * age);
@@ -240,7 +241,7 @@ mod tests {
 
     /// Half-width of half the delay, centred on the offset; no widening.
     fn plain(b: &Bands, now: MonoTime, phase: f64) -> Option<(f64, f64)> {
-        b.interval(now, phase, |d| (0.0, d / 2.0), |_| 0.0, 0.0)
+        b.interval(now, phase, |d| d / 2.0, |_| 0.0, 0.0)
     }
 
     #[test]
@@ -270,14 +271,14 @@ mod tests {
         b.push(at(64), 2e-3, 1e-3, 0.0); // [1.5, 2.5] ms
         assert_eq!(plain(&b, at(64), 0.0), None);
         // Widened by what the clock may have drifted in 64 s, they overlap again.
-        let widened = b.interval(at(64), 0.0, |d| (0.0, d / 2.0), |age| age * 20e-6, 0.0);
+        let widened = b.interval(at(64), 0.0, |d| d / 2.0, |age| age * 20e-6, 0.0);
         let (lo, hi) = widened.unwrap();
         assert!(
             (lo - 1.5e-3).abs() < 1e-9 && (hi - 1.78e-3).abs() < 1e-9,
             "{lo} {hi}"
         );
         // As they do if the rate they were carried at may be off by 20 ppm.
-        let rate = b.interval(at(64), 0.0, |d| (0.0, d / 2.0), |_| 0.0, 20e-6);
+        let rate = b.interval(at(64), 0.0, |d| d / 2.0, |_| 0.0, 20e-6);
         let (lo, hi) = rate.unwrap();
         assert!(
             (lo - 1.5e-3).abs() < 1e-9 && (hi - 1.78e-3).abs() < 1e-9,
@@ -292,7 +293,7 @@ mod tests {
         b.push(at(0), 0.0, 0.2e-3, 0.0);
         b.push(at(1000), 0.5e-3, 0.2e-3, 0.0);
         b.push(at(2000), 1e-3, 2e-3, 0.0);
-        let band = |d: f64| (0.0, d / 2.0);
+        let band = |d: f64| d / 2.0;
         // Each band widened by the whole 1 ppm over its age leaves [0, 1.6] ms; one rate for
         // all of them leaves 1 ms ± 0.3 ms.
         let (lo, hi) = b.interval(at(2000), 0.0, band, |_| 0.0, 1e-6).unwrap();
@@ -307,20 +308,6 @@ mod tests {
             .interval(at(2000), 0.0, band, |age| age * 0.05e-6, 1e-6)
             .unwrap();
         assert!(lo < 0.7e-3 - 1e-6 && hi > 1.3e-3 + 1e-6, "{lo} {hi}");
-    }
-
-    #[test]
-    fn a_shift_moves_each_band_by_its_delay() {
-        let mut b = Bands::default();
-        b.push(at(0), 1e-3, 2e-3, 0.0);
-        // A path queueing one way: the offset is off by a fifth of the delay.
-        let (lo, hi) = b
-            .interval(at(0), 0.0, |d| (0.2 * d, 0.1 * d), |_| 0.0, 0.0)
-            .unwrap();
-        assert!(
-            (lo - 0.4e-3).abs() < 1e-9 && (hi - 0.8e-3).abs() < 1e-9,
-            "{lo} {hi}"
-        );
     }
 
     #[test]
