@@ -1062,6 +1062,8 @@ impl SyncSystem {
     /// the frequency estimate it revises.
     fn feed_discipline(&mut self, now: MonoTime, offset: f64, variance: f64, interval: f64) {
         let frequency = self.discipline.estimated_frequency();
+        self.discipline
+            .set_several_sources(self.selection.survivors.len() > 1);
         self.discipline.sample(now, offset, variance, interval);
         self.reproject_sources(now, frequency);
     }
