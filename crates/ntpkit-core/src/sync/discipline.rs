@@ -606,8 +606,9 @@ impl Discipline {
     }
 
     /// Says whether the next samples come from several servers (more than one source
-    /// survives the selection): a surprising sample then counts for less against the slow
-    /// wander models ([`SEVERAL_SOURCES_LIKELIHOOD_CLIP`]). Default: one server.
+    /// survives the selection): a surprising sample then counts against a wander model up to
+    /// two of its standard deviations instead of three, less against the slow models.
+    /// Default: one server.
     pub fn set_several_sources(&mut self, several: bool) {
         self.several_sources = several;
     }
