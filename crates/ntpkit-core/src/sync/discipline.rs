@@ -1271,24 +1271,28 @@ mod tests {
     }
 
     /// Four sources polled together every 1024 s, answering 15 s apart, with 30 µs of noise,
-    /// on a stable clock: `disturb` may replace round 60's offsets (given the discipline, the
-    /// source, the time and the undisturbed offset). Returns the clock's worst true offset over
-    /// the interval after that round.
-    fn worst_after_a_disturbed_round(
+    /// on a stable clock, for rounds 0 to `last` into `d`: in the last round `disturb` may
+    /// replace each offset (given the discipline, the source, the time and the undisturbed
+    /// offset), or leave the sample out with None. Returns the clock.
+    fn four_sources(
+        d: &mut Discipline,
         seed: u64,
-        disturb: impl Fn(&mut Discipline, i64, MonoTime, f64) -> f64,
-    ) -> f64 {
+        last: i64,
+        disturb: impl Fn(&mut Discipline, i64, MonoTime, f64) -> Option<f64>,
+    ) -> SoftClock {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let mut clock = SoftClock::new(0, 0, 10.0);
-        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
         let noise = 30e-6;
-        for round in 0..=60i64 {
+        for round in 0..=last {
             for source in 0..4i64 {
                 let t = (round * 1024 + source * 15) * S;
                 let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
                 let mut z = -clock.offset_at(t) * 1e-9 + noise * u * 3.46;
-                if round == 60 {
-                    z = disturb(&mut d, source, MonoTime(t), z);
+                if round == last {
+                    match disturb(d, source, MonoTime(t), z) {
+                        Some(disturbed) => z = disturbed,
+                        None => continue,
+                    }
                 }
                 d.sample(MonoTime(t), z, noise * noise, 1024.0);
                 while let Some(c) = d.poll_command() {
@@ -1296,6 +1300,19 @@ mod tests {
                 }
             }
         }
+        clock
+    }
+
+    /// [`four_sources`] for 60 rounds, `disturb` replacing round 60's offsets. Returns the
+    /// clock's worst true offset over the interval after that round.
+    fn worst_after_a_disturbed_round(
+        seed: u64,
+        disturb: impl Fn(&mut Discipline, i64, MonoTime, f64) -> f64,
+    ) -> f64 {
+        let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
+        let clock = four_sources(&mut d, seed, 60, |d, source, now, z| {
+            Some(disturb(d, source, now, z))
+        });
         (0..=64i64)
             .map(|k| (clock.offset_at((60 * 1024 + 45 + k * 15) * S) * 1e-9).abs())
             .fold(0.0, f64::max)
@@ -1328,35 +1345,20 @@ mod tests {
         assert!(worst < 100e-6, "worst {worst}");
     }
 
-    /// The share of the mixture the wander models faster than 1e-20 s⁻¹ hold after four
-    /// sources polled together every 1024 s (30 µs of noise each) for 30 rounds, then one
-    /// sample `surprise` deviations off (of the innovation its scaled variance and the
-    /// prediction give), the discipline told `several` sources or not.
+    /// The share of the mixture the wander models faster than 1e-20 s⁻¹ hold after
+    /// [`four_sources`] for 30 rounds, then one sample `surprise` deviations off (of the
+    /// innovation its scaled variance and the prediction give), the discipline told `several`
+    /// sources or not.
     fn fast_share_after_a_surprise(several: bool, surprise: f64) -> f64 {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
-        let mut clock = SoftClock::new(0, 0, 10.0);
         let mut d = Discipline::new(DisciplineConfig::default(), MonoTime(0));
         d.set_several_sources(several);
-        let noise = 30e-6;
-        for round in 0..=30i64 {
-            for source in 0..4i64 {
-                let t = (round * 1024 + source * 15) * S;
-                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
-                let mut z = -clock.offset_at(t) * 1e-9 + noise * u * 3.46;
-                if round == 30 {
-                    if source > 0 {
-                        break;
-                    }
-                    let p = d.predicted_offset(MonoTime(t)).expect("settled");
-                    let r = noise * noise * d.noise_scale.max(1.0);
-                    z = p.offset + surprise * (p.variance + r).sqrt();
-                }
-                d.sample(MonoTime(t), z, noise * noise, 1024.0);
-                while let Some(c) = d.poll_command() {
-                    clock.apply(t, c);
-                }
-            }
-        }
+        four_sources(&mut d, 5, 30, |d, source, now, _| {
+            (source == 0).then(|| {
+                let p = d.predicted_offset(now).expect("settled");
+                let r = (30e-6f64).powi(2) * d.noise_scale.max(1.0);
+                p.offset + surprise * (p.variance + r).sqrt()
+            })
+        });
         d.weights[2..].iter().map(|&w| f64::from(w)).sum()
     }
 
