@@ -630,6 +630,26 @@ impl Discipline {
             .map_or(f64::INFINITY, |m| BAND_DRIFT_SIGMAS * m.p11.max(0.0).sqrt())
     }
 
+    /// [`frequency_bound`](Self::frequency_bound), or before the first sample the same bound
+    /// on the frequency error the clock starts with (the configured initial frequency's
+    /// uncertainty, or that of a clock whose frequency is not known at all), s/s.
+    pub fn frequency_bound_or_prior(&self) -> f64 {
+        if !self.started {
+            BAND_DRIFT_SIGMAS * self.prior_frequency_variance().sqrt()
+        } else {
+            self.frequency_bound()
+        }
+    }
+
+    /// The variance of the frequency error the first sample starts from (s/s)².
+    fn prior_frequency_variance(&self) -> f64 {
+        if self.config.initial_frequency_ppm.is_some() {
+            1e-12
+        } else {
+            1e-8
+        }
+    }
+
     /// Blends the estimate at `now` with `mid`, an independent estimate of the offset of
     /// variance `variance` from where the sources' recent samples confine it (see
     /// [`band`](super::band)); with `within`, the estimate is first brought into that interval.
@@ -855,11 +875,7 @@ impl Discipline {
 
     fn start(&mut self, z: f64, r: f64) {
         let nu0 = self.config.initial_frequency_ppm.map_or(0.0, |p| p * 1e-6);
-        let nu_var = if self.config.initial_frequency_ppm.is_some() {
-            1e-12
-        } else {
-            1e-8
-        };
+        let nu_var = self.prior_frequency_variance();
         self.models = WANDER_MODELS
             .iter()
             .map(|_| Model {

@@ -3,6 +3,7 @@
 
 use super::bound::{BoundForecast, BoundInputs, BoundStatus, ErrorBound, DEFAULT_MAX_CLOCK_ERROR};
 use super::discipline::{Discipline, DisciplineConfig, DisciplineEvent};
+use super::filter::FILTER_STAGES;
 use super::inline::InlineVec;
 use super::select::{select_into, spread_beyond_stated, Candidate, NoSelection, Selection};
 use super::source::{
@@ -241,6 +242,11 @@ pub struct SyncSystem {
     recent_drift: [f64; RECENT_DRIFT_UPDATES],
     recent_drift_next: usize,
     sys_poll: i8,
+    /// Samples the selection could not use because the sources disagree, since the poll last
+    /// backed off (see [`DISAGREEING_POLLS`]).
+    disagreeing_samples: u32,
+    /// The poll exponent before a disagreement backed it off: restored once sources agree.
+    poll_before_disagreement: Option<i8>,
     commands: CommandQueue,
     events: VecDeque<Event>,
 }
@@ -270,6 +276,8 @@ impl SyncSystem {
             recent_drift: [0.0; RECENT_DRIFT_UPDATES],
             recent_drift_next: 0,
             sys_poll: i8::MIN,
+            disagreeing_samples: 0,
+            poll_before_disagreement: None,
             commands: CommandQueue::default(),
             events: VecDeque::new(),
         };
@@ -415,6 +423,9 @@ impl SyncSystem {
                     self.try_start(now, received);
                 } else {
                     self.reselect_with(now, phase);
+                    if self.no_selection.is_some_and(|why| why.is_disagreement()) {
+                        self.back_off_while_disagreeing(now, phase);
+                    }
                     if self.selection.survivors.contains(&idx) && self.no_selection.is_none() {
                         let interval = self.interval();
                         let predicted = self.discipline.predicted_offset(now);
@@ -837,35 +848,7 @@ impl SyncSystem {
 
     /// [`reselect`](Self::reselect) when the discipline's phase at `now` is already known.
     fn reselect_with(&mut self, now: MonoTime, phase: f64) {
-        let max_distance = self.config.limits.max_distance;
-        let mut candidates = InlineVec::<Candidate, 16>::new(Candidate {
-            index: 0,
-            offset: 0.0,
-            root_distance: 0.0,
-            jitter: 0.0,
-        });
-        for (i, s) in self.sources.iter().enumerate() {
-            let Some(s) = s.as_ref() else { continue };
-            if s.denied().is_some() || s.reach() == 0 {
-                continue;
-            }
-            let Some(info) = s.info() else { continue };
-            if info.stratum >= 16 || info.leap == LeapIndicator::Unsynchronized {
-                continue;
-            }
-            let Some(e) = s.estimate(phase) else { continue };
-            let Some(root_distance) = s.root_distance(now, self.config.min_dispersion) else {
-                continue;
-            };
-            if root_distance <= max_distance {
-                candidates.push(Candidate {
-                    index: i,
-                    offset: e.offset,
-                    root_distance,
-                    jitter: clustering_jitter(s, &e),
-                });
-            }
-        }
+        let candidates = self.candidates(now, phase);
         let previous = self.system_peer;
         let previous_reason = self.no_selection;
         match select_into(
@@ -877,6 +860,10 @@ impl SyncSystem {
             Ok(()) => {
                 self.system_peer = self.selection.system_peer;
                 self.no_selection = None;
+                self.disagreeing_samples = 0;
+                if let Some(poll) = self.poll_before_disagreement.take() {
+                    self.set_sys_poll(poll);
+                }
                 if self.system_peer != previous || previous_reason.is_some() {
                     // A new peer of a node that serves its time (not refusing, not
                     // unsynchronized): serve through the new peer at once, not from the next
@@ -918,6 +905,41 @@ impl SyncSystem {
                 }
             }
         }
+    }
+
+    /// The sources selection may choose from at `now` (reachable, not denied, synchronized,
+    /// within `max-distance`), their offsets judged against the clock at `phase`.
+    fn candidates(&self, now: MonoTime, phase: f64) -> InlineVec<Candidate, 16> {
+        let max_distance = self.config.limits.max_distance;
+        let mut candidates = InlineVec::<Candidate, 16>::new(Candidate {
+            index: 0,
+            offset: 0.0,
+            root_distance: 0.0,
+            jitter: 0.0,
+        });
+        for (i, s) in self.sources.iter().enumerate() {
+            let Some(s) = s.as_ref() else { continue };
+            if s.denied().is_some() || s.reach() == 0 {
+                continue;
+            }
+            let Some(info) = s.info() else { continue };
+            if info.stratum >= 16 || info.leap == LeapIndicator::Unsynchronized {
+                continue;
+            }
+            let Some(e) = s.estimate(phase) else { continue };
+            let Some(root_distance) = s.root_distance(now, self.config.min_dispersion) else {
+                continue;
+            };
+            if root_distance <= max_distance {
+                candidates.push(Candidate {
+                    index: i,
+                    offset: e.offset,
+                    root_distance,
+                    jitter: clustering_jitter(s, &e),
+                });
+            }
+        }
+        candidates
     }
 
     /// What is served when the node does not follow its sources, in words.
@@ -1043,18 +1065,67 @@ impl SyncSystem {
         let src = self.sources[peer].as_ref().expect("peer exists");
         let adjust = self.discipline.poll_adjustment(src.interval());
         if adjust != 0 {
-            let (lo, hi) = self
-                .sources
-                .iter()
-                .flatten()
-                .map(|s| s.poll_range())
-                .fold((i8::MAX, i8::MIN), |(lo, hi), (a, b)| {
-                    (lo.min(a), hi.max(b))
-                });
-            self.sys_poll = self.sys_poll.saturating_add(adjust).clamp(lo, hi.max(lo));
-            for s in self.sources.iter_mut().flatten() {
-                s.set_poll(self.sys_poll);
-            }
+            self.set_sys_poll(self.sys_poll.saturating_add(adjust));
+        }
+    }
+
+    /// Sets the poll exponent suggested to every source, within the widest of their ranges
+    /// (each source keeps to its own).
+    fn set_sys_poll(&mut self, exponent: i8) {
+        let (lo, hi) = self
+            .sources
+            .iter()
+            .flatten()
+            .map(|s| s.poll_range())
+            .fold((i8::MAX, i8::MIN), |(lo, hi), (a, b)| {
+                (lo.min(a), hi.max(b))
+            });
+        self.sys_poll = exponent.clamp(lo, hi.max(lo));
+        for s in self.sources.iter_mut().flatten() {
+            s.set_poll(self.sys_poll);
+        }
+    }
+
+    /// After a sample the selection could not use because the sources disagree: once the
+    /// reachable sources have answered [`DISAGREEING_POLLS`] times each since the last step, the
+    /// poll grows one step, up to `maxpoll`, unless the longer poll could make the disagreement
+    /// look like agreement. Sooner samples settle no disagreement between servers (it lasts as
+    /// long as their error does), and a node with no majority would otherwise ask every server
+    /// at `minpoll` for as long as it lasts. The poll from before comes back as soon as the
+    /// sources agree again.
+    fn back_off_while_disagreeing(&mut self, now: MonoTime, phase: f64) {
+        let reachable = self
+            .sources
+            .iter()
+            .flatten()
+            .filter(|s| s.reach() != 0)
+            .count()
+            .max(1) as u32;
+        self.disagreeing_samples += 1;
+        if self.disagreeing_samples < DISAGREEING_POLLS * reachable {
+            return;
+        }
+        self.disagreeing_samples = 0;
+        // A longer poll spreads a filter's samples over a longer span, and each source's
+        // samples move by the clock's unknown frequency error over it: its jitter grows with
+        // the span. Step up only while the sources would still disagree if that drift widened
+        // every interval, so that the longer poll cannot blur them into a false majority.
+        let longer = crate::time::exp2(i32::from(self.sys_poll) + 1);
+        let drift = self.discipline.frequency_bound_or_prior() * FILTER_STAGES as f64 * longer;
+        let mut widened = self.candidates(now, phase);
+        for c in widened.as_mut_slice() {
+            c.root_distance += drift;
+        }
+        let still_disagree = select_into(
+            widened.as_slice(),
+            self.config.minsources as usize,
+            None,
+            &mut Selection::default(),
+        )
+        .is_err_and(|why| why.is_disagreement());
+        if still_disagree {
+            self.poll_before_disagreement.get_or_insert(self.sys_poll);
+            self.set_sys_poll(self.sys_poll.saturating_add(1));
         }
     }
 
@@ -1169,6 +1240,10 @@ struct Settings {
 /// discipline's noise scale is): one round of samples from four servers is a poor measure of
 /// it, and a variance that jumps from sample to sample would make the gain jump with it.
 const SERVER_ERROR_MEMORY: f64 = 8.0;
+/// While the sources disagree, the poll grows one step after this many answers from each
+/// reachable source: from 64 s, 1024 s is reached after 4 × (64 + 128 + 256 + 512) s, about
+/// an hour.
+const DISAGREEING_POLLS: u32 = 4;
 /// How many of the latest updates' unpredicted drift rates the error bound allows for.
 const RECENT_DRIFT_UPDATES: usize = 8;
 /// How much less an update's unpredicted drift counts for each later update.
@@ -1633,6 +1708,66 @@ mod tests {
             st.tracking.reason
         );
         assert_eq!(st.tracking.stratum, 16);
+    }
+
+    #[test]
+    fn while_no_majority_agrees_the_polls_back_off_and_come_back_once_one_does() {
+        let mut b = Bench::new(
+            &[0.0, 1.0, 0.0, 2.0, 3.0],
+            (0.05, 0.0),
+            SystemConfig::default(),
+            polling(0, 4),
+        );
+        b.run_for(2, |_, _| {});
+        assert_eq!(
+            b.sys.poll(),
+            Some(0),
+            "at minpoll while the first answers come"
+        );
+        let sent_before =
+            |b: &Bench| -> u64 { b.status().sources.iter().map(|s| s.counters.sent).sum() };
+        // Four answers from each of the five sources per step: 1 → 16 s within a minute.
+        b.run_for(98, |_, _| {});
+        assert_eq!(b.sys.poll(), Some(4), "backed off to maxpoll");
+        assert!(b.status().sources.iter().all(|s| s.poll == 4));
+        let before = sent_before(&b);
+        b.run_for(160, |_, _| {});
+        let sent = sent_before(&b) - before;
+        assert!(
+            sent <= 5 * 11,
+            "five sources at 16 s for 160 s: {sent} requests"
+        );
+        assert!(!b.status().tracking.synchronized);
+        // One falseticker mends: three of five agree, and the polls are where they began.
+        b.offsets[1] = 0.0;
+        let mut poll_at_sync = None;
+        b.run_for(40, |sys, now| {
+            if poll_at_sync.is_none() && sys.status(now).tracking.synchronized {
+                poll_at_sync = sys.poll();
+            }
+        });
+        assert_eq!(
+            poll_at_sync,
+            Some(0),
+            "the poll from before the disagreement"
+        );
+    }
+
+    #[test]
+    fn the_polls_back_off_no_further_than_keeps_a_disagreement_apart() {
+        // Four offsets 30 ms apart, each interval ±5 ms; the clock's frequency is not known
+        // (±200 ppm at two deviations), so eight samples at 8 s polls could spread by 12.8 ms
+        // and the intervals of 0 and 30 ms would meet: the polls stop at 4 s, unsynchronized.
+        let mut b = Bench::new(
+            &[0.0, 0.03, 0.0, 0.06, 0.09],
+            (0.0, 0.0),
+            SystemConfig::default(),
+            polling(0, 4),
+        );
+        b.run_for(300, |_, _| {});
+        let st = b.status();
+        assert!(!st.tracking.synchronized, "{:?}", st.tracking.reason);
+        assert_eq!(b.sys.poll(), Some(2));
     }
 
     #[test]
