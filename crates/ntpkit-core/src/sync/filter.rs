@@ -390,6 +390,35 @@ impl ClockFilter {
         None
     }
 
+    /// The rate at which the held samples' offsets move (s/s), fitted by least squares over
+    /// their times, and its standard error; None with fewer than three samples or all at one
+    /// time. On a clock no update has corrected yet, every source's samples move at the
+    /// clock's own frequency error, whatever each server's offset.
+    pub fn offset_trend(&self) -> Option<(f64, f64)> {
+        let n = usize::from(self.len);
+        if n < 3 {
+            return None;
+        }
+        let t0 = self.stage(0).time;
+        let points = || (0..n).map(|k| (self.stage(k).time.secs_since(t0), self.stage(k).offset));
+        let (mean_t, mean_o) = points().fold((0.0, 0.0), |(st, so), (t, o)| (st + t, so + o));
+        let (mean_t, mean_o) = (mean_t / n as f64, mean_o / n as f64);
+        let (stt, sto) = points().fold((0.0, 0.0), |(stt, sto), (t, o)| {
+            (
+                stt + (t - mean_t).powi(2),
+                sto + (t - mean_t) * (o - mean_o),
+            )
+        });
+        if stt <= 0.0 {
+            return None;
+        }
+        let slope = sto / stt;
+        let residuals: f64 = points()
+            .map(|(t, o)| (o - mean_o - slope * (t - mean_t)).powi(2))
+            .sum();
+        Some((slope, (residuals / (n - 2) as f64 / stt).sqrt()))
+    }
+
     /// The current estimate, if any sample has been added.
     pub fn estimate(&self) -> Option<FilterEstimate> {
         self.estimate
@@ -512,6 +541,21 @@ mod tests {
             dispersion: 1e-6,
             time: MonoTime(t * 1_000_000_000),
         }
+    }
+
+    #[test]
+    fn the_offsets_trend_is_the_rate_they_move_at() {
+        let mut f = ClockFilter::new();
+        assert!(f.offset_trend().is_none());
+        // A clock 100 ppm slow against the server, sampled every 64 s; the delays differ.
+        for (k, delay) in [0.002, 0.001, 0.003, 0.0015, 0.001].iter().enumerate() {
+            let t = 64 * k as i64;
+            let offset = 0.5 + 100e-6 * t as f64 + if k % 2 == 0 { 1e-5 } else { -1e-5 };
+            f.add(s(offset, *delay, t), MonoTime(t * 1_000_000_000));
+        }
+        let (rate, se) = f.offset_trend().unwrap();
+        assert!((rate - 100e-6).abs() < 3.0 * se + 1e-9, "{rate} ± {se}");
+        assert!(se > 0.0 && se < 1e-6, "{se}");
     }
 
     #[test]

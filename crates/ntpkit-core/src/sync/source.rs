@@ -681,6 +681,12 @@ impl Source {
         self.filter.estimate().is_some()
     }
 
+    /// The rate at which this source's held samples move against the clock's uncorrected
+    /// time, and its standard error (s/s; see [`ClockFilter::offset_trend`]).
+    pub fn offset_trend(&self) -> Option<(f64, f64)> {
+        self.filter.offset_trend()
+    }
+
     /// Samples in the filter (the jitter means something from two on).
     pub fn sample_count(&self) -> usize {
         self.filter.len()

@@ -1069,6 +1069,28 @@ impl SyncSystem {
         }
     }
 
+    /// How fast, at most, the `candidates`' samples may move against the clock's time (s/s):
+    /// after an update, by the frequency estimate's error (two deviations); before any, by the
+    /// clock's own frequency error, which every source's samples show alike as their trend:
+    /// the steepest trend among them (plus two standard errors), or without one from each
+    /// source, the error a clock may start with.
+    fn drift_rate_bound(&self, candidates: &[Candidate]) -> f64 {
+        let prior = self.discipline.frequency_bound_or_prior();
+        if self.discipline.is_started() || candidates.is_empty() {
+            return prior;
+        }
+        candidates
+            .iter()
+            .map(|c| {
+                self.sources[c.index]
+                    .as_ref()
+                    .and_then(Source::offset_trend)
+                    .map_or(prior, |(rate, se)| rate.abs() + 2.0 * se)
+            })
+            .fold(0.0, f64::max)
+            .min(prior)
+    }
+
     /// Sets the poll exponent suggested to every source, within the widest of their ranges
     /// (each source keeps to its own).
     fn set_sys_poll(&mut self, exponent: i8) {
@@ -1111,8 +1133,8 @@ impl SyncSystem {
         // the span. Step up only while the sources would still disagree if that drift widened
         // every interval, so that the longer poll cannot blur them into a false majority.
         let longer = crate::time::exp2(i32::from(self.sys_poll) + 1);
-        let drift = self.discipline.frequency_bound_or_prior() * FILTER_STAGES as f64 * longer;
         let mut widened = self.candidates(now, phase);
+        let drift = self.drift_rate_bound(widened.as_slice()) * FILTER_STAGES as f64 * longer;
         for c in widened.as_mut_slice() {
             c.root_distance += drift;
         }
@@ -1755,19 +1777,25 @@ mod tests {
 
     #[test]
     fn the_polls_back_off_no_further_than_keeps_a_disagreement_apart() {
-        // Four offsets 30 ms apart, each interval ±5 ms; the clock's frequency is not known
-        // (±200 ppm at two deviations), so eight samples at 8 s polls could spread by 12.8 ms
-        // and the intervals of 0 and 30 ms would meet: the polls stop at 4 s, unsynchronized.
-        let mut b = Bench::new(
-            &[0.0, 0.03, 0.0, 0.06, 0.09],
-            (0.0, 0.0),
-            SystemConfig::default(),
-            polling(0, 4),
-        );
-        b.run_for(300, |_, _| {});
-        let st = b.status();
-        assert!(!st.tracking.synchronized, "{:?}", st.tracking.reason);
-        assert_eq!(b.sys.poll(), Some(2));
+        // Four offsets 30 ms apart, each interval about ±5 ms, and no update yet: each
+        // source's samples move at the clock's own frequency error. At 100 ppm, eight samples
+        // at 16 s polls spread by 12.8 ms and the intervals of 0 and 30 ms could meet: the
+        // polls stop short of 16 s. A clock with no frequency error can poll at 16 s.
+        let backed_off_to = |ppm: f64| {
+            let mut b = Bench::new(
+                &[0.0, 0.03, 0.0, 0.06, 0.09],
+                (0.0, ppm),
+                SystemConfig::default(),
+                polling(0, 4),
+            );
+            b.run_for(300, |_, _| {});
+            let st = b.status();
+            assert!(!st.tracking.synchronized, "{:?}", st.tracking.reason);
+            b.sys.poll().unwrap()
+        };
+        assert_eq!(backed_off_to(0.0), 4);
+        let drifting = backed_off_to(100.0);
+        assert!((1..4).contains(&drifting), "{drifting}");
     }
 
     #[test]
