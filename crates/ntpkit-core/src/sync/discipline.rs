@@ -630,15 +630,11 @@ impl Discipline {
             .map_or(f64::INFINITY, |m| BAND_DRIFT_SIGMAS * m.p11.max(0.0).sqrt())
     }
 
-    /// [`frequency_bound`](Self::frequency_bound), or before the first sample the same bound
-    /// on the frequency error the clock starts with (the configured initial frequency's
+    /// The same bound as [`frequency_bound`](Self::frequency_bound) on the frequency error
+    /// the clock starts with, before any sample (the configured initial frequency's
     /// uncertainty, or that of a clock whose frequency is not known at all), s/s.
-    pub fn frequency_bound_or_prior(&self) -> f64 {
-        if !self.started {
-            BAND_DRIFT_SIGMAS * self.prior_frequency_variance().sqrt()
-        } else {
-            self.frequency_bound()
-        }
+    pub fn prior_frequency_bound(&self) -> f64 {
+        BAND_DRIFT_SIGMAS * self.prior_frequency_variance().sqrt()
     }
 
     /// The variance of the frequency error the first sample starts from (s/s)².

@@ -1075,8 +1075,11 @@ impl SyncSystem {
     /// the steepest trend among them (plus two standard errors), or without one from each
     /// source, the error a clock may start with.
     fn drift_rate_bound(&self, candidates: &[Candidate]) -> f64 {
-        let prior = self.discipline.frequency_bound_or_prior();
-        if self.discipline.is_started() || candidates.is_empty() {
+        if self.discipline.is_started() {
+            return self.discipline.frequency_bound();
+        }
+        let prior = self.discipline.prior_frequency_bound();
+        if candidates.is_empty() {
             return prior;
         }
         candidates
