@@ -324,7 +324,8 @@ impl Source {
     }
 
     /// Writes a request into `buf` (≥ 48 bytes) if one is due at `now`; `clock` is the local
-    /// clock read just before sending. Returns the request's length.
+    /// clock read just before sending (see [`transmitted`](Self::transmitted) for a later
+    /// reading). Returns the request's length.
     pub fn transmit(
         &mut self,
         now: MonoTime,
@@ -386,6 +387,19 @@ impl Source {
         let spread = (rng.next_u64() % 1024) as f64 / 1024.0 - 0.5;
         self.next_poll = now.add_secs_f64(interval * (1.0 + spread / 16.0));
         Some(48)
+    }
+
+    /// The request [`transmit`](Self::transmit) wrote last left at local clock time `t1`, read
+    /// after it was made ready to go (a socket opened for it, NTS protection added) and right
+    /// before the send: its exchange is timed from then. Work between the earlier reading and
+    /// the send lengthens the round trip on one side only, and half of it would otherwise show
+    /// as offset, in the same direction in every sample (on loopback, opening a socket per
+    /// request put the clock 23–40 µs ahead; docs/benchmarks.md). Ignored without a pending
+    /// request or for a reading earlier than the one it was written with.
+    pub fn transmitted(&mut self, t1: ClockTime) {
+        if let Some(p) = &mut self.pending {
+            p.t1 = p.t1.max(t1);
+        }
     }
 
     /// Handles a datagram from this source's address, received at local clock time `t4`, when
@@ -876,6 +890,45 @@ mod tests {
             "sd {} s for a 15 µs error",
             variance.sqrt()
         );
+    }
+
+    #[test]
+    fn an_exchange_is_timed_from_when_its_request_left() {
+        // The request is written at T0 and leaves 40 µs later (a socket opened for it); the
+        // server, on time, takes it after 1 ms and answers at once over the same 1 ms.
+        let (d, gap) = (1e-3, 40_000);
+        let sent = T0.add_nanos(gap);
+        let sample = |told: Option<ClockTime>| {
+            let mut s = src();
+            let mut buf = [0u8; 64];
+            let n = s
+                .transmit(MonoTime(0), T0, &mut rng(), &mut buf, 0)
+                .expect("due");
+            if let Some(t) = told {
+                s.transmitted(t);
+            }
+            let (reply, t4) = answer(&buf[..n], sent, 0.0, d, |_| {});
+            match s.handle_reply(MonoTime(0), t4, &reply, &SampleLimits::default(), 0, 0.0) {
+                ReplyOutcome::Sample(smp, _) => smp,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Timed from the reading when it was written, half the gap shows as offset, all of
+        // it as delay.
+        let early = sample(None);
+        assert!((early.offset - 20e-6).abs() < 1e-8, "{}", early.offset);
+        assert!(
+            (early.delay - (2.0 * d + 40e-6)).abs() < 1e-8,
+            "{}",
+            early.delay
+        );
+        // Told when it left, the exchange is exact.
+        let exact = sample(Some(sent));
+        assert!(exact.offset.abs() < 1e-8, "{}", exact.offset);
+        assert!((exact.delay - 2.0 * d).abs() < 1e-8, "{}", exact.delay);
+        // A reading earlier than the one it was written with changes nothing.
+        let ignored = sample(Some(T0.add_nanos(-1_000_000)));
+        assert_eq!(ignored.offset, early.offset);
     }
 
     #[test]

@@ -380,6 +380,16 @@ impl SyncSystem {
         None
     }
 
+    /// The request [`poll_transmit`](Self::poll_transmit) returned for source `id` left at
+    /// local clock time `sent`, read once it was ready to go and right before the send (see
+    /// [`Source::transmitted`]); without this call its exchange is timed from the clock
+    /// `poll_transmit` was given.
+    pub fn transmitted(&mut self, id: SourceId, sent: ClockTime) {
+        if let Some(Some(src)) = self.sources.get_mut(id.0 as usize) {
+            src.transmitted(sent);
+        }
+    }
+
     /// A datagram from source `id`'s address, received at local clock time `received`.
     pub fn handle_reply(&mut self, now: MonoTime, received: ClockTime, id: SourceId, bytes: &[u8]) {
         self.clock_seen = (now, received);

@@ -518,8 +518,18 @@ impl Daemon {
             &mut self.rng,
             &mut buf,
         ) {
-            self.upstreams
-                .send(tx.source, &buf[..tx.len], now, &mut self.nts_rng);
+            // The exchange is timed from a reading taken once the request is ready to go: a
+            // socket opened per request or NTS protection between the two readings would
+            // otherwise put the clock ahead by half their time.
+            let clock = &self.clock;
+            let sent =
+                self.upstreams
+                    .send(tx.source, &buf[..tx.len], now, &mut self.nts_rng, || {
+                        clock.read_at(realtime_nanos())
+                    });
+            if let Some(sent) = sent {
+                self.system.transmitted(tx.source, sent);
+            }
         }
         let mut changed = false;
         while let Some(cmd) = self.system.poll_clock_command() {

@@ -25,7 +25,7 @@
 use super::config::{default_port, nts_tls, parse_host_port, DaemonConfig, Host};
 use super::nts::{spawn_key_exchange, KeDone, KeSchedule, KeTarget, NtsLink};
 use ntpkit_core::sync::{NtsStatus, SourceConfig, SourceId, SourceState, SyncSystem, SystemStatus};
-use ntpkit_core::MonoTime;
+use ntpkit_core::{ClockTime, MonoTime};
 use ntpkit_os::{Interest, PollSet, UdpSocket, UdpSocketOptions, Waker};
 use rand_core::RngCore;
 use rustls::ClientConfig;
@@ -828,11 +828,19 @@ impl Upstreams {
 
     /// Sends `request` to source `id`: from a new socket with a port per request (closing the
     /// previous request's), else from the source's socket. With NTS the request spends a
-    /// cookie; without one it is not sent.
-    pub fn send(&mut self, id: SourceId, request: &[u8], now: MonoTime, rng: &mut dyn RngCore) {
-        let Some(l) = self.links.get_mut(&id) else {
-            return;
-        };
+    /// cookie; without one it is not sent. `stamp` reads the local clock right before the
+    /// datagram goes to the kernel, once the socket and the request are ready; that reading is
+    /// returned if the kernel took the datagram (the request's transmit time, see
+    /// [`SyncSystem::transmitted`](ntpkit_core::SyncSystem::transmitted)).
+    pub fn send(
+        &mut self,
+        id: SourceId,
+        request: &[u8],
+        now: MonoTime,
+        rng: &mut dyn RngCore,
+        stamp: impl FnOnce() -> ClockTime,
+    ) -> Option<ClockTime> {
+        let l = self.links.get_mut(&id)?;
         let protected;
         let request = match l.nts.as_mut() {
             None => request,
@@ -841,7 +849,7 @@ impl Upstreams {
                     protected = bytes;
                     &protected[..]
                 }
-                None => return,
+                None => return None,
             },
         };
         if self.port_per_request {
@@ -850,13 +858,17 @@ impl Upstreams {
                 Ok(s) => l.socket = Some(s),
                 Err(e) => {
                     tracing::warn!("cannot open a client socket for {}: {e}", l.server);
-                    return;
+                    return None;
                 }
             }
         }
-        if let Some(socket) = &l.socket {
-            if let Err(e) = socket.send_to(request, l.server) {
+        let socket = l.socket.as_ref()?;
+        let sent = stamp();
+        match socket.send_to(request, l.server) {
+            Ok(_) => Some(sent),
+            Err(e) => {
                 tracing::debug!("send to {}: {e}", l.server);
+                None
             }
         }
     }
