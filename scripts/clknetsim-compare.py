@@ -329,8 +329,11 @@ def run_one(model, daemon, seed, ntpkit, lib, server, keep=None):
         sock = os.path.join(work, "sock")
         n = len(model.nodes)
         sim = subprocess.Popen(
+            # A kept run also keeps clknetsim's log of every packet (time, from, to, ...).
             unprivileged([server, "-s", sock, "-o", os.path.join(work, "log.offset"),
-                          "-f", os.path.join(work, "log.freq"), "-l", str(model.limit),
+                          "-f", os.path.join(work, "log.freq")]
+                         + (["-p", os.path.join(work, "log.packets")] if keep else [])
+                         + ["-l", str(model.limit),
                           "-r", str(model.reset), os.path.join(work, "conf"), str(n)]),
             stdout=open(os.path.join(work, "stats"), "w"),
             stderr=open(os.path.join(work, "log"), "w"),
@@ -601,7 +604,8 @@ def main():
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--ntpkit", help="ntpkit binary (default: build target/release/ntpkit)")
     p.add_argument("--json", help="write every run's figures to this file")
-    p.add_argument("--keep", action="store_true", help="keep every run's work directory")
+    p.add_argument("--keep", action="store_true",
+                   help="keep every run's work directory, with clknetsim's packet log")
     p.add_argument("--list", action="store_true", help="list the models and exit")
     p.add_argument("--with-sim", action="store_true",
                    help="also run ntpkit's own simulator on the same models and compare")
