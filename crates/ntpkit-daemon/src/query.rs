@@ -262,6 +262,7 @@ pub fn run_with_nts(
         };
         let opts = UdpSocketOptions {
             timestamps: true,
+            transmit_timestamps: true,
             ..Default::default()
         };
         Transport::Udp(UdpSocket::bind(local, &opts).map_err(|e| QueryError::Io(addr, e))?)
@@ -354,8 +355,12 @@ fn exchange(
     let t1_unix_ns;
     match transport {
         Transport::Udp(sock) => {
-            t1_unix_ns = ntpkit_os::realtime_nanos();
+            let before = ntpkit_os::realtime_nanos();
             sock.send_to(&packet, addr).map_err(io_err)?;
+            // When the kernel sent it, where it says (never earlier than the reading before).
+            t1_unix_ns = sock
+                .take_transmit_timestamp()
+                .map_or(before, |kernel| kernel.max(before));
         }
         Transport::Tcp(stream, _) => {
             let mut frame = Vec::with_capacity(HEADER_LEN + framing::PREFIX_LEN);

@@ -49,6 +49,7 @@ pub fn bind(
         read_timeout: (!nonblocking).then_some(STOP_POLL),
         reuse_port: threads > 1,
         nonblocking,
+        ..Default::default()
     };
     let first = UdpSocket::bind(addr, &opts)?;
     let bound = first.local_addr();

@@ -1,8 +1,8 @@
 //! `ntpkit-os`: the only crate of ntpkit with `unsafe` code.
 //!
 //! What it does: the operating-system calls the safe crates cannot make through `std` —
-//! UDP sockets with kernel receive timestamps (`SO_TIMESTAMPNS`) and batched
-//! `recvmmsg`/`sendmmsg` ([`udp`]); non-blocking TCP for an event loop ([`tcp`]); `poll`, a
+//! UDP sockets with kernel receive timestamps (`SO_TIMESTAMPNS`), software transmit timestamps
+//! (`SO_TIMESTAMPING`, read from the error queue) and batched `recvmmsg`/`sendmmsg` ([`udp`]); non-blocking TCP for an event loop ([`tcp`]); `poll`, a
 //! wake-up descriptor and signal handlers ([`poll`]); descriptor flags and peer credentials
 //! ([`fd`]); reading the realtime and monotonic clocks, measuring their precision and reading
 //! the kernel's clock status with a read-only `adjtimex` ([`clock`]); raising the open-file
@@ -17,7 +17,8 @@
 //! person must ask for and which needs CAP_SYS_TIME; tests never use it. Everything else here is
 //! read only (`adjtimex` with `modes = 0`).
 //!
-//! Linux only: `recvmmsg`, `sendmmsg` and `SO_TIMESTAMPNS` are Linux interfaces.
+//! Linux only: `recvmmsg`, `sendmmsg`, `SO_TIMESTAMPNS` and `SO_TIMESTAMPING` are Linux
+//! interfaces.
 #![deny(unsafe_op_in_unsafe_fn)]
 // libc field types differ between targets (time_t, rlim_t, msg_controllen): the casts stay.
 #![allow(clippy::unnecessary_cast)]

@@ -8,7 +8,8 @@
 //! `CLOCK_REALTIME` reading taken right after the batch returned.
 //!
 //! A client uses the single-datagram helpers [`UdpSocket::send_to`] and
-//! [`UdpSocket::recv_from`], which also report the kernel receive timestamp.
+//! [`UdpSocket::recv_from`], which also report the kernel receive timestamp, and
+//! [`UdpSocket::take_transmit_timestamp`] for when the kernel sent its datagram.
 //!
 //! A load generator [`connect`](UdpSocket::connect)s its sockets to one server, queues requests
 //! without a destination ([`SendBatch::commit_connected`]) and sends them with
@@ -23,14 +24,23 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 /// Room for one `SCM_TIMESTAMPNS` control message (CMSG_SPACE(16) = 32 on 64-bit Linux) and
-/// anything else the kernel might add; u64 elements keep the cmsghdr alignment.
-type ControlBuf = [u64; 8];
+/// anything else the kernel might add, such as an `SCM_TIMESTAMPING` one (64) on a socket with
+/// transmit timestamps; u64 elements keep the cmsghdr alignment.
+type ControlBuf = [u64; 16];
+
+/// Room for what one message of the error queue carries: an `SCM_TIMESTAMPING` control message,
+/// the extended error that says what it stamps, and a packet-info message.
+type ErrQueueControlBuf = [u64; 32];
 
 /// How to set up a socket; the defaults suit a client.
 #[derive(Clone, Debug, Default)]
 pub struct UdpSocketOptions {
     /// Ask the kernel for receive timestamps (`SO_TIMESTAMPNS`).
     pub timestamps: bool,
+    /// Ask the kernel, best effort, for software transmit timestamps (`SO_TIMESTAMPING`), read
+    /// back with [`UdpSocket::take_transmit_timestamp`]; a kernel that refuses leaves the
+    /// socket without them.
+    pub transmit_timestamps: bool,
     /// `SO_RCVBUF` in bytes (the kernel doubles it and caps it at `net.core.rmem_max`).
     pub recv_buffer: Option<usize>,
     /// `SO_SNDBUF` in bytes.
@@ -75,6 +85,9 @@ impl UdpSocket {
         if opts.timestamps {
             set_timestampns(&sock)?;
         }
+        if opts.transmit_timestamps {
+            let _ = set_transmit_timestamping(&sock);
+        }
         sock.bind(&SockAddr::from(addr))?;
         let local = sock
             .local_addr()?
@@ -114,12 +127,52 @@ impl UdpSocket {
         self.sock.send_to(data, &SockAddr::from(dest))
     }
 
+    /// Empties the socket's error queue and returns the latest software transmit timestamp in
+    /// it (Unix ns), if any: when the kernel handed a datagram sent from this socket to the
+    /// network device, later than any clock reading taken before the send. Nothing without
+    /// [`UdpSocketOptions::transmit_timestamps`]. Also call it when the socket polls readable
+    /// without a datagram: a timestamp left in the queue keeps it reporting an error.
+    pub fn take_transmit_timestamp(&self) -> Option<i64> {
+        let mut latest = None;
+        // Each message is one timestamp; a bounded number per call (there is one per send).
+        for _ in 0..16 {
+            let mut data = [0u8; 256];
+            let mut ctrl: ErrQueueControlBuf = [0; 32];
+            let mut iov = libc::iovec {
+                iov_base: data.as_mut_ptr().cast(),
+                iov_len: data.len(),
+            };
+            // SAFETY: msghdr is plain data; all-zero is valid.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = ctrl.as_mut_ptr().cast();
+            msg.msg_controllen = size_of::<ErrQueueControlBuf>() as _;
+            // SAFETY: every pointer in `msg` refers to a live local buffer of the stated length.
+            let n = unsafe {
+                libc::recvmsg(
+                    self.sock.as_raw_fd(),
+                    &mut msg,
+                    libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                break;
+            }
+            // SAFETY: `msg` describes `ctrl` as filled by the kernel.
+            if let Some(t) = unsafe { tx_timestamp(&msg) } {
+                latest = Some(latest.map_or(t, |l: i64| l.max(t)));
+            }
+        }
+        latest
+    }
+
     /// Receives one datagram into `buf`: its length, source and receive time (Unix ns; kernel
     /// timestamp if the socket has them, else the clock read right after the call). Datagrams
     /// longer than `buf` are truncated to it.
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, i64)> {
         let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-        let mut ctrl: ControlBuf = [0; 8];
+        let mut ctrl: ControlBuf = [0; 16];
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -322,6 +375,68 @@ fn set_timestampns(sock: &Socket) -> io::Result<()> {
     Ok(())
 }
 
+/// `ee_info` of an error-queue message that stamps a datagram's send (linux/net_tstamp.h).
+const SCM_TSTAMP_SND: u32 = 0;
+
+/// Software transmit timestamps, reported through the error queue without the packet
+/// (`OPT_TSONLY`).
+fn set_transmit_timestamping(sock: &Socket) -> io::Result<()> {
+    let flags: libc::c_int = (libc::SOF_TIMESTAMPING_TX_SOFTWARE
+        | libc::SOF_TIMESTAMPING_SOFTWARE
+        | libc::SOF_TIMESTAMPING_OPT_TSONLY) as libc::c_int;
+    // SAFETY: `flags` is a valid c_int option value of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPING,
+            (&flags as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The software transmit timestamp of a message read from the error queue, as Unix
+/// nanoseconds: its `SCM_TIMESTAMPING` message, if an extended error says it stamps a send.
+///
+/// # Safety
+/// As for [`rx_timestamp`].
+unsafe fn tx_timestamp(msg: &libc::msghdr) -> Option<i64> {
+    if msg.msg_control.is_null() || msg.msg_controllen == 0 {
+        return None;
+    }
+    let (mut stamp, mut is_send) = (None, false);
+    // SAFETY: per the function's contract, the control buffer is valid; the CMSG_* macros keep
+    // within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            let data = libc::CMSG_DATA(cmsg);
+            if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_TIMESTAMPING {
+                // Three timespecs; the first is the software one.
+                let ts = std::ptr::read_unaligned(data as *const libc::timespec);
+                if ts.tv_sec != 0 || ts.tv_nsec != 0 {
+                    stamp = Some(ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64);
+                }
+            } else if (c.cmsg_level == libc::SOL_IP && c.cmsg_type == libc::IP_RECVERR)
+                || (c.cmsg_level == libc::SOL_IPV6 && c.cmsg_type == libc::IPV6_RECVERR)
+            {
+                let e = std::ptr::read_unaligned(data as *const libc::sock_extended_err);
+                is_send = e.ee_errno == libc::ENOMSG as u32
+                    && e.ee_origin == libc::SO_EE_ORIGIN_TIMESTAMPING
+                    && e.ee_info == SCM_TSTAMP_SND;
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    stamp.filter(|_| is_send)
+}
+
 /// The `SCM_TIMESTAMPNS` control message of a received message, as Unix nanoseconds.
 ///
 /// # Safety
@@ -465,7 +580,7 @@ impl RecvBatch {
             count: 0,
             bufs: vec![0u8; capacity * buf_size].into_boxed_slice(),
             addrs: (0..capacity).map(|_| zeroed_storage()).collect(),
-            ctrl: vec![[0u64; 8]; capacity].into_boxed_slice(),
+            ctrl: vec![[0u64; 16]; capacity].into_boxed_slice(),
             iovs: (0..capacity)
                 .map(|_| libc::iovec {
                     iov_base: std::ptr::null_mut(),
@@ -705,6 +820,48 @@ mod tests {
         assert_eq!(&buf[..n], b"hello");
         assert_eq!(from, client.local_addr());
         assert!(before <= rx && rx <= after, "{before} {rx} {after}");
+    }
+
+    #[test]
+    fn a_sent_datagram_has_a_kernel_transmit_timestamp_taken_before_it_arrives() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let server = sock(addr);
+            let opts = UdpSocketOptions {
+                timestamps: true,
+                transmit_timestamps: true,
+                ..Default::default()
+            };
+            let client = UdpSocket::bind(addr.parse().unwrap(), &opts).unwrap();
+            for _ in 0..3 {
+                let before = realtime_nanos();
+                client.send_to(b"hello", server.local_addr()).unwrap();
+                let tx = client
+                    .take_transmit_timestamp()
+                    .expect("a transmit timestamp");
+                let mut buf = [0u8; 64];
+                let (n, _, rx) = server.recv_from(&mut buf).unwrap();
+                assert_eq!(&buf[..n], b"hello");
+                assert!(before <= tx && tx <= rx, "{addr}: {before} {tx} {rx}");
+                // One timestamp per send: the queue is empty now.
+                assert_eq!(client.take_transmit_timestamp(), None);
+            }
+            // The client's own receives are as before (the error queue is not their way in).
+            let before = realtime_nanos();
+            server.send_to(b"back", client.local_addr()).unwrap();
+            let mut buf = [0u8; 64];
+            let (n, _, rx) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"back");
+            assert!(
+                before <= rx && rx <= realtime_nanos(),
+                "{addr}: {before} {rx}"
+            );
+            assert_eq!(client.take_transmit_timestamp(), None);
+        }
+        // A socket without them has none.
+        let plain = sock("127.0.0.1:0");
+        let server = sock("127.0.0.1:0");
+        plain.send_to(b"x", server.local_addr()).unwrap();
+        assert_eq!(plain.take_transmit_timestamp(), None);
     }
 
     #[test]

@@ -389,13 +389,13 @@ impl Source {
         Some(48)
     }
 
-    /// The request [`transmit`](Self::transmit) wrote last left at local clock time `t1`, read
-    /// after it was made ready to go (a socket opened for it, NTS protection added) and right
-    /// before the send: its exchange is timed from then. Work between the earlier reading and
-    /// the send lengthens the round trip on one side only, and half of it would otherwise show
-    /// as offset, in the same direction in every sample (on loopback, opening a socket per
-    /// request put the clock 23–40 µs ahead; docs/benchmarks.md). Ignored without a pending
-    /// request or for a reading earlier than the one it was written with.
+    /// The request [`transmit`](Self::transmit) wrote last left at local clock time `t1`: the
+    /// kernel's transmit timestamp, or a reading taken once it was ready to go (a socket opened
+    /// for it, NTS protection added) and right before the send. Its exchange is timed from
+    /// then. Work between the earlier reading and the send lengthens the round trip on one side
+    /// only, and half of it would otherwise show as offset, in the same direction in every
+    /// sample (on loopback the clock settled 28–45 µs ahead; docs/benchmarks.md). Ignored
+    /// without a pending request or for a reading earlier than the one it was written with.
     pub fn transmitted(&mut self, t1: ClockTime) {
         if let Some(p) = &mut self.pending {
             p.t1 = p.t1.max(t1);

@@ -381,9 +381,9 @@ impl SyncSystem {
     }
 
     /// The request [`poll_transmit`](Self::poll_transmit) returned for source `id` left at
-    /// local clock time `sent`, read once it was ready to go and right before the send (see
-    /// [`Source::transmitted`]); without this call its exchange is timed from the clock
-    /// `poll_transmit` was given.
+    /// local clock time `sent`: the kernel's transmit timestamp, or a reading taken once it was
+    /// ready to go, right before the send (see [`Source::transmitted`]). Without this call its
+    /// exchange is timed from the clock `poll_transmit` was given.
     pub fn transmitted(&mut self, id: SourceId, sent: ClockTime) {
         if let Some(Some(src)) = self.sources.get_mut(id.0 as usize) {
             src.transmitted(sent);

@@ -518,15 +518,18 @@ impl Daemon {
             &mut self.rng,
             &mut buf,
         ) {
-            // The exchange is timed from a reading taken once the request is ready to go: a
-            // socket opened per request or NTS protection between the two readings would
+            // The exchange is timed from when the request left (the kernel's transmit
+            // timestamp, else a reading taken once it was ready to go): a socket opened per
+            // request, NTS protection or the send call's own path between the two would
             // otherwise put the clock ahead by half their time.
             let clock = &self.clock;
-            let sent =
-                self.upstreams
-                    .send(tx.source, &buf[..tx.len], now, &mut self.nts_rng, || {
-                        clock.read_at(realtime_nanos())
-                    });
+            let sent = self.upstreams.send(
+                tx.source,
+                &buf[..tx.len],
+                now,
+                &mut self.nts_rng,
+                |unix_ns| clock.read_at(unix_ns),
+            );
             if let Some(sent) = sent {
                 self.system.transmitted(tx.source, sent);
             }

@@ -828,17 +828,18 @@ impl Upstreams {
 
     /// Sends `request` to source `id`: from a new socket with a port per request (closing the
     /// previous request's), else from the source's socket. With NTS the request spends a
-    /// cookie; without one it is not sent. `stamp` reads the local clock right before the
-    /// datagram goes to the kernel, once the socket and the request are ready; that reading is
-    /// returned if the kernel took the datagram (the request's transmit time, see
-    /// [`SyncSystem::transmitted`](ntpkit_core::SyncSystem::transmitted)).
+    /// cookie; without one it is not sent. Returns when the request left, if the kernel took
+    /// it (see [`SyncSystem::transmitted`](ntpkit_core::SyncSystem::transmitted)), as
+    /// `to_clock` makes local clock time of a system clock reading (Unix ns): the kernel's
+    /// transmit timestamp where it gives one, else the system clock read right before the send,
+    /// once the socket and the request are ready.
     pub fn send(
         &mut self,
         id: SourceId,
         request: &[u8],
         now: MonoTime,
         rng: &mut dyn RngCore,
-        stamp: impl FnOnce() -> ClockTime,
+        to_clock: impl FnOnce(i64) -> ClockTime,
     ) -> Option<ClockTime> {
         let l = self.links.get_mut(&id)?;
         let protected;
@@ -853,19 +854,27 @@ impl Upstreams {
             },
         };
         if self.port_per_request {
-            l.socket = None;
+            // The previous request's socket closes once this one is open, so that some socket
+            // asks for receive timestamps throughout: while none does, the kernel stops
+            // stamping arrivals, and turns it on again only after a moment.
             match client_socket(l.server) {
                 Ok(s) => l.socket = Some(s),
                 Err(e) => {
+                    l.socket = None;
                     tracing::warn!("cannot open a client socket for {}: {e}", l.server);
                     return None;
                 }
             }
         }
         let socket = l.socket.as_ref()?;
-        let sent = stamp();
+        let before = ntpkit_os::realtime_nanos();
         match socket.send_to(request, l.server) {
-            Ok(_) => Some(sent),
+            Ok(_) => {
+                // The kernel's stamp comes later than any reading before the send; an older
+                // one (a previous request's, stamped late) cannot be later than `before`.
+                let kernel = socket.take_transmit_timestamp();
+                Some(to_clock(kernel.map_or(before, |k| k.max(before))))
+            }
             Err(e) => {
                 tracing::debug!("send to {}: {e}", l.server);
                 None
@@ -919,7 +928,11 @@ impl Upstreams {
                     "dropped a datagram from {from} on the socket of {}",
                     l.server
                 ),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // Readable without a datagram: a transmit timestamp came late into the error
+                // queue, which reports an error until it is emptied.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    socket.take_transmit_timestamp();
+                }
                 // ICMP port unreachable and the like: the source stays unreachable.
                 Err(e) => tracing::debug!("receive from {}: {e}", l.server),
             }
@@ -935,7 +948,8 @@ fn next_backoff(previous: f64) -> f64 {
     }
 }
 
-/// A non-blocking client socket with kernel receive timestamps, for talking to `server`.
+/// A non-blocking client socket with kernel receive and transmit timestamps, for talking to
+/// `server`.
 fn client_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
     let bind: SocketAddr = if server.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
@@ -946,6 +960,7 @@ fn client_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
         bind,
         &UdpSocketOptions {
             timestamps: true,
+            transmit_timestamps: true,
             nonblocking: true,
             ..Default::default()
         },
