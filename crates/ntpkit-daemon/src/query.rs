@@ -355,12 +355,7 @@ fn exchange(
     let t1_unix_ns;
     match transport {
         Transport::Udp(sock) => {
-            let before = ntpkit_os::realtime_nanos();
-            sock.send_to(&packet, addr).map_err(io_err)?;
-            // When the kernel sent it, where it says (never earlier than the reading before).
-            t1_unix_ns = sock
-                .take_transmit_timestamp()
-                .map_or(before, |kernel| kernel.max(before));
+            t1_unix_ns = sock.send_to_timed(&packet, addr).map_err(io_err)?;
         }
         Transport::Tcp(stream, _) => {
             let mut frame = Vec::with_capacity(HEADER_LEN + framing::PREFIX_LEN);

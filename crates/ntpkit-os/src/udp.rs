@@ -127,6 +127,21 @@ impl UdpSocket {
         self.sock.send_to(data, &SockAddr::from(dest))
     }
 
+    /// Sends one datagram to `dest` and returns when it left (Unix ns): the kernel's transmit
+    /// timestamp where the socket has them ([`UdpSocketOptions::transmit_timestamps`]) and it
+    /// is there when the call returns, else the clock read right before the call. A timestamp
+    /// that comes later stays in the error queue (see
+    /// [`take_transmit_timestamp`](Self::take_transmit_timestamp)).
+    pub fn send_to_timed(&self, data: &[u8], dest: SocketAddr) -> io::Result<i64> {
+        let before = realtime_nanos();
+        self.send_to(data, dest)?;
+        // The kernel stamps the datagram later than any reading before the send; an earlier
+        // datagram's stamp that came late is earlier than `before`.
+        Ok(self
+            .take_transmit_timestamp()
+            .map_or(before, |kernel| kernel.max(before)))
+    }
+
     /// Empties the socket's error queue and returns the latest software transmit timestamp in
     /// it (Unix ns), if any: when the kernel handed a datagram sent from this socket to the
     /// network device, later than any clock reading taken before the send. Nothing without
@@ -357,15 +372,15 @@ pub(crate) fn new_socket(domain: Domain, ty: Type, protocol: Protocol) -> io::Re
     Ok(sock)
 }
 
-fn set_timestampns(sock: &Socket) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: `one` is a valid c_int option value of the stated size.
+/// Sets a `SOL_SOCKET` option whose value is one C int.
+fn set_socket_int(sock: &Socket, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is a valid c_int option value of the stated size.
     let r = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&one as *const libc::c_int).cast(),
+            option,
+            (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -375,29 +390,20 @@ fn set_timestampns(sock: &Socket) -> io::Result<()> {
     Ok(())
 }
 
+fn set_timestampns(sock: &Socket) -> io::Result<()> {
+    set_socket_int(sock, libc::SO_TIMESTAMPNS, 1)
+}
+
 /// `ee_info` of an error-queue message that stamps a datagram's send (linux/net_tstamp.h).
 const SCM_TSTAMP_SND: u32 = 0;
 
 /// Software transmit timestamps, reported through the error queue without the packet
 /// (`OPT_TSONLY`).
 fn set_transmit_timestamping(sock: &Socket) -> io::Result<()> {
-    let flags: libc::c_int = (libc::SOF_TIMESTAMPING_TX_SOFTWARE
+    let flags = libc::SOF_TIMESTAMPING_TX_SOFTWARE
         | libc::SOF_TIMESTAMPING_SOFTWARE
-        | libc::SOF_TIMESTAMPING_OPT_TSONLY) as libc::c_int;
-    // SAFETY: `flags` is a valid c_int option value of the stated size.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPING,
-            (&flags as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+        | libc::SOF_TIMESTAMPING_OPT_TSONLY;
+    set_socket_int(sock, libc::SO_TIMESTAMPING, flags as libc::c_int)
 }
 
 /// The software transmit timestamp of a message read from the error queue, as Unix
@@ -843,6 +849,13 @@ mod tests {
                 assert_eq!(&buf[..n], b"hello");
                 assert!(before <= tx && tx <= rx, "{addr}: {before} {tx} {rx}");
                 // One timestamp per send: the queue is empty now.
+                assert_eq!(client.take_transmit_timestamp(), None);
+                // The same in one call, which takes the kernel's timestamp off the queue.
+                let before = realtime_nanos();
+                let sent = client.send_to_timed(b"again", server.local_addr()).unwrap();
+                let (n, _, rx) = server.recv_from(&mut buf).unwrap();
+                assert_eq!(&buf[..n], b"again");
+                assert!(before <= sent && sent <= rx, "{addr}: {before} {sent} {rx}");
                 assert_eq!(client.take_transmit_timestamp(), None);
             }
             // The client's own receives are as before (the error queue is not their way in).

@@ -867,14 +867,8 @@ impl Upstreams {
             }
         }
         let socket = l.socket.as_ref()?;
-        let before = ntpkit_os::realtime_nanos();
-        match socket.send_to(request, l.server) {
-            Ok(_) => {
-                // The kernel's stamp comes later than any reading before the send; an older
-                // one (a previous request's, stamped late) cannot be later than `before`.
-                let kernel = socket.take_transmit_timestamp();
-                Some(to_clock(kernel.map_or(before, |k| k.max(before))))
-            }
+        match socket.send_to_timed(request, l.server) {
+            Ok(sent) => Some(to_clock(sent)),
             Err(e) => {
                 tracing::debug!("send to {}: {e}", l.server);
                 None
